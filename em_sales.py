@@ -1,0 +1,510 @@
+"""em_sales: segments of stores from weekly sales, by maximum likelihood with the EM algorithm.
+
+Model, for store i = 1..N and week t = 1..T:
+
+    log S_it = x_t' theta_c + eps_it,   eps_it ~ N(0, 1),   Pr[C_i = c] = pi_c,
+
+where x_t = (1, log p_t) is row t of X (any P columns work), C_i is the store's unobserved segment
+and theta_c = (alpha_c, beta_c). The whole store shares one segment, so the likelihood of store i is
+a mixture over c of the product over its observed weeks.
+
+The assignment's five functions, with its call forms:
+
+    LogL(theta, pi, y, X) -> float            observed-data log-likelihood
+    EStep(theta, pi, y, X) -> W (N, K)        W[i, c] = Pr[C_i = c | y_i, X, theta, pi]
+    MStep(y, X, W) -> (theta, pi)             maximiser of the expected complete-data log-likelihood
+    EM(K, y, X, tol, max_iter, seed) -> (theta, pi, loglik)
+    Estimate(K, y, X, n_init, seed) -> (theta, pi, loglik)   best of n_init runs of EM
+
+y is T x N (log sales; NaN = no observation that week), X is T x P. theta is accepted flat,
+(alpha_1, beta_1, ..., alpha_K, beta_K), or as a K x P array, and is returned as a K x P array whose
+row c is segment c. Everything is computed from per-store sufficient statistics (n_i, X_i'X_i,
+X_i'y_i, y_i'y_i), so after one pass over the data an iteration costs O(N K P^2), whatever T is.
+The README derives every formula used here.
+
+Run as a program (python em_sales.py data.csv) it estimates K = 2, 3, 4, prints a report and
+writes results.json; see main().
+"""
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at max_iter before its convergence rule was met."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sufficient statistics
+# ---------------------------------------------------------------------------------------------
+
+class Stats(NamedTuple):
+    """Per-store sufficient statistics of a panel; shapes for N stores and P regressors.
+
+    n:   (N,)       number of observed weeks of each store
+    XtX: (N, P*P)   X_i'X_i over the store's observed weeks, flattened row by row
+    Xty: (N, P)     X_i'y_i
+    yty: (N,)       y_i'y_i
+    """
+    n: np.ndarray
+    XtX: np.ndarray
+    Xty: np.ndarray
+    yty: np.ndarray
+
+    @property
+    def P(self):
+        return self.Xty.shape[1]
+
+
+def sufficient_statistics(y, X):
+    """Check a panel and reduce it to its per-store sufficient statistics (one pass over y).
+
+    y: (T, N) log sales, NaN where a store has no observation that week.  X: (T, P).
+    Raises ValueError naming the problem when the panel cannot identify the model.
+    """
+    y = np.asarray(y, dtype=float)
+    X = np.asarray(X, dtype=float)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or X.ndim != 2:
+        raise ValueError(f"y must be T x N and X must be T x P; got shapes {y.shape} and {X.shape}")
+    T, N = y.shape
+    if X.shape[0] != T:
+        raise ValueError(f"y has {T} rows (weeks) but X has {X.shape[0]}: they must match")
+    if N == 0 or T == 0:
+        raise ValueError(f"the panel is empty: y has shape {y.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X has a missing or infinite entry (a missing, zero or negative price?)")
+    if np.isinf(y).any():
+        raise ValueError("y has an infinite entry (log of a zero sale?)")
+    observed = ~np.isnan(y)
+    n = observed.sum(axis=0)
+    if (n == 0).any():
+        store = int(np.argmax(n == 0))
+        raise ValueError(f"store {store} (column {store} of y) has no observed week")
+    P = X.shape[1]
+    if np.linalg.matrix_rank(X[observed.any(axis=1)]) < P:
+        raise ValueError(f"the columns of X are collinear (rank < {P}): "
+                         "a price that never changes cannot identify a price effect")
+    y0 = np.where(observed, y, 0.0)
+    if observed.all():                       # the usual case: every store shares X'X
+        XtX = np.broadcast_to((X.T @ X).ravel(), (N, P * P))
+    else:
+        XtX = observed.T.astype(float) @ (X[:, :, None] * X[:, None, :]).reshape(T, P * P)
+    return Stats(n.astype(float), XtX, y0.T @ X, np.einsum("tn,tn->n", y0, y0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel: log densities, E-step, M-step
+# ---------------------------------------------------------------------------------------------
+
+def _log_density(stats, theta):
+    """(N, K) matrix of log f(y_i | C_i = c) for theta of shape (K, P).
+
+    log f = -(n_i/2) log 2 pi - (y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c) / 2.
+    """
+    K, P = theta.shape
+    outer = (theta[:, :, None] * theta[:, None, :]).reshape(K, P * P)   # theta_c theta_c', flat
+    quadratic = stats.XtX @ outer.T - 2.0 * (stats.Xty @ theta.T)       # (N, K)
+    return -0.5 * (stats.n * LOG_2PI + stats.yty)[:, None] - 0.5 * quadratic
+
+
+def _e_step(stats, theta, pi):
+    """Posterior segment probabilities W (N, K) and the log-likelihood, in log space.
+
+    An empty segment (pi_c = 0) gets log pi_c = -inf and so W[:, c] = 0, without a NaN.
+    """
+    with np.errstate(divide="ignore"):
+        log_joint = _log_density(stats, theta) + np.log(pi)             # log pi_c + log f_ic
+    top = log_joint.max(axis=1, keepdims=True)                          # logsumexp over c, by hand:
+    joint = np.exp(log_joint - top)                                     # it is the hot loop
+    total = joint.sum(axis=1, keepdims=True)
+    loglik = float(np.sum(top) + np.sum(np.log(total)))
+    return joint / total, loglik
+
+
+def _pooled_theta(stats):
+    """Least squares over all stores and weeks: the K = 1 estimate."""
+    P = stats.P
+    return np.linalg.solve(stats.XtX.sum(axis=0).reshape(P, P), stats.Xty.sum(axis=0))
+
+
+def _m_step(stats, W):
+    """theta_c = (sum_i w_ic X_i'X_i)^-1 sum_i w_ic X_i'y_i and pi_c = mean_i w_ic.
+
+    A segment with no weight (or a singular weighted X'X) cannot be estimated: it gets pi_c = 0
+    and the pooled least-squares theta, so that nothing downstream sees a NaN.
+    """
+    N, K = W.shape
+    P = stats.P
+    pi = W.mean(axis=0)
+    A = (W.T @ stats.XtX).reshape(K, P, P)
+    b = W.T @ stats.Xty
+    try:
+        theta = np.linalg.solve(A, b[:, :, None])[:, :, 0]
+        ok = np.isfinite(theta).all(axis=1) & (pi > 0)
+    except np.linalg.LinAlgError:
+        theta, ok = np.empty((K, P)), np.zeros(K, bool)
+        for c in range(K):
+            try:
+                theta[c] = np.linalg.solve(A[c], b[c])
+                ok[c] = pi[c] > 0
+            except np.linalg.LinAlgError:
+                pass
+    if not ok.all():
+        theta[~ok] = _pooled_theta(stats)
+        pi = np.where(ok, pi, 0.0)
+        pi = pi / pi.sum()
+    return theta, pi
+
+
+# ---------------------------------------------------------------------------------------------
+# Score and observed information: Newton steps near the optimum, standard errors at it
+# ---------------------------------------------------------------------------------------------
+
+def _score_hessian(stats, theta, pi, W):
+    """Gradient (D,) and Hessian (D, D) of the log-likelihood at (theta, pi), W = EStep there.
+
+    Parameters psi = (theta_1, ..., theta_K, eta_1, ..., eta_{K-1}), D = K P + K - 1, with
+    pi = softmax(eta_1, ..., eta_{K-1}, 0). With s_ic the gradient of log(pi_c f_ic) and
+    g_i = sum_c w_ic s_ic the store's score, Louis' identity gives (README, "Standard errors")
+        H = sum_i sum_c w_ic (d2 log(pi_c f_ic) + s_ic s_ic') - sum_i g_i g_i',
+    where s_ic is u_ic = X_i'y_i - X_i'X_i theta_c in the theta_c block, e_c - pi in the eta block.
+    """
+    N, K = W.shape
+    P = stats.P
+    KP = K * P
+    # u_ic for all c at once: X_i'X_i theta_c is XtX (N, P*P) times a (P*P, K*P) spread of theta
+    spread = np.einsum("pr,kq->pqkr", np.eye(P), theta).reshape(P * P, KP)
+    u = (np.tile(stats.Xty, K) - stats.XtX @ spread).reshape(N, K, P)
+    wu = W[:, :, None] * u                                        # w_ic u_ic
+    m = W.sum(axis=0)                                             # expected segment sizes
+    p = pi[:K - 1]
+    G = np.concatenate([wu.reshape(N, KP), W[:, :K - 1] - p], axis=1)   # g_i, (N, D)
+    H = -(G.T @ G)
+    A = (W.T @ stats.XtX).reshape(K, P, P)                        # sum_i w_ic X_i'X_i
+    wu_sum = wu.sum(axis=0)                                       # (K, P)
+    for c in range(K):
+        block = slice(c * P, (c + 1) * P)
+        H[block, block] += wu[:, c].T @ u[:, c] - A[c]
+        e_c = np.eye(K)[c, :K - 1]
+        H[block, KP:] += np.outer(wu_sum[c], e_c - p)
+        H[KP:, block] += np.outer(e_c - p, wu_sum[c])
+    mp = m[:K - 1]
+    H[KP:, KP:] += (np.diag(mp) - np.outer(mp, p) - np.outer(p, mp) + N * np.outer(p, p)
+                    - N * (np.diag(p) - np.outer(p, p)))
+    return G.sum(axis=0), H
+
+
+def _newton_step(stats, theta, pi, W, loglik):
+    """A safeguarded Newton step on psi; None where it does not apply or does not go uphill.
+
+    Applies only where the Hessian is negative definite (near a maximum) and no segment is empty.
+    Returns (theta, pi, W, loglik, decrement), decrement = g'(-H)^-1 g, twice the gain that the
+    quadratic model predicts: below tol, nothing is left to gain.
+    """
+    if pi.min() < 1e-12:
+        return None
+    grad, H = _score_hessian(stats, theta, pi, W)
+    try:
+        chol = np.linalg.cholesky(-H)
+    except np.linalg.LinAlgError:
+        return None
+    step = np.linalg.solve(chol.T, np.linalg.solve(chol, grad))
+    decrement = float(grad @ step)
+    K, P = theta.shape
+    eta = np.log(pi[:K - 1]) - np.log(pi[K - 1])
+    for _ in range(4):                                           # halve until uphill
+        new_theta = theta + step[:K * P].reshape(K, P)
+        logits = np.append(eta + step[K * P:], 0.0)
+        new_pi = np.exp(logits - logits.max())
+        new_pi /= new_pi.sum()
+        new_W, new_loglik = _e_step(stats, new_theta, new_pi)
+        if new_loglik >= loglik:
+            return new_theta, new_pi, new_W, new_loglik, decrement
+        step = step / 2
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The EM loop
+# ---------------------------------------------------------------------------------------------
+
+class Fit(NamedTuple):
+    """One EM run: estimates in segment order, posterior W (N, K), iterations, convergence."""
+    theta: np.ndarray
+    pi: np.ndarray
+    loglik: float
+    W: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+def _em_step(stats, theta, pi, W):
+    theta, pi = _m_step(stats, W)
+    return (theta, pi) + _e_step(stats, theta, pi)
+
+
+def _squarem_step(stats, theta, pi, W, loglik):
+    """Two EM steps extrapolated along their path (SQUAREM, Varadhan & Roland 2008, SqS3).
+
+    The extrapolated point is kept only when it is a valid parameter with a log-likelihood at
+    least that of the two plain steps, so the likelihood never goes down.
+    """
+    K, P = theta.shape
+    th1, pi1, W1, _ = _em_step(stats, theta, pi, W)
+    th2, pi2, W2, ll2 = _em_step(stats, th1, pi1, W1)
+    x0, x1, x2 = (np.concatenate([t.ravel(), p]) for t, p in ((theta, pi), (th1, pi1), (th2, pi2)))
+    r, v = x1 - x0, x2 - 2 * x1 + x0
+    v_norm = math.sqrt(v @ v)
+    if v_norm > 0:
+        alpha = min(-math.sqrt(r @ r) / v_norm, -1.0)
+        while alpha < -1.0:                                      # alpha = -1 gives x2 itself
+            x = x0 - 2 * alpha * r + alpha * alpha * v
+            if x[K * P:].min() >= 0:
+                new_W, new_ll = _e_step(stats, x[:K * P].reshape(K, P), x[K * P:])
+                if new_ll >= ll2:
+                    return x[:K * P].reshape(K, P), x[K * P:], new_W, new_ll
+            alpha = (alpha - 1) / 2 if alpha < -1.01 else -1.0   # back off towards x2
+    return th2, pi2, W2, ll2
+
+
+def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
+    """EM from (theta, pi) until converged; returns a Fit.
+
+    Converged means: no posterior probability moved by more than tol in the last iteration, the
+    log-likelihood rose by less than tol, and (where the Hessian is negative definite) a Newton
+    step would add less than tol: the last test is what tells a maximum from a slow plateau.
+    accelerate=False runs plain EM, one M-step and one E-step an iteration.
+    """
+    W, loglik = _e_step(stats, theta, pi)
+    for iteration in range(1, max_iter + 1):
+        decrement = None
+        if accelerate:
+            newton = _newton_step(stats, theta, pi, W, loglik)
+            if newton is not None:
+                new_theta, new_pi, new_W, new_loglik, decrement = newton
+            else:
+                new_theta, new_pi, new_W, new_loglik = _squarem_step(stats, theta, pi, W, loglik)
+        else:
+            new_theta, new_pi, new_W, new_loglik = _em_step(stats, theta, pi, W)
+        still = np.abs(new_W - W).max() <= tol and new_loglik - loglik <= tol
+        theta, pi, W, loglik = new_theta, new_pi, new_W, new_loglik
+        if still and (decrement is None or decrement > 2 * tol):
+            decrement = _remaining_gain(stats, theta, pi, W)
+        if still and decrement <= 2 * tol:
+            return Fit(theta, pi, loglik, W, iteration, True)
+    return Fit(theta, pi, loglik, W, max_iter, False)
+
+
+def _remaining_gain(stats, theta, pi, W):
+    """Newton decrement g'(-H)^-1 g at (theta, pi); 0 where H is not negative definite."""
+    if pi.min() < 1e-12:
+        return 0.0
+    grad, H = _score_hessian(stats, theta, pi, W)
+    try:
+        chol = np.linalg.cholesky(-H)
+    except np.linalg.LinAlgError:
+        return 0.0
+    half = np.linalg.solve(chol, grad)
+    return float(half @ half)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting values and the search for the global maximum
+# ---------------------------------------------------------------------------------------------
+
+def _store_coefficients(stats):
+    """Each store's own least-squares coefficients b_i (N, P), the sufficient statistic of
+    store i for theta: log f(y_i | c) = const_i - (b_i - theta_c)' X_i'X_i (b_i - theta_c) / 2.
+    A store with too few weeks to identify b_i gets the minimum-norm solution."""
+    N, P = stats.Xty.shape
+    XtX = stats.XtX.reshape(N, P, P)
+    try:
+        return np.linalg.solve(XtX, stats.Xty[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        return (np.linalg.pinv(XtX) @ stats.Xty[:, :, None])[:, :, 0]
+
+
+def _kmeanspp_start(stats, coefficients, K, rng):
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on the stores' own coefficients, in the
+    likelihood's own metric: K stores' b_i, each drawn with probability proportional to its
+    distance (b_i - theta)' X_i'X_i (b_i - theta) to the nearest one drawn before. pi uniform."""
+    N, P = coefficients.shape
+    XtX = stats.XtX.reshape(N, P, P)
+    chosen = [int(rng.integers(N))]
+    nearest = np.full(N, np.inf)
+    for _ in range(K - 1):
+        gap = coefficients - coefficients[chosen[-1]]
+        nearest = np.minimum(nearest, np.einsum("np,npq,nq->n", gap, XtX, gap))
+        total = nearest.sum()
+        chosen.append(int(rng.choice(N, p=nearest / total)) if total > 0 else int(rng.integers(N)))
+    return coefficients[chosen].copy(), np.full(K, 1.0 / K)
+
+
+def _split(stats, coefficients, fit, drop, split):
+    """Start that removes segment `drop` and splits segment `split` in two (split-and-merge EM,
+    Ueda et al. 2000): the two halves sit one standard deviation either side of theta_split along
+    the main axis of its stores' coefficients, measured in the likelihood's metric."""
+    K, P = fit.theta.shape
+    w = fit.W[:, split]
+    centre = fit.theta[split]
+    information = (w @ stats.XtX).reshape(P, P) / w.sum()       # mean X_i'X_i of the segment
+    gap = coefficients - centre
+    spread = np.einsum("n,np,nq->pq", w, gap, gap) / w.sum()
+    root = np.linalg.cholesky(information)                        # whiten, take the main axis
+    values, vectors = np.linalg.eigh(root.T @ spread @ root)
+    axis = np.linalg.solve(root.T, vectors[:, -1]) * math.sqrt(max(values[-1], 0.0))
+    keep = [c for c in range(K) if c not in (drop, split)]
+    theta = np.vstack([fit.theta[keep], centre + axis, centre - axis])
+    pi = np.append(fit.pi[keep], [fit.pi[split] / 2, fit.pi[split] / 2])
+    return theta, pi / pi.sum()
+
+
+def _split_and_merge(stats, coefficients, fit, tol, max_iter):
+    """Improve a converged fit by moving a segment: for every (drop, split) pair run EM briefly
+    from _split, run the most promising to convergence, keep it if the likelihood rose, repeat.
+    This is what finds the maxima that random starts reach only rarely (README, "Starts")."""
+    K = fit.theta.shape[0]
+    while K > 1 and fit.pi.min() > 0:
+        trials = [_run_em(stats, *_split(stats, coefficients, fit, drop, split), tol=tol, max_iter=8)
+                  for drop in range(K) for split in range(K) if split != drop]
+        best = max(trials, key=lambda trial: trial.loglik)
+        candidate = _run_em(stats, best.theta, best.pi, tol=tol, max_iter=max_iter)
+        if candidate.loglik <= fit.loglik + tol:
+            break
+        fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
+    return fit
+
+
+def _canonical(fit):
+    """Segments in canonical order: increasing coefficient of the last column of X (beta, the
+    price elasticity: most price-sensitive first), ties broken by the columns before it."""
+    order = np.lexsort(fit.theta.T)
+    return fit._replace(theta=fit.theta[order], pi=fit.pi[order], W=fit.W[:, order])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking arguments
+# ---------------------------------------------------------------------------------------------
+
+def _check_K(K, N):
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)):
+        raise ValueError(f"K must be a whole number of segments; got {K!r}")
+    if K < 1:
+        raise ValueError(f"K must be at least 1; got K = {K}")
+    if K > N:
+        raise ValueError(f"K = {K} segments is more than the {N} stores in y")
+
+
+def _check_parameters(theta, pi, P):
+    """pi as a (K,) probability vector and theta as a (K, P) array, or ValueError."""
+    pi = np.asarray(pi, dtype=float).ravel()
+    if pi.size == 0 or not np.all(np.isfinite(pi)) or (pi < 0).any() or abs(pi.sum() - 1) > 1e-8:
+        raise ValueError(f"pi must be a probability vector (entries >= 0 summing to 1); got {pi}")
+    K = pi.size
+    theta = np.asarray(theta, dtype=float)
+    if theta.size != K * P or theta.ndim not in (1, 2) or (theta.ndim == 2 and theta.shape != (K, P)):
+        raise ValueError(f"theta has shape {theta.shape}; with K = {K} segments (the length of pi) "
+                         f"and P = {P} columns of X it must have K*P = {K * P} entries, flat or K x P")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("theta has a missing or infinite entry")
+    return theta.reshape(K, P), pi
+
+
+def _check_W(W, N):
+    W = np.asarray(W, dtype=float)
+    if W.ndim != 2 or W.shape[0] != N or W.shape[1] < 1:
+        raise ValueError(f"W must be N x K with N = {N} stores (the columns of y); got shape {W.shape}")
+    if not np.all(np.isfinite(W)) or (W < 0).any() or (W > 1).any():
+        raise ValueError("W must hold probabilities between 0 and 1")
+    bad = np.abs(W.sum(axis=1) - 1) > 1e-6
+    if bad.any():
+        raise ValueError(f"each row of W must sum to 1; row {int(np.argmax(bad))} sums to "
+                         f"{W[np.argmax(bad)].sum():.6g}")
+    return W
+
+
+# ---------------------------------------------------------------------------------------------
+# The assignment's five functions
+# ---------------------------------------------------------------------------------------------
+
+def LogL(theta, pi, y, X):
+    """Observed-data log-likelihood sum_i log sum_c pi_c f(y_i | theta_c) (a float).
+
+    theta: K*P values, flat (alpha_1, beta_1, ...) or K x P; pi: (K,); y: (T, N) with NaN for
+    unobserved weeks; X: (T, P)."""
+    stats = sufficient_statistics(y, X)
+    theta, pi = _check_parameters(theta, pi, stats.P)
+    return _e_step(stats, theta, pi)[1]
+
+
+def EStep(theta, pi, y, X):
+    """(N, K) matrix W of posterior probabilities W[i, c] = Pr[C_i = c | y_i, X, theta, pi]."""
+    stats = sufficient_statistics(y, X)
+    theta, pi = _check_parameters(theta, pi, stats.P)
+    return _e_step(stats, theta, pi)[0]
+
+
+def MStep(y, X, W):
+    """(theta (K, P), pi (K,)) maximising the expected complete-data log-likelihood given the
+    (N, K) segment probabilities W: K weighted least-squares fits and pi_c = mean_i W[i, c].
+    A segment with no weight gets pi_c = 0 and the pooled least-squares theta."""
+    stats = sufficient_statistics(y, X)
+    return _m_step(stats, _check_W(W, stats.n.size))
+
+
+def _warn_about(fit, what):
+    if not fit.converged:
+        warnings.warn(f"{what} reached max_iter = {fit.n_iter} iterations before converging; "
+                      "the estimate may be short of the maximum", ConvergenceWarning, stacklevel=3)
+    if fit.pi.min() == 0:
+        warnings.warn(f"{what} ended with an empty segment (pi_c = 0): the data support fewer "
+                      "segments from this start", RuntimeWarning, stacklevel=3)
+
+
+def _em(stats, K, rng, coefficients, tol, max_iter, accelerate):
+    return _run_em(stats, *_kmeanspp_start(stats, coefficients, K, rng),
+                   tol=tol, max_iter=max_iter, accelerate=accelerate)
+
+
+def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True):
+    """One EM run from a k-means++ start drawn with `seed`: (theta (K, P), pi (K,), loglik).
+
+    Converged when no posterior probability moves by more than tol, the log-likelihood rises by
+    less than tol and a Newton step would add less than tol. accelerate=True (the default) takes
+    Newton steps where the log-likelihood is locally concave and SQUAREM steps elsewhere, both only
+    when they raise the likelihood; accelerate=False is plain EM. Segments in canonical order."""
+    stats = sufficient_statistics(y, X)
+    _check_K(K, stats.n.size)
+    rng = np.random.default_rng(seed)
+    fit = _canonical(_em(stats, K, rng, _store_coefficients(stats), tol, max_iter, accelerate))
+    _warn_about(fit, "EM")
+    return fit.theta, fit.pi, fit.loglik
+
+
+def fit_mixture(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000):
+    """Estimate's work, returning the whole Fit: theta, pi, loglik, W, n_iter, converged."""
+    stats = sufficient_statistics(y, X)
+    _check_K(K, stats.n.size)
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise ValueError(f"n_init must be a whole number >= 1; got {n_init!r}")
+    rng = np.random.default_rng(seed)
+    coefficients = _store_coefficients(stats)
+    runs = [_em(stats, K, rng, coefficients, tol, max_iter, True) for _ in range(n_init)]
+    best = max(runs, key=lambda run: run.loglik)
+    best = _split_and_merge(stats, coefficients, best, tol, max_iter)
+    fit = _canonical(best)
+    _warn_about(fit, "Estimate")
+    return fit
+
+
+def Estimate(K, y, X, n_init=10, seed=None):
+    """Best of n_init EM runs from different k-means++ starts, improved by split-and-merge moves:
+    (theta (K, P), pi (K,), loglik) at the highest log-likelihood found. Same seed, same result."""
+    fit = fit_mixture(K, y, X, n_init=n_init, seed=seed)
+    return fit.theta, fit.pi, fit.loglik
