@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 LOG_2PI = math.log(2.0 * math.pi)
+NEWTON_GAIN = 1.0      # EM tries Newton steps once an iteration gains less log-likelihood than this
 
 
 class ConvergenceWarning(UserWarning):
@@ -92,7 +93,7 @@ def sufficient_statistics(y, X):
                          "a price that never changes cannot identify a price effect")
     y0 = np.where(observed, y, 0.0)
     if observed.all():                       # the usual case: every store shares X'X
-        XtX = np.broadcast_to((X.T @ X).ravel(), (N, P * P))
+        XtX = np.tile((X.T @ X).ravel(), (N, 1))
     else:
         XtX = observed.T.astype(float) @ (X[:, :, None] * X[:, None, :]).reshape(T, P * P)
     return Stats(n.astype(float), XtX, y0.T @ X, np.einsum("tn,tn->n", y0, y0))
@@ -103,28 +104,30 @@ def sufficient_statistics(y, X):
 # ---------------------------------------------------------------------------------------------
 
 def _log_density(stats, theta):
-    """(N, K) matrix of log f(y_i | C_i = c) for theta of shape (K, P).
+    """(K, N) matrix of log f(y_i | C_i = c) for theta of shape (K, P): segments in rows, the
+    layout in which sums and maxima over segments are fast (W is handed out as its transpose).
 
     log f = -(n_i/2) log 2 pi - (y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c) / 2.
     """
     K, P = theta.shape
     outer = (theta[:, :, None] * theta[:, None, :]).reshape(K, P * P)   # theta_c theta_c', flat
-    quadratic = stats.XtX @ outer.T - 2.0 * (stats.Xty @ theta.T)       # (N, K)
-    return -0.5 * (stats.n * LOG_2PI + stats.yty)[:, None] - 0.5 * quadratic
+    quadratic = outer @ stats.XtX.T - 2.0 * (theta @ stats.Xty.T)       # (K, N)
+    return -0.5 * (stats.n * LOG_2PI + stats.yty) - 0.5 * quadratic
 
 
 def _e_step(stats, theta, pi):
-    """Posterior segment probabilities W (N, K) and the log-likelihood, in log space.
-
+    """Posterior segment probabilities W (N, K) and the log-likelihood, in log space:
+    log sum_c exp(a_c) = max_c a_c + log sum_c exp(a_c - max_c a_c), as scipy's logsumexp does,
+    written out because this is the innermost loop (and twice as fast so).
     An empty segment (pi_c = 0) gets log pi_c = -inf and so W[:, c] = 0, without a NaN.
     """
     with np.errstate(divide="ignore"):
-        log_joint = _log_density(stats, theta) + np.log(pi)             # log pi_c + log f_ic
-    top = log_joint.max(axis=1, keepdims=True)                          # logsumexp over c, by hand:
-    joint = np.exp(log_joint - top)                                     # it is the hot loop
-    total = joint.sum(axis=1, keepdims=True)
-    loglik = float(np.sum(top) + np.sum(np.log(total)))
-    return joint / total, loglik
+        log_joint = _log_density(stats, theta) + np.log(pi)[:, None]    # log pi_c + log f_ic
+    top = log_joint.max(axis=0)
+    joint = np.exp(log_joint - top)
+    total = joint.sum(axis=0)
+    loglik = float(top.sum() + np.log(total).sum())
+    return (joint / total).T, loglik
 
 
 def _pooled_theta(stats):
@@ -187,38 +190,41 @@ def _score_hessian(stats, theta, pi, W):
     G = np.concatenate([wu.reshape(N, KP), W[:, :K - 1] - p], axis=1)   # g_i, (N, D)
     H = -(G.T @ G)
     A = (W.T @ stats.XtX).reshape(K, P, P)                        # sum_i w_ic X_i'X_i
-    wu_sum = wu.sum(axis=0)                                       # (K, P)
-    for c in range(K):
-        block = slice(c * P, (c + 1) * P)
-        H[block, block] += wu[:, c].T @ u[:, c] - A[c]
-        e_c = np.eye(K)[c, :K - 1]
-        H[block, KP:] += np.outer(wu_sum[c], e_c - p)
-        H[KP:, block] += np.outer(e_c - p, wu_sum[c])
+    within = np.zeros((K, P, K, P))                               # block diagonal in theta
+    within[np.arange(K), :, np.arange(K), :] = np.matmul(wu.transpose(1, 2, 0), u.transpose(1, 0, 2)) - A
+    cross = (wu.sum(axis=0)[:, :, None] * (np.eye(K)[:, :K - 1] - p)[:, None, :]).reshape(KP, K - 1)
     mp = m[:K - 1]
-    H[KP:, KP:] += (np.diag(mp) - np.outer(mp, p) - np.outer(p, mp) + N * np.outer(p, p)
-                    - N * (np.diag(p) - np.outer(p, p)))
+    H[:KP, :KP] += within.reshape(KP, KP)
+    H[:KP, KP:] += cross
+    H[KP:, :KP] += cross.T
+    H[KP:, KP:] += (np.diag(mp - N * p) - np.outer(mp, p) - np.outer(p, mp)
+                    + 2 * N * np.outer(p, p))
     return G.sum(axis=0), H
 
 
 def _newton_step(stats, theta, pi, W, loglik):
     """A safeguarded Newton step on psi; None where it does not apply or does not go uphill.
 
-    Applies only where the Hessian is negative definite (near a maximum) and no segment is empty.
-    Returns (theta, pi, W, loglik, decrement), decrement = g'(-H)^-1 g, twice the gain that the
-    quadratic model predicts: below tol, nothing is left to gain.
+    Where -H is positive definite this is Newton's step -H^-1 g. Where it is not (on a ridge or
+    near a saddle, where EM crawls) the step uses |eigenvalues| of -H instead (saddle-free Newton,
+    Dauphin et al. 2014), which still points uphill. The step is halved until the likelihood rises.
+    Returns (theta, pi, W, loglik, decrement); decrement = g'(-H)^-1 g, twice the gain a concave
+    quadratic model predicts (infinite where -H is not positive definite).
     """
     if pi.min() < 1e-12:
         return None
     grad, H = _score_hessian(stats, theta, pi, W)
-    try:
-        chol = np.linalg.cholesky(-H)
-    except np.linalg.LinAlgError:
+    values, vectors = np.linalg.eigh(-H)
+    top = np.abs(values).max()
+    if not top > 0:
         return None
-    step = np.linalg.solve(chol.T, np.linalg.solve(chol, grad))
-    decrement = float(grad @ step)
+    scale = np.maximum(np.abs(values), 1e-8 * top)
+    along = vectors.T @ grad
+    step = vectors @ (along / scale)
+    decrement = float(along @ (along / values)) if values.min() > 0 else np.inf
     K, P = theta.shape
     eta = np.log(pi[:K - 1]) - np.log(pi[K - 1])
-    for _ in range(4):                                           # halve until uphill
+    for _ in range(6):                                           # halve until uphill
         new_theta = theta + step[:K * P].reshape(K, P)
         logits = np.append(eta + step[K * P:], 0.0)
         new_pi = np.exp(logits - logits.max())
@@ -263,13 +269,15 @@ def _squarem_step(stats, theta, pi, W, loglik):
     v_norm = math.sqrt(v @ v)
     if v_norm > 0:
         alpha = min(-math.sqrt(r @ r) / v_norm, -1.0)
-        while alpha < -1.0:                                      # alpha = -1 gives x2 itself
+        for _ in range(3):                                       # alpha = -1 gives x2 itself
+            if alpha > -1.01:
+                break
             x = x0 - 2 * alpha * r + alpha * alpha * v
             if x[K * P:].min() >= 0:
                 new_W, new_ll = _e_step(stats, x[:K * P].reshape(K, P), x[K * P:])
                 if new_ll >= ll2:
                     return x[:K * P].reshape(K, P), x[K * P:], new_W, new_ll
-            alpha = (alpha - 1) / 2 if alpha < -1.01 else -1.0   # back off towards x2
+            alpha = (alpha - 1) / 2                              # back off towards x2
     return th2, pi2, W2, ll2
 
 
@@ -282,17 +290,21 @@ def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
     accelerate=False runs plain EM, one M-step and one E-step an iteration.
     """
     W, loglik = _e_step(stats, theta, pi)
+    gain = np.inf
     for iteration in range(1, max_iter + 1):
         decrement = None
         if accelerate:
-            newton = _newton_step(stats, theta, pi, W, loglik)
+            # Newton only near a maximum (where the last step gained little): elsewhere the
+            # Hessian is rarely negative definite and computing it would be wasted
+            newton = _newton_step(stats, theta, pi, W, loglik) if gain < NEWTON_GAIN else None
             if newton is not None:
                 new_theta, new_pi, new_W, new_loglik, decrement = newton
             else:
                 new_theta, new_pi, new_W, new_loglik = _squarem_step(stats, theta, pi, W, loglik)
         else:
             new_theta, new_pi, new_W, new_loglik = _em_step(stats, theta, pi, W)
-        still = np.abs(new_W - W).max() <= tol and new_loglik - loglik <= tol
+        gain = new_loglik - loglik
+        still = gain <= tol and np.abs(new_W - W).max() <= tol
         theta, pi, W, loglik = new_theta, new_pi, new_W, new_loglik
         if still and (decrement is None or decrement > 2 * tol):
             decrement = _remaining_gain(stats, theta, pi, W)
@@ -371,7 +383,8 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter):
     This is what finds the maxima that random starts reach only rarely (README, "Starts")."""
     K = fit.theta.shape[0]
     while K > 1 and fit.pi.min() > 0:
-        trials = [_run_em(stats, *_split(stats, coefficients, fit, drop, split), tol=tol, max_iter=8)
+        trials = [_run_em(stats, *_split(stats, coefficients, fit, drop, split), tol=tol, max_iter=8,
+                           accelerate=False)
                   for drop in range(K) for split in range(K) if split != drop]
         best = max(trials, key=lambda trial: trial.loglik)
         candidate = _run_em(stats, best.theta, best.pi, tol=tol, max_iter=max_iter)
