@@ -521,3 +521,41 @@ def Estimate(K, y, X, n_init=10, seed=None):
     (theta (K, P), pi (K,), loglik) at the highest log-likelihood found. Same seed, same result."""
     fit = fit_mixture(K, y, X, n_init=n_init, seed=seed)
     return fit.theta, fit.pi, fit.loglik
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard errors
+# ---------------------------------------------------------------------------------------------
+
+def _covariance(stats, theta, pi):
+    """Covariance (K P + K, K P + K) of (theta flat, pi_1..pi_K) from the observed information.
+
+    The inverse of -H in psi = (theta, eta), carried to pi by the delta method with
+    d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN where -H is not positive definite
+    (not a maximum, or an empty segment), because no standard error is meaningful there.
+    """
+    K, P = theta.shape
+    size = K * P + K
+    if pi.min() <= 0:
+        return np.full((size, size), np.nan)
+    W, _ = _e_step(stats, theta, pi)
+    _, H = _score_hessian(stats, theta, pi, W)
+    try:
+        np.linalg.cholesky(-H)
+    except np.linalg.LinAlgError:
+        return np.full((size, size), np.nan)
+    cov_psi = np.linalg.solve(-H, np.eye(H.shape[0]))
+    J = np.zeros((size, H.shape[0]))
+    J[:K * P, :K * P] = np.eye(K * P)
+    J[K * P:, K * P:] = (np.diag(pi) - np.outer(pi, pi))[:, :K - 1]
+    return J @ cov_psi @ J.T
+
+
+def StandardErrors(theta, pi, y, X):
+    """Standard errors (se_theta (K, P), se_pi (K,)) at a maximum (theta, pi), from the observed
+    information; NaN where the information is singular (an empty or duplicated segment)."""
+    stats = sufficient_statistics(y, X)
+    theta, pi = _check_parameters(theta, pi, stats.P)
+    se = np.sqrt(np.diag(_covariance(stats, theta, pi)))
+    K, P = theta.shape
+    return se[:K * P].reshape(K, P), se[K * P:]

@@ -1,0 +1,116 @@
+"""Simulated store panels with a known truth, for testing em_sales and for trying it out.
+
+    log S_it = alpha[C_i] + beta[C_i] log p_t + eps_it,   eps_it ~ N(0, 1),   Pr[C_i = c] = pi_c.
+
+Importable (simulate() returns a Panel) and a command line that writes the course data's format,
+first column Price then Sales1..SalesN, a missing cell left empty, and the truth as JSON:
+
+    python simulate.py                       # data/example.csv and data/example_truth.json
+    python simulate.py --stores 10000 --missing 0.05 --seed 7 --output big.csv
+
+The defaults mimic the course data: 52 weeks, 300 stores, prices between 1.10 and 7.70 and three
+segments close to the K = 3 estimate on it.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+DEFAULT_THETA = ((11.65, -1.82), (9.89, -1.20), (10.79, -1.06))   # (alpha_c, beta_c), c = 1..3
+DEFAULT_PI = (0.09, 0.07, 0.84)
+DEFAULT_SEED = 20261124                                            # the seed of data/example.csv
+
+
+class Panel(NamedTuple):
+    """A simulated panel. price (T,), sales (T, N) with NaN where missing, y = log sales (T, N),
+    X = [1, log price] (T, 2), segment (N,) in 0..K-1 (row of theta), theta (K, 2), pi (K,)."""
+    price: np.ndarray
+    sales: np.ndarray
+    y: np.ndarray
+    X: np.ndarray
+    segment: np.ndarray
+    theta: np.ndarray
+    pi: np.ndarray
+
+
+def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 7.7),
+             missing=0.0, seed=None):
+    """Draw a panel of N stores over T weeks from the model with parameters theta (K x 2) and pi.
+
+    Prices are uniform on price_range, rounded to cents and shared by all stores. Each store's
+    segment is drawn from pi. With missing > 0 each cell is dropped with that probability, but
+    every store keeps at least two weeks with different prices, so that it stays usable.
+    """
+    theta = np.asarray(theta, dtype=float).reshape(-1, 2)
+    pi = np.asarray(pi, dtype=float)
+    if pi.shape != (theta.shape[0],) or (pi < 0).any() or abs(pi.sum() - 1) > 1e-9:
+        raise ValueError(f"pi must be a probability vector with one entry per row of theta; got {pi}")
+    if not 0 <= missing < 1:
+        raise ValueError(f"missing must be a fraction in [0, 1); got {missing}")
+    if N < 1 or T < 2:
+        raise ValueError(f"need at least 1 store and 2 weeks; got N = {N}, T = {T}")
+    rng = np.random.default_rng(seed)
+    price = np.round(rng.uniform(*price_range, size=T), 2)
+    while np.ptp(price) == 0:                                  # a price that moves, always
+        price = np.round(rng.uniform(*price_range, size=T), 2)
+    X = np.column_stack([np.ones(T), np.log(price)])
+    segment = rng.choice(len(pi), size=N, p=pi)
+    y = X @ theta[segment].T + rng.standard_normal((T, N))
+    if missing > 0:
+        keep = rng.random((T, N)) >= missing
+        cheapest, dearest = np.argmin(price), np.argmax(price)
+        thin = keep.sum(axis=0) < 2
+        keep[cheapest, thin] = keep[dearest, thin] = True
+        y = np.where(keep, y, np.nan)
+    return Panel(price, np.exp(y), y, X, segment, theta, pi)
+
+
+def write_csv(path, price, sales):
+    """The course data's format: Price, Sales1..SalesN; a missing cell is left empty."""
+    T, N = sales.shape
+    with open(path, "w", newline="") as out:
+        out.write(",".join(["Price"] + [f"Sales{i + 1}" for i in range(N)]) + "\n")
+        for t in range(T):
+            cells = ["" if np.isnan(s) else f"{s:.10g}" for s in sales[t]]
+            out.write(f"{price[t]:.2f}," + ",".join(cells) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--stores", type=int, default=300, help="number of stores N")
+    parser.add_argument("--weeks", type=int, default=52, help="number of weeks T")
+    parser.add_argument("--theta", type=float, nargs="+", default=[v for row in DEFAULT_THETA for v in row],
+                        metavar="V", help="alpha_1 beta_1 alpha_2 beta_2 ... (K segments)")
+    parser.add_argument("--pi", type=float, nargs="+", default=list(DEFAULT_PI),
+                        help="segment probabilities pi_1 .. pi_K")
+    parser.add_argument("--missing", type=float, default=0.0, help="fraction of cells left empty")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    parser.add_argument("--output", default=os.path.join("data", "example.csv"), help="CSV to write")
+    parser.add_argument("--truth", default=None,
+                        help="JSON with the true theta, pi and segments (default: OUTPUT's name + _truth.json)")
+    args = parser.parse_args(argv)
+    if len(args.theta) % 2 or len(args.theta) // 2 != len(args.pi):
+        parser.error(f"--theta needs two values (alpha, beta) for each of the {len(args.pi)} "
+                     f"entries of --pi; got {len(args.theta)} values")
+    try:
+        panel = simulate(args.stores, args.weeks, args.theta, args.pi, missing=args.missing, seed=args.seed)
+    except ValueError as problem:
+        parser.error(str(problem))
+    truth = args.truth or os.path.splitext(args.output)[0] + "_truth.json"
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    write_csv(args.output, panel.price, panel.sales)
+    facts = {"stores": args.stores, "weeks": args.weeks, "seed": args.seed, "missing": args.missing,
+             "theta": panel.theta.tolist(), "pi": panel.pi.tolist(),
+             "segment": (panel.segment + 1).tolist()}                 # segments numbered 1..K
+    with open(truth, "w") as out:
+        out.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in facts.items()) + "\n}\n")
+    print(f"wrote {args.output} ({args.weeks} weeks x {args.stores} stores) and {truth}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
