@@ -559,3 +559,322 @@ def StandardErrors(theta, pi, y, X):
     se = np.sqrt(np.diag(_covariance(stats, theta, pi)))
     K, P = theta.shape
     return se[:K * P].reshape(K, P), se[K * P:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a panel from a CSV file
+# ---------------------------------------------------------------------------------------------
+
+class InputError(ValueError):
+    """A file that cannot be used, with a message naming the file, where and what."""
+
+
+def _read_text(path):
+    """The file's text (UTF-8 with or without a byte-order mark, else Windows-1252)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a CSV file") from None
+    except OSError as problem:
+        raise InputError(f"{path}: cannot be read ({problem.strerror})") from None
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            text = raw.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        text = "\0"
+    if any(ch < " " and ch not in "\t\n\r\f" for ch in text):
+        raise InputError(f"{path}: is not a text file (binary or unreadable content); "
+                         "expected a CSV file of prices and sales")
+    return text
+
+
+def read_panel(path):
+    """Read a CSV panel: first column the price, every other column a store, one row a week.
+
+    Separators ',' ';' or tab (taken from the header line); with ';' or tab, decimal commas are
+    read too (a spreadsheet export). An empty cell (or NA) is a week without an observation.
+    A byte-order mark, spaces around cells and empty lines are ignored.
+    Returns (price (T,), sales (T, N) with NaN where missing, store names); raises InputError
+    naming the file, line and column of the first problem.
+    """
+    import csv
+    import io
+    import warnings as _warnings
+    import pandas as pd
+
+    text = _read_text(path)
+    lines = text.splitlines()
+    kept = [number for number, line in enumerate(lines, 1) if line.strip(" \t,;")]
+    if not kept:
+        raise InputError(f"{path}: the file is empty")
+    header = lines[kept[0] - 1]
+    sep = ";" if ";" in header else "\t" if "\t" in header else ","
+    decimal = "," if sep != "," else "."
+
+    def cells(line):                         # non-empty cells up to the last one, quotes respected
+        line = line.rstrip(sep + " \t")
+        return len(next(csv.reader([line], delimiter=sep))) if '"' in line else line.count(sep) + 1
+
+    width = cells(header)
+    for number in kept[1:]:                  # pandas would shift a row that has a cell too many
+        if cells(lines[number - 1]) > width:
+            raise InputError(f"{path}: line {number} has more cells than the header's {width}")
+    options = dict(sep=sep, decimal=decimal, skipinitialspace=True, index_col=False, header=0,
+                   keep_default_na=False, na_values=["", "NA", "NaN"])
+    body = "\n".join(lines[number - 1] for number in kept)
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", pd.errors.ParserWarning)   # trailing empty cells
+            frame = pd.read_csv(io.StringIO(body), dtype=float, **options)
+    except ValueError:
+        frame = pd.read_csv(io.StringIO(body), dtype=str, **options)
+        _raise_at_bad_cell(path, frame, kept, decimal)
+    except pd.errors.ParserError as problem:
+        raise InputError(f"{path}: not a readable CSV file ({problem})") from None
+    names = [str(name).strip() for name in frame.columns]
+    empty = [j for j, name in enumerate(names) if (name == "" or name.startswith("Unnamed:"))
+             and frame.iloc[:, j].isna().all()]     # trailing separators of a spreadsheet export
+    if empty:
+        frame = frame.drop(columns=frame.columns[empty])
+        names = [name for j, name in enumerate(names) if j not in empty]
+    values = frame.to_numpy(dtype=float)
+    return _checked_panel(path, values, names, kept[1:])
+
+
+def _raise_at_bad_cell(path, frame, kept, decimal):
+    import pandas as pd
+    for column in frame.columns:
+        text = frame[column].fillna("").astype(str).str.strip()
+        as_read = text.str.replace(",", ".") if decimal == "," else text
+        numbers = pd.to_numeric(as_read.where(as_read != "", None), errors="coerce")
+        bad = numbers.isna() & (text != "") & (text.str.upper() != "NA")
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise InputError(f"{path}: line {kept[row + 1]}, column '{str(column).strip()}': "
+                             f"'{text.iloc[row]}' is not a number")
+    raise InputError(f"{path}: a cell is not a number")
+
+
+def _checked_panel(path, values, names, line_of_row):
+    T = values.shape[0]
+    if T == 0:
+        raise InputError(f"{path}: has a header but no data rows")
+    if values.shape[1] < 2:
+        raise InputError(f"{path}: has only one column (the price): no store columns")
+    price, sales = values[:, 0], values[:, 1:]
+    price_name = names[0] or "column 1"
+    for t in range(T):
+        if np.isnan(price[t]):
+            raise InputError(f"{path}: line {line_of_row[t]}: the price ('{price_name}') is missing")
+        if price[t] <= 0:
+            raise InputError(f"{path}: line {line_of_row[t]}: the price ('{price_name}') must be "
+                             f"positive to take its log; got {price[t]:g}")
+    if T < 2:
+        raise InputError(f"{path}: has {T} week; at least 2 weeks are needed for the 2 coefficients "
+                         "(alpha, beta) of a segment")
+    if np.ptp(price) == 0:
+        raise InputError(f"{path}: the price ('{price_name}') is {price[0]:g} in every week; "
+                         "a price that never changes cannot identify a price effect")
+    bad = np.argwhere(sales <= 0)
+    if len(bad):
+        t, i = bad[0]
+        raise InputError(f"{path}: line {line_of_row[t]}, column '{names[i + 1]}': sales must be "
+                         f"positive to take logs; got {sales[t, i]:g}")
+    if np.isinf(sales).any():
+        t, i = np.argwhere(np.isinf(sales))[0]
+        raise InputError(f"{path}: line {line_of_row[t]}, column '{names[i + 1]}': infinite sales")
+    empty = np.isnan(sales).all(axis=0)
+    if empty.any():
+        raise InputError(f"{path}: column '{names[1 + int(np.argmax(empty))]}' has no observed week "
+                         "(every cell is empty)")
+    return price, sales, names[1:]
+
+
+def panel_arrays(price, sales):
+    """The model's y = log sales (T, N) and X = [1, log price] (T, 2)."""
+    return np.log(sales), np.column_stack([np.ones_like(price), np.log(price)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model comparison, results.json and the report
+# ---------------------------------------------------------------------------------------------
+
+def model_summary(fit, stats):
+    """Everything results.json says of one fitted model: estimates, standard errors, criteria.
+
+    n_params = K P + K - 1; AIC = 2 k - 2 log L; BIC = k log(observed cells) - 2 log L;
+    ICL = BIC + 2 EN with EN = -sum_ic w_ic log w_ic the classification entropy; entropy is the
+    normalised 1 - EN / (N log K): 1 when every store's segment is certain (1 too for K = 1).
+    """
+    K, P = fit.theta.shape
+    N = fit.W.shape[0]
+    se = np.sqrt(np.diag(_covariance(stats, fit.theta, fit.pi)))
+    k = K * P + K - 1
+    n_obs = stats.n.sum()
+    W = fit.W
+    classification_entropy = float(-np.sum(W[W > 0] * np.log(W[W > 0])))
+    bic = k * math.log(n_obs) - 2 * fit.loglik
+    return {"K": K, "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
+            "se": {"theta": se[:K * P].reshape(K, P).tolist(), "pi": se[K * P:].tolist()},
+            "loglik": fit.loglik, "n_params": k, "aic": 2 * k - 2 * fit.loglik, "bic": bic,
+            "icl": bic + 2 * classification_entropy,
+            "entropy": 1.0 - classification_entropy / (N * math.log(K)) if K > 1 else 1.0,
+            "iterations": fit.n_iter, "converged": fit.converged,
+            "stores_in_segment": np.bincount(W.argmax(axis=1), minlength=K).tolist()}
+
+
+def _tidy(value):
+    """Floats to 12 significant digits (the same bytes for the same input), NaN to null."""
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else float(f"{value:.12g}")
+    if isinstance(value, dict):
+        return {key: _tidy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tidy(item) for item in value]
+    return value
+
+
+def results_json(results):
+    """results as JSON text: one line a store, number lists kept on one line."""
+    import json
+    import re
+    results = _tidy(results)
+    stores = results.pop("store_segments")
+    text = json.dumps(results, indent=2)
+    text = re.sub(r"\[\s*([-+0-9.eE,\s]*|null|true|false)\s*\]",
+                  lambda match: "[" + " ".join(match.group(1).split()) + "]", text)
+    text = re.sub(r"\[\s*(\[[^\[\]]*\](?:,\s*\[[^\[\]]*\])*)\s*\]",
+                  lambda match: "[" + " ".join(match.group(1).split()) + "]", text)
+    rows = ",\n    ".join(json.dumps(store) for store in stores)
+    return text[:-2] + ',\n  "store_segments": [\n    ' + rows + "\n  ]\n}\n"
+
+
+def _number(value, width, digits=4):
+    return f"{value:{width}.{digits}f}" if math.isfinite(value) else f"{'n/a':>{width}}"
+
+
+def report(results):
+    """The printed report: a table of segments for each K, the criteria, then the BIC choice."""
+    lines = [f"{results['data']}: {results['stores']} stores x {results['weeks']} weeks, "
+             f"{results['observations']} observed cells; best of {results['settings']['n_init']} "
+             f"starts for each K (seed {results['settings']['seed']})", ""]
+    for model in results["models"]:
+        status = (f"converged after {model['iterations']} iterations" if model["converged"]
+                  else f"NOT converged after {model['iterations']} iterations")
+        lines.append(f"K = {model['K']}   log-likelihood {model['loglik']:.4f}   "
+                     f"free parameters {model['n_params']}   {status}")
+        lines.append(f"        AIC {model['aic']:.2f}   BIC {model['bic']:.2f}   ICL {model['icl']:.2f}   "
+                     f"entropy {model['entropy']:.3f}")
+        lines.append("  segment      alpha    (s.e.)       beta    (s.e.)         pi    (s.e.)   stores")
+        se = model["se"]
+        for c in range(model["K"]):
+            (alpha, beta), (se_alpha, se_beta) = model["theta"][c][:2], se["theta"][c][:2]
+            lines.append(f"  {c + 1:7d} {_number(alpha, 10)} ({_number(se_alpha, 7)}) {_number(beta, 10)} "
+                         f"({_number(se_beta, 7)}) {_number(model['pi'][c], 10)} "
+                         f"({_number(se['pi'][c], 7)}) {model['stores_in_segment'][c]:8d}")
+        lines.append("")
+    ranked = sorted(results["models"], key=lambda model: model["bic"])
+    others = ", ".join(f"K = {model['K']}: +{model['bic'] - ranked[0]['bic']:.2f}" for model in ranked[1:])
+    lines.append(f"BIC chooses K = {results['best_K']}: the lowest BIC, {ranked[0]['bic']:.2f}"
+                 + (f" ({others})." if others else "."))
+    return "\n".join(lines)
+
+
+def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None):
+    """Read a CSV panel, estimate each K and return the results.json dictionary."""
+    price, sales, stores = read_panel(path)
+    y, X = panel_arrays(price, sales)
+    stats = sufficient_statistics(y, X)
+    for K in Ks:
+        if K > len(stores):
+            raise InputError(f"K = {K} segments is more than the {len(stores)} stores in {path}")
+    models, fits = [], {}
+    for K in Ks:
+        if progress:
+            progress(K)
+        fits[K] = fit_mixture(K, y, X, n_init=n_init, seed=seed, tol=tol)
+        models.append(model_summary(fits[K], stats))
+    best = min(models, key=lambda model: model["bic"])["K"]
+    W = fits[best].W
+    return {"data": path, "stores": len(stores), "weeks": len(price), "observations": int(stats.n.sum()),
+            "settings": {"n_init": n_init, "seed": seed, "tol": tol},
+            "models": models, "best_K": best,
+            "store_segments": [{"store": name, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
+                               for i, name in enumerate(stores)]}
+
+
+def main(argv=None):
+    import argparse
+    import os
+    import sys
+    import time
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):                # one line, exit code 2
+            sys.stderr.write(f"error: {message} (see --help)\n")
+            sys.exit(2)
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = Parser(description="Estimate store segments from weekly sales (a mixture of regressions "
+                    "of log sales on log price, by EM) for several K; print a report and write JSON.")
+    parser.add_argument("csv", nargs="?", default=None,
+                        help="CSV file: first column the price, then one column per store "
+                             "(default: data/example.csv, made by simulate.py)")
+    parser.add_argument("--K", type=int, nargs="+", default=[2, 3, 4], help="numbers of segments (default 2 3 4)")
+    parser.add_argument("--n-init", type=int, default=10, help="EM starts for each K (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the starts (default 0)")
+    parser.add_argument("--tol", type=float, default=1e-8, help="convergence tolerance (default 1e-8)")
+    parser.add_argument("--output", default="results.json", help="JSON file to write (default results.json)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    args = parser.parse_args(argv)
+    if min(args.K) < 1:
+        parser.error(f"--K must be at least 1; got {min(args.K)}")
+    if args.n_init < 1:
+        parser.error(f"--n-init must be at least 1; got {args.n_init}")
+    if not args.tol > 0:
+        parser.error(f"--tol must be positive; got {args.tol}")
+    path = args.csv
+    if path is None:
+        path = "data/example.csv" if os.path.exists("data/example.csv") else os.path.join(here, "data", "example.csv")
+
+    start = time.perf_counter()
+
+    def progress(K):                             # only when the run is slow enough to wonder
+        if not args.quiet and time.perf_counter() - start > 2:
+            print(f"estimating K = {K} ...", file=sys.stderr, flush=True)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
+    try:
+        results = analyse(path, list(dict.fromkeys(args.K)), args.n_init, args.seed, args.tol, progress)
+    except (InputError, ValueError) as problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    text = results_json(results)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    temporary = os.path.join(folder, f".{os.path.basename(args.output)}.{os.getpid()}.tmp")
+    try:                                         # never a half-written results file
+        with open(temporary, "w") as out:
+            out.write(text)
+        os.replace(temporary, args.output)
+    except OSError as problem:
+        print(f"error: cannot write {args.output}: {problem.strerror}", file=sys.stderr)
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        return 2
+    if not args.quiet:
+        print(report(results))
+        print(f"Results written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
