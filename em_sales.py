@@ -786,8 +786,9 @@ def report(results):
     return "\n".join(lines)
 
 
-def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None):
-    """Read a CSV panel, estimate each K and return the results.json dictionary."""
+def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name=None):
+    """Read a CSV panel, estimate each K and return the results.json dictionary, whose "data"
+    is `name` (default: the path)."""
     price, sales, stores = read_panel(path)
     y, X = panel_arrays(price, sales)
     stats = sufficient_statistics(y, X)
@@ -802,7 +803,7 @@ def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None):
         models.append(model_summary(fits[K], stats))
     best = min(models, key=lambda model: model["bic"])["K"]
     W = fits[best].W
-    return {"data": path, "stores": len(stores), "weeks": len(price), "observations": int(stats.n.sum()),
+    return {"data": name or path, "stores": len(stores), "weeks": len(price), "observations": int(stats.n.sum()),
             "settings": {"n_init": n_init, "seed": seed, "tol": tol},
             "models": models, "best_K": best,
             "store_segments": [{"store": name, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
@@ -839,9 +840,9 @@ def main(argv=None):
         parser.error(f"--n-init must be at least 1; got {args.n_init}")
     if not args.tol > 0:
         parser.error(f"--tol must be positive; got {args.tol}")
-    path = args.csv
-    if path is None:
-        path = "data/example.csv" if os.path.exists("data/example.csv") else os.path.join(here, "data", "example.csv")
+    path = args.csv or "data/example.csv"
+    if args.csv is None and not os.path.exists(path):          # run from another folder
+        path = os.path.join(here, "data", "example.csv")
 
     start = time.perf_counter()
 
@@ -852,12 +853,14 @@ def main(argv=None):
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)
 
-    warnings.showwarning = show_warning
-    try:
-        results = analyse(path, list(dict.fromkeys(args.K)), args.n_init, args.seed, args.tol, progress)
-    except (InputError, ValueError) as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            results = analyse(path, list(dict.fromkeys(args.K)), args.n_init, args.seed, args.tol, progress,
+                              name=args.csv or "data/example.csv")
+        except ValueError as problem:            # InputError, or a panel the model cannot use
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     text = results_json(results)
     folder = os.path.dirname(os.path.abspath(args.output))
     temporary = os.path.join(folder, f".{os.path.basename(args.output)}.{os.getpid()}.tmp")

@@ -332,3 +332,159 @@ class CourseData(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CommandLine(unittest.TestCase):
+    """python em_sales.py: reading files, results.json, and one-line errors on bad input."""
+
+    def setUp(self):
+        import tempfile
+        self.folder = tempfile.TemporaryDirectory()
+        self.output = self.path("results.json")
+        with open(self.output, "w") as out:
+            out.write("earlier results\n")
+
+    def tearDown(self):
+        self.folder.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.folder.name, name)
+
+    def write(self, name, text, mode="w"):
+        with open(self.path(name), mode) as out:
+            out.write(text)
+        return self.path(name)
+
+    def run_main(self, *argv):
+        import contextlib
+        import io
+        err, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                code = E.main(["--output", self.output, "--n-init", "2"] + list(argv))
+            except SystemExit as stop:
+                code = stop.code
+        return code, out.getvalue(), err.getvalue()
+
+    def results(self):
+        import json
+        with open(self.output) as handle:
+            return json.load(handle)
+
+    def assert_refused(self, pattern, *argv):
+        code, out, err = self.run_main(*argv)
+        self.assertEqual(code, 2, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertRegex(err, "^error: .*" + pattern)
+        with open(self.output) as handle:
+            self.assertEqual(handle.read(), "earlier results\n")
+
+    def test_bad_input(self):
+        good = "Price,A,B\n2.0,10,20\n3.0,11,21\n4.0,12,\n"
+        cases = {
+            "missing.csv": (None, "missing.csv: no such file"),
+            "empty.csv": ("", "empty.csv: the file is empty"),
+            "header.csv": ("Price,A,B\n", "header.csv: has a header but no data rows"),
+            "word.csv": ("Price,A,B\n2.0,10,20\n3.0,ten,21\n", "word.csv: line 3, column 'A': 'ten' is not a number"),
+            "zero.csv": ("Price,A,B\n2.0,10,20\n3.0,11,0\n", "zero.csv: line 3, column 'B': sales must be positive"),
+            "negative.csv": ("Price,A,B\n2.0,-10,20\n3.0,11,1\n", "line 2, column 'A': sales must be positive"),
+            "zeroprice.csv": ("Price,A,B\n0,10,20\n3.0,11,1\n", "line 2: the price \\('Price'\\) must be positive"),
+            "negprice.csv": ("Price,A,B\n2,10,20\n-3.0,11,1\n", "line 3: the price \\('Price'\\) must be positive"),
+            "noprice.csv": ("Price,A,B\n2,10,20\n,11,1\n", "line 3: the price \\('Price'\\) is missing"),
+            "constant.csv": ("Price,A,B\n2,10,20\n2,11,1\n", "price \\('Price'\\) is 2 in every week"),
+            "nostores.csv": ("Price\n2\n3\n", "only one column \\(the price\\): no store columns"),
+            "oneweek.csv": ("Price,A,B\n2,10,20\n", "has 1 week; at least 2 weeks"),
+            "emptystore.csv": ("Price,A,B\n2,10,\n3,11,\n", "column 'B' has no observed week"),
+            "ragged.csv": ("Price,A,B\n2,10,20,30\n3,11,1\n", "line 2 has more cells than the header"),
+        }
+        for name, (text, pattern) in cases.items():
+            with self.subTest(name):
+                path = self.path(name) if text is None else self.write(name, text)
+                self.assert_refused(pattern, path, "--K", "1")
+        self.write("binary.csv", bytes(range(256)) * 4, "wb")
+        self.assert_refused("binary.csv: is not a text file", self.path("binary.csv"))
+        self.assert_refused("is a folder", self.folder.name)
+        path = self.write("good.csv", good)
+        self.assert_refused("--K must be at least 1; got 0", path, "--K", "0")
+        self.assert_refused("K = 3 segments is more than the 2 stores", path, "--K", "3")
+        self.assert_refused("--n-init must be at least 1; got 0", path, "--K", "1", "--n-init", "0")
+        self.assert_refused("--K: invalid int value", path, "--K", "two")
+
+    def simulated(self, missing=0.0):
+        panel = S.simulate(N=40, T=20, missing=missing, seed=8)
+        S.write_csv(self.path("panel.csv"), panel.price, panel.sales)
+        with open(self.path("panel.csv")) as handle:
+            return panel, handle.read()
+
+    def test_spreadsheet_exports_give_the_same_estimates(self):
+        _, text = self.simulated(missing=0.1)
+        self.assertEqual(self.run_main(self.path("panel.csv"))[0], 0)
+        clean = self.results()
+        semicolon = "\n".join(line.replace(",", ";").replace(".", ",") for line in text.splitlines())
+        messy = "\ufeff" + "\n".join(" " + line.replace(",", " , ") + "  " for line in text.splitlines()) + "\n\n \n,,,\n"
+        for name, variant in (("semicolon.csv", semicolon), ("messy.csv", messy)):
+            with self.subTest(name):
+                self.assertEqual(self.run_main(self.write(name, variant))[0], 0)
+                got = self.results()
+                self.assertEqual(got["models"], clean["models"])
+                self.assertEqual(got["store_segments"], clean["store_segments"])
+
+    def test_results_json_contract(self):
+        panel, _ = self.simulated(missing=0.05)
+        code, out, err = self.run_main(self.path("panel.csv"), "--K", "1", "2", "3", "--seed", "3")
+        self.assertEqual((code, err), (0, ""))
+        got = self.results()
+        observed = int(np.isfinite(panel.y).sum())
+        self.assertEqual((got["stores"], got["weeks"], got["observations"]), (40, 20, observed))
+        self.assertEqual(got["settings"], {"n_init": 2, "seed": 3, "tol": 1e-8})
+        self.assertEqual([model["K"] for model in got["models"]], [1, 2, 3])
+        for model in got["models"]:
+            K = model["K"]
+            self.assertEqual(model["n_params"], 3 * K - 1)
+            self.assertAlmostEqual(model["bic"], model["n_params"] * math.log(observed) - 2 * model["loglik"], places=6)
+            self.assertAlmostEqual(model["aic"], 2 * model["n_params"] - 2 * model["loglik"], places=6)
+            self.assertGreaterEqual(model["icl"], model["bic"] - 1e-9)
+            self.assertTrue(0 <= model["entropy"] <= 1)
+            self.assertEqual(np.shape(model["theta"]), (K, 2))
+            self.assertEqual(np.shape(model["se"]["theta"]), (K, 2))
+            self.assertEqual(len(model["se"]["pi"]), K)
+            self.assertAlmostEqual(sum(model["pi"]), 1.0, places=9)
+            betas = [row[1] for row in model["theta"]]
+            self.assertEqual(betas, sorted(betas))               # canonical order
+            self.assertTrue(model["converged"])
+        self.assertEqual(got["best_K"], min(got["models"], key=lambda model: model["bic"])["K"])
+        stores = got["store_segments"]
+        self.assertEqual([store["store"] for store in stores], [f"Sales{i + 1}" for i in range(40)])
+        for store in stores:
+            self.assertEqual(len(store["posterior"]), got["best_K"])
+            self.assertAlmostEqual(sum(store["posterior"]), 1.0, places=9)
+            self.assertEqual(store["segment"], int(np.argmax(store["posterior"])) + 1)
+        self.assertIn(f"BIC chooses K = {got['best_K']}", out)
+
+    def test_same_input_same_bytes(self):
+        self.simulated()
+        contents = []
+        for _ in range(2):
+            self.assertEqual(self.run_main(self.path("panel.csv"), "--quiet")[0], 0)
+            with open(self.output, "rb") as handle:
+                contents.append(handle.read())
+        self.assertEqual(contents[0], contents[1])
+
+    def test_committed_results_are_what_the_default_run_writes(self):
+        import contextlib
+        import io
+        here = os.path.dirname(os.path.abspath(__file__))
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(E.main(["--output", self.output]), 0)
+        with open(self.output, "rb") as new, open(os.path.join(here, "results.json"), "rb") as committed:
+            self.assertEqual(new.read(), committed.read(), "regenerate results.json: python em_sales.py")
+
+    def test_no_traceback_from_the_real_command(self):
+        import subprocess
+        import sys
+        here = os.path.dirname(os.path.abspath(__file__))
+        done = subprocess.run([sys.executable, os.path.join(here, "em_sales.py"), self.path("nothing.csv"),
+                               "--output", self.output], capture_output=True, text=True)
+        self.assertEqual(done.returncode, 2)
+        self.assertEqual(done.stderr, f"error: {self.path('nothing.csv')}: no such file\n")
+        self.assertEqual(done.stdout, "")
