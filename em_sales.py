@@ -50,11 +50,13 @@ class Stats(NamedTuple):
     XtX: (N, P*P)   X_i'X_i over the store's observed weeks, flattened row by row
     Xty: (N, P)     X_i'y_i
     yty: (N,)       y_i'y_i
+    const: (N,)     -(n_i log 2 pi + y_i'y_i) / 2, the part of log f(y_i | c) free of theta
     """
     n: np.ndarray
     XtX: np.ndarray
     Xty: np.ndarray
     yty: np.ndarray
+    const: np.ndarray
 
     @property
     def P(self):
@@ -96,7 +98,9 @@ def sufficient_statistics(y, X):
         XtX = np.tile((X.T @ X).ravel(), (N, 1))
     else:
         XtX = observed.T.astype(float) @ (X[:, :, None] * X[:, None, :]).reshape(T, P * P)
-    return Stats(n.astype(float), XtX, y0.T @ X, np.einsum("tn,tn->n", y0, y0))
+    n = n.astype(float)
+    yty = np.einsum("tn,tn->n", y0, y0)
+    return Stats(n, XtX, y0.T @ X, yty, -0.5 * (n * LOG_2PI + yty))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def _log_density(stats, theta):
     K, P = theta.shape
     outer = (theta[:, :, None] * theta[:, None, :]).reshape(K, P * P)   # theta_c theta_c', flat
     quadratic = outer @ stats.XtX.T - 2.0 * (theta @ stats.Xty.T)       # (K, N)
-    return -0.5 * (stats.n * LOG_2PI + stats.yty) - 0.5 * quadratic
+    return stats.const - 0.5 * quadratic
 
 
 def _e_step(stats, theta, pi):
@@ -121,8 +125,8 @@ def _e_step(stats, theta, pi):
     written out because this is the innermost loop (and twice as fast so).
     An empty segment (pi_c = 0) gets log pi_c = -inf and so W[:, c] = 0, without a NaN.
     """
-    with np.errstate(divide="ignore"):
-        log_joint = _log_density(stats, theta) + np.log(pi)[:, None]    # log pi_c + log f_ic
+    log_pi = np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)
+    log_joint = _log_density(stats, theta) + log_pi[:, None]            # log pi_c + log f_ic
     top = log_joint.max(axis=0)
     joint = np.exp(log_joint - top)
     total = joint.sum(axis=0)
@@ -287,28 +291,35 @@ def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
     Converged means: no posterior probability moved by more than tol in the last iteration, the
     log-likelihood rose by less than tol, and (where the Hessian is negative definite) a Newton
     step would add less than tol: the last test is what tells a maximum from a slow plateau.
-    accelerate=False runs plain EM, one M-step and one E-step an iteration.
+    accelerate=False runs plain EM, one M-step and one E-step an iteration. Accelerated runs take
+    Newton steps once the gains are small (SQUAREM steps before), so the last test comes with the
+    step, and they end with one more Newton step: the estimate is then the maximum to machine
+    precision, not merely within tol of it.
     """
     W, loglik = _e_step(stats, theta, pi)
     gain = np.inf
     for iteration in range(1, max_iter + 1):
-        decrement = None
-        if accelerate:
-            # Newton only near a maximum (where the last step gained little): elsewhere the
-            # Hessian is rarely negative definite and computing it would be wasted
-            newton = _newton_step(stats, theta, pi, W, loglik) if gain < NEWTON_GAIN else None
-            if newton is not None:
-                new_theta, new_pi, new_W, new_loglik, decrement = newton
-            else:
-                new_theta, new_pi, new_W, new_loglik = _squarem_step(stats, theta, pi, W, loglik)
+        decrement, newton = None, None
+        # Newton only near a maximum (where the last step gained little): elsewhere the Hessian
+        # is rarely negative definite and computing it would be wasted
+        tried_newton = accelerate and gain < NEWTON_GAIN
+        if tried_newton:
+            newton = _newton_step(stats, theta, pi, W, loglik)
+        if newton is not None:
+            new_theta, new_pi, new_W, new_loglik, decrement = newton
+        elif accelerate:
+            new_theta, new_pi, new_W, new_loglik = _squarem_step(stats, theta, pi, W, loglik)
         else:
             new_theta, new_pi, new_W, new_loglik = _em_step(stats, theta, pi, W)
         gain = new_loglik - loglik
         still = gain <= tol and np.abs(new_W - W).max() <= tol
         theta, pi, W, loglik = new_theta, new_pi, new_W, new_loglik
-        if still and (decrement is None or decrement > 2 * tol):
-            decrement = _remaining_gain(stats, theta, pi, W)
-        if still and decrement <= 2 * tol:
+        if still and decrement is None and (tried_newton or not accelerate):
+            decrement = _remaining_gain(stats, theta, pi, W)       # 0 where Newton cannot help
+        if still and decrement is not None and decrement <= 2 * tol:
+            polish = _newton_step(stats, theta, pi, W, loglik) if newton is not None else None
+            if polish is not None:
+                theta, pi, W, loglik = polish[:4]
             return Fit(theta, pi, loglik, W, iteration, True)
     return Fit(theta, pi, loglik, W, max_iter, False)
 
