@@ -293,8 +293,7 @@ def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
     step would add less than tol: the last test is what tells a maximum from a slow plateau.
     accelerate=False runs plain EM, one M-step and one E-step an iteration. Accelerated runs take
     Newton steps once the gains are small (SQUAREM steps before), so the last test comes with the
-    step, and they end with one more Newton step: the estimate is then the maximum to machine
-    precision, not merely within tol of it.
+    step. See _polish for the last digits.
     """
     W, loglik = _e_step(stats, theta, pi)
     gain = np.inf
@@ -317,11 +316,19 @@ def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
         if still and decrement is None and (tried_newton or not accelerate):
             decrement = _remaining_gain(stats, theta, pi, W)       # 0 where Newton cannot help
         if still and decrement is not None and decrement <= 2 * tol:
-            polish = _newton_step(stats, theta, pi, W, loglik) if newton is not None else None
-            if polish is not None:
-                theta, pi, W, loglik = polish[:4]
             return Fit(theta, pi, loglik, W, iteration, True)
     return Fit(theta, pi, loglik, W, max_iter, False)
+
+
+def _polish(stats, fit):
+    """Up to two more Newton steps from a converged fit: Newton converges quadratically there, so
+    the estimate becomes the maximum to machine precision, not merely within tol of it."""
+    for _ in range(2):
+        step = _newton_step(stats, fit.theta, fit.pi, fit.W, fit.loglik) if fit.converged else None
+        if step is None:
+            break
+        fit = fit._replace(theta=step[0], pi=step[1], W=step[2], loglik=step[3])
+    return fit
 
 
 def _remaining_gain(stats, theta, pi, W):
@@ -506,7 +513,8 @@ def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True):
     stats = sufficient_statistics(y, X)
     _check_K(K, stats.n.size)
     rng = np.random.default_rng(seed)
-    fit = _canonical(_em(stats, K, rng, _store_coefficients(stats), tol, max_iter, accelerate))
+    fit = _em(stats, K, rng, _store_coefficients(stats), tol, max_iter, accelerate)
+    fit = _canonical(_polish(stats, fit) if accelerate else fit)
     _warn_about(fit, "EM")
     return fit.theta, fit.pi, fit.loglik
 
@@ -522,7 +530,7 @@ def fit_mixture(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     runs = [_em(stats, K, rng, coefficients, tol, max_iter, True) for _ in range(n_init)]
     best = max(runs, key=lambda run: run.loglik)
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
-    fit = _canonical(best)
+    fit = _canonical(_polish(stats, best))
     _warn_about(fit, "Estimate")
     return fit
 
