@@ -206,14 +206,13 @@ def _score_hessian(stats, theta, pi, W):
     return G.sum(axis=0), H
 
 
-def _newton_step(stats, theta, pi, W, loglik):
-    """A safeguarded Newton step on psi; None where it does not apply or does not go uphill.
+def _newton_direction(stats, theta, pi, W):
+    """(step, decrement) for psi at (theta, pi), or None where no step applies (an empty segment).
 
     Where -H is positive definite this is Newton's step -H^-1 g. Where it is not (on a ridge or
     near a saddle, where EM crawls) the step uses |eigenvalues| of -H instead (saddle-free Newton,
-    Dauphin et al. 2014), which still points uphill. The step is halved until the likelihood rises.
-    Returns (theta, pi, W, loglik, decrement); decrement = g'(-H)^-1 g, twice the gain a concave
-    quadratic model predicts (infinite where -H is not positive definite).
+    Dauphin et al. 2014), which still points uphill. decrement = g'(-H)^-1 g is twice the gain a
+    concave quadratic model predicts; it is infinite where -H is not positive definite.
     """
     if pi.min() < 1e-12:
         return None
@@ -222,13 +221,22 @@ def _newton_step(stats, theta, pi, W, loglik):
     top = np.abs(values).max()
     if not top > 0:
         return None
-    scale = np.maximum(np.abs(values), 1e-8 * top)
     along = vectors.T @ grad
-    step = vectors @ (along / scale)
-    decrement = float(along @ (along / values)) if values.min() > 0 else np.inf
+    step = vectors @ (along / np.maximum(np.abs(values), 1e-8 * top))
+    decrement = float(along @ (along / values)) if values.min() > 0 else math.inf
+    return step, decrement
+
+
+def _newton_step(stats, theta, pi, W, loglik):
+    """A Newton step (see _newton_direction), halved until the likelihood rises; None where no
+    step applies or none goes uphill. Returns (theta, pi, W, loglik, decrement)."""
+    direction = _newton_direction(stats, theta, pi, W)
+    if direction is None:
+        return None
+    step, decrement = direction
     K, P = theta.shape
     eta = np.log(pi[:K - 1]) - np.log(pi[K - 1])
-    for _ in range(6):                                           # halve until uphill
+    for _ in range(6):
         new_theta = theta + step[:K * P].reshape(K, P)
         logits = np.append(eta + step[K * P:], 0.0)
         new_pi = np.exp(logits - logits.max())
@@ -332,16 +340,10 @@ def _polish(stats, fit):
 
 
 def _remaining_gain(stats, theta, pi, W):
-    """Newton decrement g'(-H)^-1 g at (theta, pi); 0 where H is not negative definite."""
-    if pi.min() < 1e-12:
-        return 0.0
-    grad, H = _score_hessian(stats, theta, pi, W)
-    try:
-        chol = np.linalg.cholesky(-H)
-    except np.linalg.LinAlgError:
-        return 0.0
-    half = np.linalg.solve(chol, grad)
-    return float(half @ half)
+    """Newton decrement at (theta, pi); 0 where the log-likelihood is not locally concave (a
+    saddle or an empty segment), where Newton has nothing to say about a plain EM run's end."""
+    direction = _newton_direction(stats, theta, pi, W)
+    return 0.0 if direction is None or math.isinf(direction[1]) else direction[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,14 +381,18 @@ def _kmeanspp_start(stats, coefficients, K, rng):
 def _split(stats, coefficients, fit, drop, split):
     """Start that removes segment `drop` and splits segment `split` in two (split-and-merge EM,
     Ueda et al. 2000): the two halves sit one standard deviation either side of theta_split along
-    the main axis of its stores' coefficients, measured in the likelihood's metric."""
+    the main axis of its stores' coefficients, measured in the likelihood's metric. None where
+    the segment's stores do not identify theta (their summed X_i'X_i is singular)."""
     K, P = fit.theta.shape
     w = fit.W[:, split]
     centre = fit.theta[split]
     information = (w @ stats.XtX).reshape(P, P) / w.sum()       # mean X_i'X_i of the segment
     gap = coefficients - centre
     spread = np.einsum("n,np,nq->pq", w, gap, gap) / w.sum()
-    root = np.linalg.cholesky(information)                        # whiten, take the main axis
+    try:
+        root = np.linalg.cholesky(information)                    # whiten, take the main axis
+    except np.linalg.LinAlgError:                                 # its stores cannot tell theta:
+        return None                                               # no split of this segment
     values, vectors = np.linalg.eigh(root.T @ spread @ root)
     axis = np.linalg.solve(root.T, vectors[:, -1]) * math.sqrt(max(values[-1], 0.0))
     keep = [c for c in range(K) if c not in (drop, split)]
@@ -401,9 +407,12 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter):
     This is what finds the maxima that random starts reach only rarely (README, "Starts")."""
     K = fit.theta.shape[0]
     while K > 1 and fit.pi.min() > 0:
-        trials = [_run_em(stats, *_split(stats, coefficients, fit, drop, split), tol=tol, max_iter=8,
-                           accelerate=False)
+        starts = [_split(stats, coefficients, fit, drop, split)
                   for drop in range(K) for split in range(K) if split != drop]
+        trials = [_run_em(stats, *start, tol=tol, max_iter=8, accelerate=False)
+                  for start in starts if start is not None]
+        if not trials:
+            break
         best = max(trials, key=lambda trial: trial.loglik)
         candidate = _run_em(stats, best.theta, best.pi, tol=tol, max_iter=max_iter)
         if candidate.loglik <= fit.loglik + tol:
