@@ -441,6 +441,13 @@ def _check_K(K, N):
         raise ValueError(f"K = {K} segments is more than the {N} stores in y")
 
 
+def _check_settings(tol, max_iter):
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number; got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a whole number >= 1; got {max_iter!r}")
+
+
 def _check_parameters(theta, pi, P):
     """pi as a (K,) probability vector and theta as a (K, P) array, or ValueError."""
     pi = np.asarray(pi, dtype=float).ravel()
@@ -521,6 +528,7 @@ def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True):
     when they raise the likelihood; accelerate=False is plain EM. Segments in canonical order."""
     stats = sufficient_statistics(y, X)
     _check_K(K, stats.n.size)
+    _check_settings(tol, max_iter)
     rng = np.random.default_rng(seed)
     fit = _em(stats, K, rng, _store_coefficients(stats), tol, max_iter, accelerate)
     fit = _canonical(_polish(stats, fit) if accelerate else fit)
@@ -534,6 +542,7 @@ def fit_mixture(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     _check_K(K, stats.n.size)
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
         raise ValueError(f"n_init must be a whole number >= 1; got {n_init!r}")
+    _check_settings(tol, max_iter)
     rng = np.random.default_rng(seed)
     coefficients = _store_coefficients(stats)
     runs = [_em(stats, K, rng, coefficients, tol, max_iter, True) for _ in range(n_init)]
@@ -593,6 +602,9 @@ def StandardErrors(theta, pi, y, X):
 # Reading a panel from a CSV file
 # ---------------------------------------------------------------------------------------------
 
+MISSING = ["", "NA", "NaN"]                    # cells that mean "no observation this week"
+
+
 class InputError(ValueError):
     """A file that cannot be used, with a message naming the file, where and what."""
 
@@ -633,7 +645,6 @@ def read_panel(path):
     """
     import csv
     import io
-    import warnings as _warnings
     import pandas as pd
 
     text = _read_text(path)
@@ -654,17 +665,16 @@ def read_panel(path):
         if cells(lines[number - 1]) > width:
             raise InputError(f"{path}: line {number} has more cells than the header's {width}")
     options = dict(sep=sep, decimal=decimal, skipinitialspace=True, index_col=False, header=0,
-                   keep_default_na=False, na_values=["", "NA", "NaN"])
+                   keep_default_na=False, na_values=MISSING)
     body = "\n".join(lines[number - 1] for number in kept)
     try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("ignore", pd.errors.ParserWarning)   # trailing empty cells
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)    # trailing empty cells
             frame = pd.read_csv(io.StringIO(body), dtype=float, **options)
-    except ValueError:
-        frame = pd.read_csv(io.StringIO(body), dtype=str, **options)
-        _raise_at_bad_cell(path, frame, kept, decimal)
-    except pd.errors.ParserError as problem:
-        raise InputError(f"{path}: not a readable CSV file ({problem})") from None
+    except pd.errors.ParserError as problem:     # a ValueError too, so it must come first
+        raise InputError(f"{path}: not a readable CSV file ({str(problem).strip()})") from None
+    except ValueError:                           # a cell that is not a number: find and name it
+        _raise_at_bad_cell(path, pd.read_csv(io.StringIO(body), dtype=str, **options), kept, decimal)
     names = [str(name).strip() for name in frame.columns]
     empty = [j for j, name in enumerate(names) if (name == "" or name.startswith("Unnamed:"))
              and frame.iloc[:, j].isna().all()]     # trailing separators of a spreadsheet export
@@ -680,8 +690,8 @@ def _raise_at_bad_cell(path, frame, kept, decimal):
     for column in frame.columns:
         text = frame[column].fillna("").astype(str).str.strip()
         as_read = text.str.replace(",", ".") if decimal == "," else text
-        numbers = pd.to_numeric(as_read.where(as_read != "", None), errors="coerce")
-        bad = numbers.isna() & (text != "") & (text.str.upper() != "NA")
+        numbers = pd.to_numeric(as_read.where(~text.isin(MISSING), None), errors="coerce")
+        bad = numbers.isna() & ~text.isin(MISSING)
         if bad.any():
             row = int(np.argmax(bad.to_numpy()))
             raise InputError(f"{path}: line {kept[row + 1]}, column '{str(column).strip()}': "

@@ -288,6 +288,8 @@ class BadArguments(unittest.TestCase):
         self.check("more than the 10 stores", E.EM, 11, y, X)
         self.check("whole number", E.Estimate, 2.5, y, X)
         self.check("n_init", E.Estimate, 2, y, X, n_init=0)
+        self.check("tol must be a positive number", E.EM, 2, y, X, tol=0)
+        self.check("max_iter must be a whole number", E.EM, 2, y, X, max_iter=0)
         self.check("rows", E.LogL, theta, pi, y, X[:-1])
         self.check("T x N", E.LogL, theta, pi, y[None], X)
         self.check("probability vector", E.LogL, theta, [0.5, 0.6], y, X)
@@ -396,6 +398,8 @@ class CommandLine(unittest.TestCase):
             "oneweek.csv": ("Price,A,B\n2,10,20\n", "has 1 week; at least 2 weeks"),
             "emptystore.csv": ("Price,A,B\n2,10,\n3,11,\n", "column 'B' has no observed week"),
             "ragged.csv": ("Price,A,B\n2,10,20,30\n3,11,1\n", "line 2 has more cells than the header"),
+            "quote.csv": ('Price,A\n"2,10\n3,11\n', "quote.csv: not a readable CSV file"),
+            "nan.csv": ("Price,A,B\n2,NaN,20\n3,x,1\n4,5,NA\n", "line 3, column 'A': 'x' is not a number"),
         }
         for name, (text, pattern) in cases.items():
             with self.subTest(name):
