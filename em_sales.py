@@ -794,11 +794,13 @@ def results_json(results):
 
 
 def _number(value, width, digits=4):
-    return f"{value:{width}.{digits}f}" if math.isfinite(value) else f"{'n/a':>{width}}"
+    """A number for the report's tables; n/a for a missing (None or NaN) standard error."""
+    return f"{value:{width}.{digits}f}" if value is not None and math.isfinite(value) else f"{'n/a':>{width}}"
 
 
 def report(results):
-    """The printed report: a table of segments for each K, the criteria, then the BIC choice."""
+    """The printed report: a table of segments for each K, the criteria, then the BIC choice.
+    Takes analyse()'s dictionary, or the same read back from results.json."""
     lines = [f"{results['data']}: {results['stores']} stores x {results['weeks']} weeks, "
              f"{results['observations']} observed cells; best of {results['settings']['n_init']} "
              f"starts for each K (seed {results['settings']['seed']})", ""]
@@ -844,8 +846,8 @@ def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name
     return {"data": name or path, "stores": len(stores), "weeks": len(price), "observations": int(stats.n.sum()),
             "settings": {"n_init": n_init, "seed": seed, "tol": tol},
             "models": models, "best_K": best,
-            "store_segments": [{"store": name, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
-                               for i, name in enumerate(stores)]}
+            "store_segments": [{"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
+                               for i, store in enumerate(stores)]}
 
 
 def main(argv=None):
