@@ -602,7 +602,7 @@ def StandardErrors(theta, pi, y, X):
 # Reading a panel from a CSV file
 # ---------------------------------------------------------------------------------------------
 
-MISSING = ["", "NA", "NaN"]                    # cells that mean "no observation this week"
+MISSING = ("", "NA", "NaN", "nan")            # cells that mean "no observation this week"
 
 
 class InputError(ValueError):
@@ -638,65 +638,59 @@ def read_panel(path):
     """Read a CSV panel: first column the price, every other column a store, one row a week.
 
     Separators ',' ';' or tab (taken from the header line); with ';' or tab, decimal commas are
-    read too (a spreadsheet export). An empty cell (or NA) is a week without an observation.
-    A byte-order mark, spaces around cells and empty lines are ignored.
+    read too (a spreadsheet export). An empty cell (or NA, NaN) is a week without an observation.
+    A byte-order mark, spaces around cells, empty lines and trailing empty columns are ignored.
     Returns (price (T,), sales (T, N) with NaN where missing, store names); raises InputError
     naming the file, line and column of the first problem.
     """
     import csv
-    import io
-    import pandas as pd
 
     text = _read_text(path)
     lines = text.splitlines()
     kept = [number for number, line in enumerate(lines, 1) if line.strip(" \t,;")]
     if not kept:
         raise InputError(f"{path}: the file is empty")
-    header = lines[kept[0] - 1]
-    sep = ";" if ";" in header else "\t" if "\t" in header else ","
-    decimal = "," if sep != "," else "."
-
-    def cells(line):                         # non-empty cells up to the last one, quotes respected
-        line = line.rstrip(sep + " \t")
-        return len(next(csv.reader([line], delimiter=sep))) if '"' in line else line.count(sep) + 1
-
-    width = cells(header)
-    for number in kept[1:]:                  # pandas would shift a row that has a cell too many
-        if cells(lines[number - 1]) > width:
-            raise InputError(f"{path}: line {number} has more cells than the header's {width}")
-    options = dict(sep=sep, decimal=decimal, skipinitialspace=True, index_col=False, header=0,
-                   keep_default_na=False, na_values=MISSING)
-    body = "\n".join(lines[number - 1] for number in kept)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)    # trailing empty cells
-            frame = pd.read_csv(io.StringIO(body), dtype=float, **options)
-    except pd.errors.ParserError as problem:     # a ValueError too, so it must come first
-        raise InputError(f"{path}: not a readable CSV file ({str(problem).strip()})") from None
-    except ValueError:                           # a cell that is not a number: find and name it
-        _raise_at_bad_cell(path, pd.read_csv(io.StringIO(body), dtype=str, **options), kept, decimal)
-    names = [str(name).strip() for name in frame.columns]
-    empty = [j for j, name in enumerate(names) if (name == "" or name.startswith("Unnamed:"))
-             and frame.iloc[:, j].isna().all()]     # trailing separators of a spreadsheet export
-    if empty:
-        frame = frame.drop(columns=frame.columns[empty])
-        names = [name for j, name in enumerate(names) if j not in empty]
-    values = frame.to_numpy(dtype=float)
-    return _checked_panel(path, values, names, kept[1:])
+    header_line = lines[kept[0] - 1]
+    sep = ";" if ";" in header_line else "\t" if "\t" in header_line else ","
+    header = [name.strip() for name in next(csv.reader([header_line], delimiter=sep))]
+    while len(header) > 1 and header[-1] == "":          # trailing separators of a spreadsheet
+        header.pop()
+    width = len(header)
+    for number in kept:                                  # else csv would join the lines that follow
+        if lines[number - 1].count('"') % 2:
+            raise InputError(f"{path}: line {number}: a quote (\") opens a cell that never closes")
+    body = (lines[number - 1] for number in kept[1:])
+    if sep != ",":                                       # decimal commas: 2,39 is 2.39
+        body = (line.replace(",", ".") for line in body)
+    values = np.full((len(kept) - 1, width), np.nan)
+    for row, cells in enumerate(csv.reader(body, delimiter=sep, skipinitialspace=True)):
+        while len(cells) > width and cells[-1].strip() == "":
+            cells.pop()
+        if len(cells) > width:
+            raise InputError(f"{path}: line {kept[row + 1]} has {len(cells)} cells, more than the "
+                             f"header's {width}")
+        try:                                             # the fast way, right for most rows
+            values[row, :len(cells)] = np.array([cell or "nan" for cell in cells], dtype=float)
+        except ValueError:
+            line = kept[row + 1]
+            as_written = next(csv.reader([lines[line - 1]], delimiter=sep, skipinitialspace=True))
+            values[row, :len(cells)] = _cells_one_by_one(path, cells, as_written, header, line)
+    return _checked_panel(path, values, header, kept[1:])
 
 
-def _raise_at_bad_cell(path, frame, kept, decimal):
-    import pandas as pd
-    for column in frame.columns:
-        text = frame[column].fillna("").astype(str).str.strip()
-        as_read = text.str.replace(",", ".") if decimal == "," else text
-        numbers = pd.to_numeric(as_read.where(~text.isin(MISSING), None), errors="coerce")
-        bad = numbers.isna() & ~text.isin(MISSING)
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise InputError(f"{path}: line {kept[row + 1]}, column '{str(column).strip()}': "
-                             f"'{text.iloc[row]}' is not a number")
-    raise InputError(f"{path}: a cell is not a number")
+def _cells_one_by_one(path, cells, as_written, header, line):
+    """A row's numbers with MISSING cells as NaN, or InputError naming the first bad cell as it
+    is written in the file."""
+    numbers = []
+    for j, cell in enumerate(cells):
+        cell = cell.strip()
+        try:
+            numbers.append(np.nan if cell in MISSING else float(cell))
+        except ValueError:
+            shown = as_written[j].strip() if j < len(as_written) else cell
+            raise InputError(f"{path}: line {line}, column '{header[j] or j + 1}': '{shown}' is not "
+                             "a number") from None
+    return numbers
 
 
 def _checked_panel(path, values, names, line_of_row):
@@ -705,8 +699,9 @@ def _checked_panel(path, values, names, line_of_row):
         raise InputError(f"{path}: has a header but no data rows")
     if values.shape[1] < 2:
         raise InputError(f"{path}: has only one column (the price): no store columns")
+    names = [name or f"column {j + 1}" for j, name in enumerate(names)]
     price, sales = values[:, 0], values[:, 1:]
-    price_name = names[0] or "column 1"
+    price_name = names[0]
     for t in range(T):
         if np.isnan(price[t]):
             raise InputError(f"{path}: line {line_of_row[t]}: the price ('{price_name}') is missing")

@@ -397,8 +397,8 @@ class CommandLine(unittest.TestCase):
             "nostores.csv": ("Price\n2\n3\n", "only one column \\(the price\\): no store columns"),
             "oneweek.csv": ("Price,A,B\n2,10,20\n", "has 1 week; at least 2 weeks"),
             "emptystore.csv": ("Price,A,B\n2,10,\n3,11,\n", "column 'B' has no observed week"),
-            "ragged.csv": ("Price,A,B\n2,10,20,30\n3,11,1\n", "line 2 has more cells than the header"),
-            "quote.csv": ('Price,A\n"2,10\n3,11\n', "quote.csv: not a readable CSV file"),
+            "ragged.csv": ("Price,A,B\n2,10,20,30\n3,11,1\n", "line 2 has 4 cells, more than the header's 3"),
+            "quote.csv": ('Price,A\n"2,10\n3,11\n', "quote.csv: line 2: a quote \\(\"\\) opens a cell that never closes"),
             "nan.csv": ("Price,A,B\n2,NaN,20\n3,x,1\n4,5,NA\n", "line 3, column 'A': 'x' is not a number"),
         }
         for name, (text, pattern) in cases.items():
