@@ -404,7 +404,8 @@ def _split(stats, coefficients, fit, drop, split):
 def _split_and_merge(stats, coefficients, fit, tol, max_iter):
     """Improve a converged fit by moving a segment: for every (drop, split) pair run EM briefly
     from _split, run the most promising to convergence, keep it if the likelihood rose, repeat.
-    This is what finds the maxima that random starts reach only rarely (README, "Starts")."""
+    This is what finds the maxima that random starts reach only rarely (README, "Starting
+    values, convergence, and the global maximum")."""
     K = fit.theta.shape[0]
     while K > 1 and fit.pi.min() > 0:
         starts = [_split(stats, coefficients, fit, drop, split)
