@@ -108,30 +108,32 @@ def sufficient_statistics(y, X):
 # ---------------------------------------------------------------------------------------------
 
 def _log_density(stats, theta):
-    """(K, N) matrix of log f(y_i | C_i = c) for theta of shape (K, P): segments in rows, the
-    layout in which sums and maxima over segments are fast (W is handed out as its transpose).
+    """(..., K, N) array of log f(y_i | C_i = c) for theta of shape (..., K, P): segments in rows,
+    the layout in which sums and maxima over segments are fast (W is handed out transposed). A
+    leading batch of parameter sets is allowed (split-and-merge tries many at once).
 
     log f = -(n_i/2) log 2 pi - (y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c) / 2.
     """
-    K, P = theta.shape
-    outer = (theta[:, :, None] * theta[:, None, :]).reshape(K, P * P)   # theta_c theta_c', flat
-    quadratic = outer @ stats.XtX.T - 2.0 * (theta @ stats.Xty.T)       # (K, N)
+    P = theta.shape[-1]
+    outer = (theta[..., :, None] * theta[..., None, :]).reshape(theta.shape[:-1] + (P * P,))
+    quadratic = outer @ stats.XtX.T - 2.0 * (theta @ stats.Xty.T)       # (..., K, N)
     return stats.const - 0.5 * quadratic
 
 
 def _e_step(stats, theta, pi):
-    """Posterior segment probabilities W (N, K) and the log-likelihood, in log space:
+    """Posterior segment probabilities W (..., N, K) and the log-likelihood, in log space:
     log sum_c exp(a_c) = max_c a_c + log sum_c exp(a_c - max_c a_c), as scipy's logsumexp does,
     written out because this is the innermost loop (and twice as fast so).
     An empty segment (pi_c = 0) gets log pi_c = -inf and so W[:, c] = 0, without a NaN.
     """
     log_pi = np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)
-    log_joint = _log_density(stats, theta) + log_pi[:, None]            # log pi_c + log f_ic
-    top = log_joint.max(axis=0)
-    joint = np.exp(log_joint - top)
-    total = joint.sum(axis=0)
-    loglik = float(top.sum() + np.log(total).sum())
-    return (joint / total).T, loglik
+    log_joint = _log_density(stats, theta) + log_pi[..., None]          # log pi_c + log f_ic
+    top = log_joint.max(axis=-2)
+    joint = np.exp(log_joint - top[..., None, :])
+    total = joint.sum(axis=-2)
+    loglik = top.sum(axis=-1) + np.log(total).sum(axis=-1)
+    W = (joint / total[..., None, :]).swapaxes(-1, -2)
+    return W, (float(loglik) if loglik.ndim == 0 else loglik)
 
 
 def _pooled_theta(stats):
@@ -141,31 +143,31 @@ def _pooled_theta(stats):
 
 
 def _m_step(stats, W):
-    """theta_c = (sum_i w_ic X_i'X_i)^-1 sum_i w_ic X_i'y_i and pi_c = mean_i w_ic.
+    """theta_c = (sum_i w_ic X_i'X_i)^-1 sum_i w_ic X_i'y_i and pi_c = mean_i w_ic, for W of
+    shape (..., N, K).
 
     A segment with no weight (or a singular weighted X'X) cannot be estimated: it gets pi_c = 0
     and the pooled least-squares theta, so that nothing downstream sees a NaN.
     """
-    N, K = W.shape
     P = stats.P
-    pi = W.mean(axis=0)
-    A = (W.T @ stats.XtX).reshape(K, P, P)
-    b = W.T @ stats.Xty
+    pi = W.mean(axis=-2)
+    weights = W.swapaxes(-1, -2)                                        # (..., K, N)
+    A = (weights @ stats.XtX).reshape(weights.shape[:-1] + (P, P))
+    b = weights @ stats.Xty
     try:
-        theta = np.linalg.solve(A, b[:, :, None])[:, :, 0]
-        ok = np.isfinite(theta).all(axis=1) & (pi > 0)
-    except np.linalg.LinAlgError:
-        theta, ok = np.empty((K, P)), np.zeros(K, bool)
-        for c in range(K):
+        theta = np.linalg.solve(A, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:                # some system is singular: solve one by one
+        theta = np.full(b.shape, np.nan)
+        for index in np.ndindex(b.shape[:-1]):
             try:
-                theta[c] = np.linalg.solve(A[c], b[c])
-                ok[c] = pi[c] > 0
+                theta[index] = np.linalg.solve(A[index], b[index])
             except np.linalg.LinAlgError:
                 pass
+    ok = np.isfinite(theta).all(axis=-1) & (pi > 0)
     if not ok.all():
         theta[~ok] = _pooled_theta(stats)
         pi = np.where(ok, pi, 0.0)
-        pi = pi / pi.sum()
+        pi = pi / pi.sum(axis=-1, keepdims=True)
     return theta, pi
 
 
@@ -401,21 +403,44 @@ def _split(stats, coefficients, fit, drop, split):
     return theta, pi / pi.sum()
 
 
-def _split_and_merge(stats, coefficients, fit, tol, max_iter):
-    """Improve a converged fit by moving a segment: for every (drop, split) pair run EM briefly
-    from _split, run the most promising to convergence, keep it if the likelihood rose, repeat.
-    This is what finds the maxima that random starts reach only rarely (README, "Starting
-    values, convergence, and the global maximum")."""
+def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
+    """Starts that remove segment `drop` and open a segment at a store that the fit explains
+    badly (greedy EM, Vlassis & Likas 2002): a store far from every segment can be worth a
+    segment of its own, a maximum that splitting existing segments does not reach. The stores:
+    the `how_many` farthest from all segments, and those farthest from the segments that remain.
+    distance[i, c] = (b_i - theta_c)' X_i'X_i (b_i - theta_c)."""
     K = fit.theta.shape[0]
+    keep = [c for c in range(K) if c != drop]
+    farthest = [np.argsort(-distance[:, columns].min(axis=1), kind="stable")[:how_many]
+                for columns in (list(range(K)), keep)]
+    for store in dict.fromkeys(np.concatenate(farthest).tolist()):
+        pi = np.append(fit.pi[keep], 1.0 / len(coefficients))
+        yield np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum()
+
+
+def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
+    """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop
+    one segment and either split another in two (_split) or open one at a badly fitted store
+    (_new_at_outliers). All such starts get a few plain EM iterations together (a batch), the most
+    promising runs to convergence, and it is kept if the likelihood rose; repeat until no move
+    helps. This is what finds the maxima that random starts reach only rarely (README, "Starting
+    values, convergence, and the global maximum")."""
+    K, P = fit.theta.shape
+    XtX = stats.XtX.reshape(-1, P, P)
     while K > 1 and fit.pi.min() > 0:
+        gap = coefficients[:, None, :] - fit.theta[None]                # (N, K, P)
+        distance = np.einsum("nkp,npq,nkq->nk", gap, XtX, gap)
         starts = [_split(stats, coefficients, fit, drop, split)
                   for drop in range(K) for split in range(K) if split != drop]
-        trials = [_run_em(stats, *start, tol=tol, max_iter=8, accelerate=False)
-                  for start in starts if start is not None]
-        if not trials:
-            break
-        best = max(trials, key=lambda trial: trial.loglik)
-        candidate = _run_em(stats, best.theta, best.pi, tol=tol, max_iter=max_iter)
+        starts = [start for start in starts if start is not None]
+        starts += [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
+        theta = np.stack([start[0] for start in starts])                # (moves, K, P)
+        pi = np.stack([start[1] for start in starts])
+        for _ in range(trial_iterations):
+            theta, pi = _m_step(stats, _e_step(stats, theta, pi)[0])
+        promising = np.argsort(-_e_step(stats, theta, pi)[1])[:2]
+        candidate = max((_run_em(stats, theta[j], pi[j], tol=tol, max_iter=max_iter) for j in promising),
+                        key=lambda run: run.loglik)
         if candidate.loglik <= fit.loglik + tol:
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)

@@ -175,6 +175,20 @@ class Recovery(unittest.TestCase):
         self.assertTrue(np.all((ratio > 0.75) & (ratio < 1.3)), ratio)
 
 
+class GlobalMaximum(unittest.TestCase):
+    def test_a_segment_of_one_outlying_store(self):
+        """On this panel the K = 3 maximum gives one or two outlying stores a segment of their
+        own; random starts and splits of existing segments miss it, a new segment at a badly
+        fitted store finds it. The reference is a search with 100 starts."""
+        rng = np.random.default_rng(528)
+        theta = np.column_stack([rng.uniform(9.5, 11.5, 2), rng.uniform(-2, -0.8, 2)])
+        panel = S.simulate(300, 52, theta, rng.dirichlet(np.ones(2) * 2), seed=28)
+        reference = E.fit_mixture(3, panel.y, panel.X, n_init=100, seed=10028)
+        self.assertLess(reference.pi.min() * 300, 2)                 # the outlier segment
+        for seed in range(3):
+            self.assertAlmostEqual(E.Estimate(3, panel.y, panel.X, seed=seed)[2], reference.loglik, delta=1e-7)
+
+
 class Invariances(unittest.TestCase):
     def setUp(self):
         self.panel, self.rng = small_panel(21, N=150, T=30, K=3, missing=0.1)
