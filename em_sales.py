@@ -33,6 +33,8 @@ import numpy as np
 
 LOG_2PI = math.log(2.0 * math.pi)
 NEWTON_GAIN = 1.0      # EM tries Newton steps once an iteration gains less log-likelihood than this
+ROUNDING = 1e-14       # relative rounding error of a log-likelihood: changes below it are noise
+WARM_UP = 10           # Estimate's runs start with this many plain EM iterations, all in one batch
 
 
 class ConvergenceWarning(UserWarning):
@@ -116,8 +118,11 @@ def _log_density(stats, theta):
     """
     P = theta.shape[-1]
     outer = (theta[..., :, None] * theta[..., None, :]).reshape(theta.shape[:-1] + (P * P,))
-    quadratic = outer @ stats.XtX.T - 2.0 * (theta @ stats.Xty.T)       # (..., K, N)
-    return stats.const - 0.5 * quadratic
+    log_f = outer @ stats.XtX.T                    # theta_c'X_i'X_i theta_c, (..., K, N); in place
+    log_f -= 2.0 * (theta @ stats.Xty.T)           # from here on: large panels are memory-bound
+    log_f *= -0.5
+    log_f += stats.const
+    return log_f
 
 
 def _e_step(stats, theta, pi):
@@ -126,14 +131,15 @@ def _e_step(stats, theta, pi):
     written out because this is the innermost loop (and twice as fast so).
     An empty segment (pi_c = 0) gets log pi_c = -inf and so W[:, c] = 0, without a NaN.
     """
-    log_pi = np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)
-    log_joint = _log_density(stats, theta) + log_pi[..., None]          # log pi_c + log f_ic
+    log_joint = _log_density(stats, theta)
+    log_joint += np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)[..., None]   # + log pi_c
     top = log_joint.max(axis=-2)
-    joint = np.exp(log_joint - top[..., None, :])
+    log_joint -= top[..., None, :]
+    joint = np.exp(log_joint, out=log_joint)
     total = joint.sum(axis=-2)
     loglik = top.sum(axis=-1) + np.log(total).sum(axis=-1)
-    W = (joint / total[..., None, :]).swapaxes(-1, -2)
-    return W, (float(loglik) if loglik.ndim == 0 else loglik)
+    joint /= total[..., None, :]
+    return joint.swapaxes(-1, -2), (float(loglik) if loglik.ndim == 0 else loglik)
 
 
 def _pooled_theta(stats):
@@ -244,7 +250,7 @@ def _newton_step(stats, theta, pi, W, loglik):
         new_pi = np.exp(logits - logits.max())
         new_pi /= new_pi.sum()
         new_W, new_loglik = _e_step(stats, new_theta, new_pi)
-        if new_loglik >= loglik:
+        if new_loglik >= loglik - ROUNDING * abs(loglik):    # at the maximum, equal up to rounding
             return new_theta, new_pi, new_W, new_loglik, decrement
         step = step / 2
     return None
@@ -267,6 +273,20 @@ class Fit(NamedTuple):
 def _em_step(stats, theta, pi, W):
     theta, pi = _m_step(stats, W)
     return (theta, pi) + _e_step(stats, theta, pi)
+
+
+def _plain_em(stats, theta, pi, iterations):
+    """`iterations` plain EM steps from each of a batch of parameter sets, theta (B, K, P) and
+    pi (B, K), all at once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
+    Returns (theta, pi, loglik (B,)) at the end."""
+    chunk = max(1, 2_000_000 // (theta.shape[1] * len(stats.n)))
+    parts = []
+    for first in range(0, len(theta), chunk):
+        th, p = theta[first:first + chunk], pi[first:first + chunk]
+        for _ in range(iterations):
+            th, p = _m_step(stats, _e_step(stats, th, p)[0])
+        parts.append((th, p, _e_step(stats, th, p)[1]))
+    return tuple(np.concatenate(part) for part in zip(*parts))
 
 
 def _squarem_step(stats, theta, pi, W, loglik):
@@ -434,11 +454,9 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
                   for drop in range(K) for split in range(K) if split != drop]
         starts = [start for start in starts if start is not None]
         starts += [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
-        theta = np.stack([start[0] for start in starts])                # (moves, K, P)
-        pi = np.stack([start[1] for start in starts])
-        for _ in range(trial_iterations):
-            theta, pi = _m_step(stats, _e_step(stats, theta, pi)[0])
-        promising = np.argsort(-_e_step(stats, theta, pi)[1])[:2]
+        theta, pi, loglik = _plain_em(stats, np.stack([start[0] for start in starts]),
+                                      np.stack([start[1] for start in starts]), trial_iterations)
+        promising = np.argsort(-loglik)[:2]
         candidate = max((_run_em(stats, theta[j], pi[j], tol=tol, max_iter=max_iter) for j in promising),
                         key=lambda run: run.loglik)
         if candidate.loglik <= fit.loglik + tol:
@@ -571,7 +589,13 @@ def fit_mixture(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     _check_settings(tol, max_iter)
     rng = np.random.default_rng(seed)
     coefficients = _store_coefficients(stats)
-    runs = [_em(stats, K, rng, coefficients, tol, max_iter, True) for _ in range(n_init)]
+    starts = [_kmeanspp_start(stats, coefficients, K, rng) for _ in range(n_init)]
+    # the runs' first, plain iterations together (far from a maximum they need no acceleration)
+    warm_up = min(WARM_UP, max_iter - 1)
+    theta, pi, _ = _plain_em(stats, np.stack([start[0] for start in starts]),
+                             np.stack([start[1] for start in starts]), warm_up)
+    runs = [_run_em(stats, theta[j], pi[j], tol=tol, max_iter=max_iter - warm_up) for j in range(n_init)]
+    runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
     best = max(runs, key=lambda run: run.loglik)
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
     fit = _canonical(_polish(stats, best))
