@@ -275,10 +275,12 @@ def _em_step(stats, theta, pi, W):
     return (theta, pi) + _e_step(stats, theta, pi)
 
 
-def _plain_em(stats, theta, pi, iterations):
-    """`iterations` plain EM steps from each of a batch of parameter sets, theta (B, K, P) and
-    pi (B, K), all at once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
-    Returns (theta, pi, loglik (B,)) at the end."""
+def _plain_em(stats, starts, iterations):
+    """`iterations` plain EM steps from each of B starts, (theta (K, P), pi (K,)) pairs, all at
+    once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
+    Returns theta (B, K, P), pi (B, K) and loglik (B,) at the end."""
+    theta = np.stack([start[0] for start in starts])
+    pi = np.stack([start[1] for start in starts])
     chunk = max(1, 2_000_000 // (theta.shape[1] * len(stats.n)))
     parts = []
     for first in range(0, len(theta), chunk):
@@ -441,9 +443,9 @@ def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
 def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
     """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop
     one segment and either split another in two (_split) or open one at a badly fitted store
-    (_new_at_outliers). All such starts get a few plain EM iterations together (a batch), the most
-    promising runs to convergence, and it is kept if the likelihood rose; repeat until no move
-    helps. This is what finds the maxima that random starts reach only rarely (README, "Starting
+    (_new_at_outliers). All such starts get a few plain EM iterations together (a batch), the two
+    most promising run to convergence, and the better is kept if the likelihood rose; repeat until
+    no move helps. This is what finds the maxima that random starts reach only rarely (README, "Starting
     values, convergence, and the global maximum")."""
     K, P = fit.theta.shape
     XtX = stats.XtX.reshape(-1, P, P)
@@ -454,8 +456,7 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
                   for drop in range(K) for split in range(K) if split != drop]
         starts = [start for start in starts if start is not None]
         starts += [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
-        theta, pi, loglik = _plain_em(stats, np.stack([start[0] for start in starts]),
-                                      np.stack([start[1] for start in starts]), trial_iterations)
+        theta, pi, loglik = _plain_em(stats, starts, trial_iterations)
         promising = np.argsort(-loglik)[:2]
         candidate = max((_run_em(stats, theta[j], pi[j], tol=tol, max_iter=max_iter) for j in promising),
                         key=lambda run: run.loglik)
@@ -592,8 +593,7 @@ def fit_mixture(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     starts = [_kmeanspp_start(stats, coefficients, K, rng) for _ in range(n_init)]
     # the runs' first, plain iterations together (far from a maximum they need no acceleration)
     warm_up = min(WARM_UP, max_iter - 1)
-    theta, pi, _ = _plain_em(stats, np.stack([start[0] for start in starts]),
-                             np.stack([start[1] for start in starts]), warm_up)
+    theta, pi, _ = _plain_em(stats, starts, warm_up)
     runs = [_run_em(stats, theta[j], pi[j], tol=tol, max_iter=max_iter - warm_up) for j in range(n_init)]
     runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
     best = max(runs, key=lambda run: run.loglik)
