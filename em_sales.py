@@ -51,13 +51,12 @@ class Stats(NamedTuple):
     n:   (N,)       number of observed weeks of each store
     XtX: (N, P*P)   X_i'X_i over the store's observed weeks, flattened row by row
     Xty: (N, P)     X_i'y_i
-    yty: (N,)       y_i'y_i
     const: (N,)     -(n_i log 2 pi + y_i'y_i) / 2, the part of log f(y_i | c) free of theta
+                    (y_i'y_i, the last sufficient statistic, enters only here)
     """
     n: np.ndarray
     XtX: np.ndarray
     Xty: np.ndarray
-    yty: np.ndarray
     const: np.ndarray
 
     @property
@@ -102,7 +101,7 @@ def sufficient_statistics(y, X):
         XtX = observed.T.astype(float) @ (X[:, :, None] * X[:, None, :]).reshape(T, P * P)
     n = n.astype(float)
     yty = np.einsum("tn,tn->n", y0, y0)
-    return Stats(n, XtX, y0.T @ X, yty, -0.5 * (n * LOG_2PI + yty))
+    return Stats(n, XtX, y0.T @ X, -0.5 * (n * LOG_2PI + yty))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,17 +385,23 @@ def _store_coefficients(stats):
         return (np.linalg.pinv(XtX) @ stats.Xty[:, :, None])[:, :, 0]
 
 
+def _distances(stats, coefficients, centres):
+    """(N, K) matrix of (b_i - theta_c)' X_i'X_i (b_i - theta_c) for centres (K, P): twice the
+    log-likelihood that store i loses when its own coefficients b_i are replaced by theta_c."""
+    P = coefficients.shape[1]
+    gap = coefficients[:, None, :] - centres[None]                     # (N, K, P)
+    return np.einsum("nkp,npq,nkq->nk", gap, stats.XtX.reshape(-1, P, P), gap)
+
+
 def _kmeanspp_start(stats, coefficients, K, rng):
     """k-means++ seeding (Arthur & Vassilvitskii 2007) on the stores' own coefficients, in the
     likelihood's own metric: K stores' b_i, each drawn with probability proportional to its
     distance (b_i - theta)' X_i'X_i (b_i - theta) to the nearest one drawn before. pi uniform."""
-    N, P = coefficients.shape
-    XtX = stats.XtX.reshape(N, P, P)
+    N = len(coefficients)
     chosen = [int(rng.integers(N))]
     nearest = np.full(N, np.inf)
     for _ in range(K - 1):
-        gap = coefficients - coefficients[chosen[-1]]
-        nearest = np.minimum(nearest, np.einsum("np,npq,nq->n", gap, XtX, gap))
+        nearest = np.minimum(nearest, _distances(stats, coefficients, coefficients[chosen[-1:]])[:, 0])
         total = nearest.sum()
         chosen.append(int(rng.choice(N, p=nearest / total)) if total > 0 else int(rng.integers(N)))
     return coefficients[chosen].copy(), np.full(K, 1.0 / K)
@@ -447,11 +452,9 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
     most promising run to convergence, and the better is kept if the likelihood rose; repeat until
     no move helps. This is what finds the maxima that random starts reach only rarely (README, "Starting
     values, convergence, and the global maximum")."""
-    K, P = fit.theta.shape
-    XtX = stats.XtX.reshape(-1, P, P)
+    K = fit.theta.shape[0]
     while K > 1 and fit.pi.min() > 0:
-        gap = coefficients[:, None, :] - fit.theta[None]                # (N, K, P)
-        distance = np.einsum("nkp,npq,nkq->nk", gap, XtX, gap)
+        distance = _distances(stats, coefficients, fit.theta)
         starts = [_split(stats, coefficients, fit, drop, split)
                   for drop in range(K) for split in range(K) if split != drop]
         starts = [start for start in starts if start is not None]
@@ -559,11 +562,6 @@ def _warn_about(fit, what):
                       "segments from this start", RuntimeWarning, stacklevel=3)
 
 
-def _em(stats, K, rng, coefficients, tol, max_iter, accelerate):
-    return _run_em(stats, *_kmeanspp_start(stats, coefficients, K, rng),
-                   tol=tol, max_iter=max_iter, accelerate=accelerate)
-
-
 def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True):
     """One EM run from a k-means++ start drawn with `seed`: (theta (K, P), pi (K,), loglik).
 
@@ -575,7 +573,8 @@ def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True):
     _check_K(K, stats.n.size)
     _check_settings(tol, max_iter)
     rng = np.random.default_rng(seed)
-    fit = _em(stats, K, rng, _store_coefficients(stats), tol, max_iter, accelerate)
+    start = _kmeanspp_start(stats, _store_coefficients(stats), K, rng)
+    fit = _run_em(stats, *start, tol=tol, max_iter=max_iter, accelerate=accelerate)
     fit = _canonical(_polish(stats, fit) if accelerate else fit)
     _warn_about(fit, "EM")
     return fit.theta, fit.pi, fit.loglik
