@@ -1,12 +1,20 @@
 """Simulated store panels with a known truth, for testing em_sales and for trying it out.
 
-    log S_it = alpha[C_i] + beta[C_i] log p_t + eps_it,   eps_it ~ N(0, 1),   Pr[C_i = c] = pi_c.
+    log S_it = a_i + alpha[C_i] + beta[C_i] log p_it + eps_it,   eps_it ~ N(0, sigma[C_i]^2),
+    Pr[C_i = c] = pi_c,
+
+with, by default, the course's model: sigma = 1, no store effects (a_i = 0) and one price a week
+for every store (p_it = p_t). Options: the noise sd (one, or one a segment), store intercepts
+a_i ~ N(0, store_sd^2), and store prices p_it = p_t exp(price_sd z_it) around the weekly price.
 
 Importable (simulate() returns a Panel) and a command line that writes the course data's format,
-first column Price then Sales1..SalesN, a missing cell left empty, and the truth as JSON:
+first column Price then Sales1..SalesN, a missing cell left empty, or a long file (--long: one row
+a store and week, columns store, week, sales, price; a missing cell is a row left out), and the
+truth as JSON:
 
     python simulate.py                       # data/example.csv and data/example_truth.json
     python simulate.py --stores 10000 --missing 0.05 --seed 7 --output big.csv
+    python simulate.py --sigma 0.4 --store-sd 1 --price-sd 0.1 --long --output long.csv
 
 The defaults mimic the course data: 52 weeks, 300 stores, prices between 1.10 and 7.70 and three
 segments close to the K = 3 estimate on it.
@@ -25,8 +33,9 @@ DEFAULT_SEED = 20261124                                            # the seed of
 
 
 class Panel(NamedTuple):
-    """A simulated panel. price (T,), sales (T, N) with NaN where missing, y = log sales (T, N),
-    X = [1, log price] (T, 2), segment (N,) in 0..K-1 (row of theta), theta (K, 2), pi (K,)."""
+    """A simulated panel. price (T,) or, with store prices, (T, N); sales (T, N) with NaN where
+    missing, y = log sales (T, N), X = [1, log price] (T, 2) or (T, N, 2), segment (N,) in 0..K-1
+    (row of theta), theta (K, 2), pi (K,), sigma (K,), store_effect (N,) the a_i."""
     price: np.ndarray
     sales: np.ndarray
     y: np.ndarray
@@ -34,20 +43,31 @@ class Panel(NamedTuple):
     segment: np.ndarray
     theta: np.ndarray
     pi: np.ndarray
+    sigma: np.ndarray = np.ones(1)
+    store_effect: np.ndarray = np.zeros(1)
 
 
 def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 7.7),
-             missing=0.0, seed=None):
+             missing=0.0, seed=None, sigma=1.0, store_sd=0.0, price_sd=0.0):
     """Draw a panel of N stores over T weeks from the model with parameters theta (K x 2) and pi.
 
-    Prices are uniform on price_range, rounded to cents and shared by all stores. Each store's
-    segment is drawn from pi. With missing > 0 each cell is dropped with that probability, but
-    every store keeps at least two weeks with different prices, so that it stays usable.
+    Prices are uniform on price_range, rounded to cents and shared by all stores; with
+    price_sd > 0 each store's price is the week's times exp(price_sd z_it), rounded to cents.
+    Each store's segment is drawn from pi, its intercept a_i from N(0, store_sd^2), its noise has
+    sd sigma (one value, or one per segment). With missing > 0 each cell is dropped with that
+    probability, but every store keeps at least two weeks with different prices, so that it
+    stays usable. With the defaults the draws are those of earlier versions, seed for seed.
     """
     theta = np.asarray(theta, dtype=float).reshape(-1, 2)
     pi = np.asarray(pi, dtype=float)
     if pi.shape != (theta.shape[0],) or (pi < 0).any() or abs(pi.sum() - 1) > 1e-9:
         raise ValueError(f"pi must be a probability vector with one entry per row of theta; got {pi}")
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=float).ravel(), (len(pi),)).copy() \
+        if np.size(sigma) in (1, len(pi)) else None
+    if sigma is None or not np.all(sigma > 0):
+        raise ValueError(f"sigma must be one positive number or one per segment; got {sigma}")
+    if not (store_sd >= 0 and price_sd >= 0):
+        raise ValueError(f"store_sd and price_sd must be >= 0; got {store_sd}, {price_sd}")
     if not 0 <= missing < 1:
         raise ValueError(f"missing must be a fraction in [0, 1); got {missing}")
     if N < 1 or T < 2:
@@ -58,14 +78,38 @@ def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 
         price = np.round(rng.uniform(*price_range, size=T), 2)
     X = np.column_stack([np.ones(T), np.log(price)])
     segment = rng.choice(len(pi), size=N, p=pi)
-    y = X @ theta[segment].T + rng.standard_normal((T, N))
+    y = X @ theta[segment].T + rng.standard_normal((T, N)) * sigma[segment]
+    if price_sd > 0 or store_sd > 0:           # draws after the course model's, so those stay
+        effect = rng.normal(0.0, store_sd, N) if store_sd > 0 else np.zeros(N)
+        if price_sd > 0:
+            price = np.maximum(np.round(price[:, None] * np.exp(price_sd * rng.standard_normal((T, N))), 2), 0.01)
+            X = np.stack([np.ones((T, N)), np.log(price)], axis=-1)
+            y += np.einsum("tnp,np->tn", X, theta[segment]) - (X[:, 0] @ theta[segment].T)
+        y += effect
+    else:
+        effect = np.zeros(N)
     if missing > 0:
         keep = rng.random((T, N)) >= missing
-        cheapest, dearest = np.argmin(price), np.argmax(price)
-        thin = keep.sum(axis=0) < 2
-        keep[cheapest, thin] = keep[dearest, thin] = True
+        low, high = (np.argmin(price, axis=0), np.argmax(price, axis=0)) if price.ndim == 2 else \
+            (np.full(N, np.argmin(price)), np.full(N, np.argmax(price)))
+        thin = np.flatnonzero(keep.sum(axis=0) < 2)
+        keep[low[thin], thin] = keep[high[thin], thin] = True
         y = np.where(keep, y, np.nan)
-    return Panel(price, np.exp(y), y, X, segment, theta, pi)
+    return Panel(price, np.exp(y), y, X, segment, theta, pi, sigma, effect)
+
+
+def write_long(path, price, sales, x=None, x_names=()):
+    """A long file: store, week, sales, price (and the columns x (T, N, q) named x_names), one row
+    a store and week; a missing cell is a row left out. price is (T,) or (T, N)."""
+    T, N = sales.shape
+    price = np.broadcast_to(price.reshape(T, -1), (T, N))
+    with open(path, "w", newline="") as out:
+        out.write(",".join(["store", "week", "sales", "price", *x_names]) + "\n")
+        for i in range(N):
+            for t in range(T):
+                if not np.isnan(sales[t, i]):
+                    extra = "".join(f",{value:.10g}" for value in (x[t, i] if x is not None else ()))
+                    out.write(f"S{i + 1},{t + 1},{sales[t, i]:.10g},{price[t, i]:.2f}{extra}\n")
 
 
 def write_csv(path, price, sales):
@@ -88,6 +132,13 @@ def main(argv=None):
     parser.add_argument("--pi", type=float, nargs="+", default=list(DEFAULT_PI),
                         help="segment probabilities pi_1 .. pi_K")
     parser.add_argument("--missing", type=float, default=0.0, help="fraction of cells left empty")
+    parser.add_argument("--sigma", type=float, nargs="+", default=[1.0],
+                        help="noise sd: one value, or one per segment")
+    parser.add_argument("--store-sd", type=float, default=0.0, help="sd of the store intercepts a_i")
+    parser.add_argument("--price-sd", type=float, default=0.0,
+                        help="sd of log store price around the week's price (0: one price a week)")
+    parser.add_argument("--long", action="store_true",
+                        help="write a long file (store, week, sales, price; one row a store and week)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     parser.add_argument("--output", default=os.path.join("data", "example.csv"), help="CSV to write")
     parser.add_argument("--truth", default=None,
@@ -97,14 +148,18 @@ def main(argv=None):
         parser.error(f"--theta needs two values (alpha, beta) for each of the {len(args.pi)} "
                      f"entries of --pi; got {len(args.theta)} values")
     try:
-        panel = simulate(args.stores, args.weeks, args.theta, args.pi, missing=args.missing, seed=args.seed)
+        panel = simulate(args.stores, args.weeks, args.theta, args.pi, missing=args.missing, seed=args.seed,
+                         sigma=args.sigma, store_sd=args.store_sd, price_sd=args.price_sd)
     except ValueError as problem:
         parser.error(str(problem))
+    if panel.price.ndim == 2 and not args.long:
+        parser.error("--price-sd gives each store its own price: write a long file (--long)")
     truth = args.truth or os.path.splitext(args.output)[0] + "_truth.json"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    write_csv(args.output, panel.price, panel.sales)
+    (write_long if args.long else write_csv)(args.output, panel.price, panel.sales)
     facts = {"stores": args.stores, "weeks": args.weeks, "seed": args.seed, "missing": args.missing,
-             "theta": panel.theta.tolist(), "pi": panel.pi.tolist(),
+             "theta": panel.theta.tolist(), "pi": panel.pi.tolist(), "sigma": panel.sigma.tolist(),
+             "store_sd": args.store_sd, "price_sd": args.price_sd,
              "segment": (panel.segment + 1).tolist()}                 # segments numbered 1..K
     with open(truth, "w") as out:
         out.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in facts.items()) + "\n}\n")
