@@ -1,14 +1,18 @@
 """em_sales: segments of stores from weekly sales, by maximum likelihood with the EM algorithm.
 
-Model, for store i = 1..N and week t = 1..T:
+Model, for store i = 1..N and week t:
 
-    log S_it = x_t' theta_c + eps_it,   eps_it ~ N(0, 1),   Pr[C_i = c] = pi_c,
+    log S_it = [a_i +] x_it' theta_c + eps_it,   eps_it ~ N(0, sigma_c^2),   Pr[C_i = c] = pi_c,
 
-where x_t = (1, log p_t) is row t of X (any P columns work), C_i is the store's unobserved segment
-and theta_c = (alpha_c, beta_c). The whole store shares one segment, so the likelihood of store i is
-a mixture over c of the product over its observed weeks.
+where x_it = (1, log p_it, further columns) is a row of X (shared by all stores, T x P, or each
+store its own, T x N x P), C_i is the store's unobserved segment and theta_c its coefficients. The
+whole store shares one segment, so the likelihood of store i is a mixture over c of the product
+over its observed weeks. The assignment's model is the default: X = [1, log p_t], sigma fixed at 1,
+no store effects a_i. Options: sigma estimated ("common": one sigma for all segments, "segment":
+one per segment) and store fixed effects (store_effects=True: each store its own intercept a_i,
+estimated by the within-store likelihood, in which the a_i do not appear).
 
-The assignment's five functions, with its call forms:
+The assignment's five functions, with its call forms (the options are keyword arguments):
 
     LogL(theta, pi, y, X) -> float            observed-data log-likelihood
     EStep(theta, pi, y, X) -> W (N, K)        W[i, c] = Pr[C_i = c | y_i, X, theta, pi]
@@ -16,11 +20,12 @@ The assignment's five functions, with its call forms:
     EM(K, y, X, tol, max_iter, seed) -> (theta, pi, loglik)
     Estimate(K, y, X, n_init, seed) -> (theta, pi, loglik)   best of n_init runs of EM
 
-y is T x N (log sales; NaN = no observation that week), X is T x P. theta is accepted flat,
+y is T x N (log sales; NaN = no observation that week). theta is accepted flat,
 (alpha_1, beta_1, ..., alpha_K, beta_K), or as a K x P array, and is returned as a K x P array whose
-row c is segment c. Everything is computed from per-store sufficient statistics (n_i, X_i'X_i,
-X_i'y_i, y_i'y_i), so after one pass over the data an iteration costs O(N K P^2), whatever T is.
-The README derives every formula used here.
+row c is segment c. With sigma="common" or "segment", MStep, EM and Estimate also return the
+estimated sigma (K,), right after pi. Everything is computed from per-store sufficient statistics
+(n_i, X_i'X_i, X_i'y_i, y_i'y_i), so after one pass over the data an iteration costs O(N K P^2),
+whatever T is. The README derives every formula used here.
 
 Run as a program (python em_sales.py data.csv) it estimates K = 2, 3, 4, prints a report and
 writes results.json; see main().
@@ -35,6 +40,8 @@ LOG_2PI = math.log(2.0 * math.pi)
 NEWTON_GAIN = 1.0      # EM tries Newton steps once an iteration gains less log-likelihood than this
 ROUNDING = 1e-14       # relative rounding error of a log-likelihood: changes below it are noise
 WARM_UP = 10           # Estimate's runs start with this many plain EM iterations, all in one batch
+VARIANCE_FLOOR = 1e-10  # an estimated sigma_c^2 is at least this times the pooled residual variance
+SIGMA_MODES = ("common", "segment")
 
 
 class ConvergenceWarning(UserWarning):
@@ -45,44 +52,80 @@ class ConvergenceWarning(UserWarning):
 # Sufficient statistics
 # ---------------------------------------------------------------------------------------------
 
-class Stats(NamedTuple):
-    """Per-store sufficient statistics of a panel; shapes for N stores and P regressors.
-
-    n:   (N,)       number of observed weeks of each store
-    XtX: (N, P*P)   X_i'X_i over the store's observed weeks, flattened row by row
-    Xty: (N, P)     X_i'y_i
-    const: (N,)     -(n_i log 2 pi + y_i'y_i) / 2, the part of log f(y_i | c) free of theta
-                    (y_i'y_i, the last sufficient statistic, enters only here)
-    """
+class Sums(NamedTuple):
+    """Per-store sums over observed weeks, from a wide panel or a long file's rows alike.
+    n (N,) weeks, XtX (N, P*P) row by row, Xty (N, P), yty (N,), sx (N, P) = sum of x, sy (N,)."""
     n: np.ndarray
     XtX: np.ndarray
     Xty: np.ndarray
+    yty: np.ndarray
+    sx: np.ndarray
+    sy: np.ndarray
+
+
+class Stats(NamedTuple):
+    """The panel as the model sees it: per-store sufficient statistics and the model's settings.
+
+    n (N,)          observed weeks of each store
+    m (N,)          weeks that carry information on theta and sigma: n_i, or n_i - 1 with store
+                    effects (one is spent on a_i)
+    const (N,)      the part of log f(y_i | c) free of the parameters: -(m_i/2) log 2 pi, and
+                    -(1/2) log n_i more with store effects
+    XtX (N, P*P), Xty (N, P), yty (N,): X_i'X_i, X_i'y_i, y_i'y_i (within-store centred with
+                    store effects, whose intercept column is then dropped)
+    sigma           a number (sigma fixed at it), "common" or "segment" (estimated)
+    price           the column of the price coefficient: the first column of X that varies
+    columns         the columns of X that the statistics keep (all, or all but the intercept)
+    pooled_s2       residual variance of pooled least squares (K = 1): the scale of sigma^2
+    """
+    n: np.ndarray
+    m: np.ndarray
     const: np.ndarray
+    XtX: np.ndarray
+    Xty: np.ndarray
+    yty: np.ndarray
+    sigma: object
+    price: int
+    columns: tuple
+    pooled_s2: float
+    store_effects: bool
 
     @property
     def P(self):
         return self.Xty.shape[1]
 
+    @property
+    def estimates_sigma(self):
+        return isinstance(self.sigma, str)
 
-def sufficient_statistics(y, X):
-    """Check a panel and reduce it to its per-store sufficient statistics (one pass over y).
 
-    y: (T, N) log sales, NaN where a store has no observation that week.  X: (T, P).
-    Raises ValueError naming the problem when the panel cannot identify the model.
-    """
+def _check_sigma_setting(sigma):
+    """A sigma setting: a positive number (fixed) or "common" / "segment" (estimated)."""
+    if isinstance(sigma, str):
+        if sigma not in SIGMA_MODES:
+            raise ValueError(f"sigma must be a positive number, 'common' or 'segment'; got {sigma!r}")
+        return sigma
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number, 'common' or 'segment'; got {sigma!r}")
+    return float(sigma)
+
+
+def _wide_sums(y, X):
+    """Sums of a wide panel: y (T, N) with NaN where unobserved, X (T, P) or (T, N, P)."""
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
     if y.ndim == 1:
         y = y[:, None]
-    if y.ndim != 2 or X.ndim != 2:
-        raise ValueError(f"y must be T x N and X must be T x P; got shapes {y.shape} and {X.shape}")
+    if y.ndim != 2 or X.ndim not in (2, 3):
+        raise ValueError(f"y must be T x N and X must be T x P or T x N x P; got shapes {y.shape} and {X.shape}")
     T, N = y.shape
     if X.shape[0] != T:
         raise ValueError(f"y has {T} rows (weeks) but X has {X.shape[0]}: they must match")
-    if N == 0 or T == 0:
-        raise ValueError(f"the panel is empty: y has shape {y.shape}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X has a missing or infinite entry (a missing, zero or negative price?)")
+    if X.ndim == 3 and X.shape[1] != N:
+        raise ValueError(f"X is T x N x P with N = {X.shape[1]} but y has {N} columns (stores)")
+    if N == 0 or T == 0 or X.shape[-1] == 0:
+        raise ValueError(f"the panel is empty: y has shape {y.shape}, X {X.shape}")
     if np.isinf(y).any():
         raise ValueError("y has an infinite entry (log of a zero sale?)")
     observed = ~np.isnan(y)
@@ -90,47 +133,145 @@ def sufficient_statistics(y, X):
     if (n == 0).any():
         store = int(np.argmax(n == 0))
         raise ValueError(f"store {store} (column {store} of y) has no observed week")
+    P = X.shape[-1]
+    y0 = np.where(observed, y, 0.0)
+    if X.ndim == 2:
+        if not np.all(np.isfinite(X[observed.any(axis=1)])):
+            raise ValueError("X has a missing or infinite entry (a missing, zero or negative price?)")
+        X = np.where(np.isfinite(X), X, 0.0)
+        if observed.all():                       # the usual case: every store shares X'X
+            XtX = np.tile((X.T @ X).ravel(), (N, 1))
+            sx = np.tile(X.sum(axis=0), (N, 1))
+        else:
+            XtX = observed.T.astype(float) @ (X[:, :, None] * X[:, None, :]).reshape(T, P * P)
+            sx = observed.T.astype(float) @ X
+        Xty = y0.T @ X
+    else:
+        if not np.all(np.isfinite(X[observed])):
+            raise ValueError("X has a missing or infinite entry in a week where y is observed")
+        X0 = np.where(observed[:, :, None], X, 0.0)
+        XtX = np.einsum("tnp,tnq->npq", X0, X0).reshape(N, P * P)
+        Xty = np.einsum("tnp,tn->np", X0, y0)
+        sx = X0.sum(axis=0)
+    return Sums(n.astype(float), XtX, Xty, np.einsum("tn,tn->n", y0, y0), sx, y0.sum(axis=0))
+
+
+def _grouped_sums(store, y, X, N):
+    """Sums of a long panel, one row a store-week, by grouped sums (no T x N array is built):
+    store (R,) in 0..N-1, y (R,), X (R, P)."""
     P = X.shape[1]
-    if np.linalg.matrix_rank(X[observed.any(axis=1)]) < P:
+    XtX = np.empty((N, P * P))
+    for j in range(P):
+        for k in range(j, P):
+            XtX[:, j * P + k] = XtX[:, k * P + j] = np.bincount(store, X[:, j] * X[:, k], N)
+    return Sums(np.bincount(store, None, N).astype(float), XtX,
+                np.column_stack([np.bincount(store, X[:, j] * y, N) for j in range(P)]),
+                np.bincount(store, y * y, N),
+                np.column_stack([np.bincount(store, X[:, j], N) for j in range(P)]),
+                np.bincount(store, y, N))
+
+
+def _varies(sums):
+    """(P,) True for each column of X that takes more than one value over the observed cells."""
+    P = sums.Xty.shape[1]
+    total = sums.n.sum()
+    mean = sums.sx.sum(axis=0) / total
+    square = sums.XtX.sum(axis=0).reshape(P, P).diagonal() / total
+    return square - mean ** 2 > 1e-12 * np.maximum(square, 1e-300)
+
+
+def _model_statistics(sums, sigma=1.0, store_effects=False):
+    """Stats for a model from a panel's Sums: the sigma setting, and with store_effects the
+    within-store transform (README, "Store fixed effects"):
+        X_i'X_i - s_i s_i'/n_i,  X_i'y_i - s_i t_i/n_i,  y_i'y_i - t_i^2/n_i,
+    with s_i, t_i the store's sums of x and y; a column of X that is constant is the intercept
+    and is dropped, one that is constant within every store (but not overall) is refused."""
+    sigma = _check_sigma_setting(sigma)
+    n, XtX, Xty, yty, sx, sy = sums
+    N, P = Xty.shape
+    varies = _varies(sums)
+    columns = tuple(range(P))
+    m, offset = n, np.zeros(N)
+    if store_effects:
+        columns = tuple(j for j in range(P) if varies[j])
+        if not columns:
+            raise ValueError("with store effects X needs a column that varies (the log price)")
+        keep = np.array(columns)
+        sx_, P = sx[:, keep], len(columns)
+        XtX = (XtX.reshape(N, len(varies), len(varies))[:, keep][:, :, keep]
+               - sx_[:, :, None] * sx_[:, None, :] / n[:, None, None]).reshape(N, P * P)
+        Xty = Xty[:, keep] - sx_ * (sy / n)[:, None]
+        yty = np.maximum(yty - sy * sy / n, 0.0)
+        m, offset = n - 1.0, -0.5 * np.log(n)
+        within = XtX.sum(axis=0).reshape(P, P).diagonal()
+        raw = sums.XtX.sum(axis=0).reshape(len(varies), -1).diagonal()[keep]
+        absorbed = within <= 1e-12 * raw
+        if absorbed.any():
+            raise ValueError(f"column {columns[int(np.argmax(absorbed))]} of X is constant within every "
+                             "store: the store effects absorb it, so it cannot be estimated")
+        price = 0
+    else:
+        price = int(np.argmax(varies)) if varies.any() else 0
+    A = XtX.sum(axis=0).reshape(P, P)
+    scale = np.sqrt(np.maximum(A.diagonal(), 1e-300))
+    if P > 1 and np.linalg.eigvalsh(A / np.outer(scale, scale)).min() < 1e-12 or not A.diagonal().min() > 0:
         raise ValueError(f"the columns of X are collinear (rank < {P}): "
                          "a price that never changes cannot identify a price effect")
-    y0 = np.where(observed, y, 0.0)
-    if observed.all():                       # the usual case: every store shares X'X
-        XtX = np.tile((X.T @ X).ravel(), (N, 1))
-    else:
-        XtX = observed.T.astype(float) @ (X[:, :, None] * X[:, None, :]).reshape(T, P * P)
-    n = n.astype(float)
-    yty = np.einsum("tn,tn->n", y0, y0)
-    return Stats(n, XtX, y0.T @ X, -0.5 * (n * LOG_2PI + yty))
+    theta = np.linalg.solve(A, Xty.sum(axis=0))
+    pooled_s2 = max(yty.sum() - theta @ Xty.sum(axis=0), 0.0) / max(m.sum(), 1.0)
+    if isinstance(sigma, str) and not pooled_s2 > 0:
+        raise ValueError("every observation is fitted exactly: sigma cannot be estimated")
+    return Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, sigma, price, columns, pooled_s2,
+                 bool(store_effects))
+
+
+def sufficient_statistics(y, X, sigma=1.0, store_effects=False):
+    """Check a panel and reduce it to the per-store sufficient statistics of a model.
+
+    y: (T, N) log sales, NaN where a store has no observation that week. X: (T, P), shared by all
+    stores, or (T, N, P), each store its own. sigma: a positive number (fixed), "common" or
+    "segment". Raises ValueError naming the problem when the panel cannot identify the model.
+    """
+    return _model_statistics(_wide_sums(y, X), sigma, store_effects)
 
 
 # ---------------------------------------------------------------------------------------------
 # The kernel: log densities, E-step, M-step
 # ---------------------------------------------------------------------------------------------
 
-def _log_density(stats, theta):
-    """(..., K, N) array of log f(y_i | C_i = c) for theta of shape (..., K, P): segments in rows,
-    the layout in which sums and maxima over segments are fast (W is handed out transposed). A
-    leading batch of parameter sets is allowed (split-and-merge tries many at once).
-
-    log f = -(n_i/2) log 2 pi - (y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c) / 2.
-    """
+def _rss(stats, theta):
+    """(..., K, N) residual sums of squares R_ic = y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c
+    for theta (..., K, P): segments in rows, the layout in which sums and maxima over segments are
+    fast. A leading batch of parameter sets is allowed (split-and-merge tries many at once)."""
     P = theta.shape[-1]
     outer = (theta[..., :, None] * theta[..., None, :]).reshape(theta.shape[:-1] + (P * P,))
-    log_f = outer @ stats.XtX.T                    # theta_c'X_i'X_i theta_c, (..., K, N); in place
-    log_f -= 2.0 * (theta @ stats.Xty.T)           # from here on: large panels are memory-bound
-    log_f *= -0.5
-    log_f += stats.const
+    rss = outer @ stats.XtX.T                      # theta_c'X_i'X_i theta_c, (..., K, N); in place
+    rss -= 2.0 * (theta @ stats.Xty.T)             # from here on: large panels are memory-bound
+    rss += stats.yty
+    return rss
+
+
+def _log_density(stats, theta, sigma):
+    """(..., K, N) array of log f(y_i | C_i = c) = offset_i - (m_i/2) log(2 pi sigma_c^2)
+    - R_ic / (2 sigma_c^2), for theta (..., K, P) and sigma (..., K)."""
+    log_f = _rss(stats, theta)
+    log_f *= (-0.5 / (sigma * sigma))[..., None]
+    if np.all(sigma == sigma.flat[0]):             # one sigma (fixed or common): a store's constant
+        log_sigma = math.log(float(sigma.flat[0]))
+        log_f += stats.const - log_sigma * stats.m if log_sigma else stats.const
+    else:
+        log_f -= np.log(sigma)[..., None] * stats.m
+        log_f += stats.const
     return log_f
 
 
-def _e_step(stats, theta, pi):
+def _e_step(stats, theta, pi, sigma):
     """Posterior segment probabilities W (..., N, K) and the log-likelihood, in log space:
     log sum_c exp(a_c) = max_c a_c + log sum_c exp(a_c - max_c a_c), as scipy's logsumexp does,
     written out because this is the innermost loop (and twice as fast so).
     An empty segment (pi_c = 0) gets log pi_c = -inf and so W[:, c] = 0, without a NaN.
     """
-    log_joint = _log_density(stats, theta)
+    log_joint = _log_density(stats, theta, sigma)
     log_joint += np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)[..., None]   # + log pi_c
     top = log_joint.max(axis=-2)
     log_joint -= top[..., None, :]
@@ -147,12 +288,27 @@ def _pooled_theta(stats):
     return np.linalg.solve(stats.XtX.sum(axis=0).reshape(P, P), stats.Xty.sum(axis=0))
 
 
-def _m_step(stats, W):
-    """theta_c = (sum_i w_ic X_i'X_i)^-1 sum_i w_ic X_i'y_i and pi_c = mean_i w_ic, for W of
-    shape (..., N, K).
+def _fixed_sigma(stats, K):
+    """sigma (K,) at the start of a run: the fixed value, or the pooled residual sd."""
+    return np.full(K, stats.sigma if not stats.estimates_sigma else math.sqrt(stats.pooled_s2))
 
-    A segment with no weight (or a singular weighted X'X) cannot be estimated: it gets pi_c = 0
-    and the pooled least-squares theta, so that nothing downstream sees a NaN.
+
+def _thin(stats, W):
+    """(..., K) True for a segment too thin to estimate its own sigma: it holds fewer than P + 1
+    observed weeks (weighted by W), so that sigma_c -> 0 and an unbounded likelihood are in reach.
+    Only with sigma per segment; a common sigma is bounded away from 0 by the other segments."""
+    if stats.sigma != "segment":
+        return np.zeros(W.shape[:-2] + W.shape[-1:], dtype=bool)
+    return W.swapaxes(-1, -2) @ stats.m < stats.P + 1
+
+
+def _m_step(stats, W):
+    """(theta, pi, sigma) maximising the expected complete-data log-likelihood for W (..., N, K):
+        theta_c = (sum_i w_ic X_i'X_i)^-1 sum_i w_ic X_i'y_i,   pi_c = mean_i w_ic,
+        sigma_c^2 = sum_i w_ic R_ic / sum_i w_ic m_i  (common: summed over c before dividing).
+    A segment with no weight (or a singular weighted X'X, or with sigma per segment fewer than
+    P + 1 weighted weeks: _thin) cannot be estimated: it gets pi_c = 0, the pooled least-squares
+    theta and sigma, so that nothing downstream sees a NaN.
     """
     P = stats.P
     pi = W.mean(axis=-2)
@@ -168,53 +324,82 @@ def _m_step(stats, W):
                 theta[index] = np.linalg.solve(A[index], b[index])
             except np.linalg.LinAlgError:
                 pass
-    ok = np.isfinite(theta).all(axis=-1) & (pi > 0)
+    ok = np.isfinite(theta).all(axis=-1) & (pi > 0) & ~_thin(stats, W)
     if not ok.all():
         theta[~ok] = _pooled_theta(stats)
         pi = np.where(ok, pi, 0.0)
         pi = pi / pi.sum(axis=-1, keepdims=True)
-    return theta, pi
+    if not stats.estimates_sigma:
+        return theta, pi, np.full(pi.shape, stats.sigma)
+    rss = (weights @ stats.yty - 2 * np.einsum("...kp,...kp->...k", theta, b)
+           + np.einsum("...kp,...kpq,...kq->...k", theta, A, theta))    # sum_i w_ic R_ic
+    if stats.sigma == "common":
+        s2 = np.repeat(rss.sum(axis=-1, keepdims=True) / stats.m.sum(), pi.shape[-1], axis=-1)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s2 = np.where(ok, rss / (weights @ stats.m), stats.pooled_s2)
+    return theta, pi, np.sqrt(np.maximum(s2, VARIANCE_FLOOR * stats.pooled_s2))
 
 
 # ---------------------------------------------------------------------------------------------
 # Score and observed information: Newton steps near the optimum, standard errors at it
 # ---------------------------------------------------------------------------------------------
 
-def _score_hessian(stats, theta, pi, W):
-    """Gradient (D,) and Hessian (D, D) of the log-likelihood at (theta, pi), W = EStep there.
+def _n_tau(stats, K):
+    """How many log sigma parameters the model estimates: 0 (fixed), 1 (common) or K."""
+    return 0 if not stats.estimates_sigma else 1 if stats.sigma == "common" else K
 
-    Parameters psi = (theta_1, ..., theta_K, eta_1, ..., eta_{K-1}), D = K P + K - 1, with
-    pi = softmax(eta_1, ..., eta_{K-1}, 0). With s_ic the gradient of log(pi_c f_ic) and
-    g_i = sum_c w_ic s_ic the store's score, Louis' identity gives (README, "Standard errors")
+
+def _score_hessian(stats, theta, pi, sigma, W):
+    """Gradient (D,) and Hessian (D, D) of the log-likelihood at (theta, pi, sigma), W = EStep there.
+
+    Parameters psi = (theta_1, ..., theta_K, tau, eta_1, ..., eta_{K-1}), D = K P + n_tau + K - 1,
+    with tau = log sigma (none, one common or one per segment) and pi = softmax(eta_1, ..., 0).
+    With s_ic the gradient of log(pi_c f_ic) and g_i = sum_c w_ic s_ic the store's score, Louis'
+    identity gives (README, "Standard errors")
         H = sum_i sum_c w_ic (d2 log(pi_c f_ic) + s_ic s_ic') - sum_i g_i g_i',
-    where s_ic is u_ic = X_i'y_i - X_i'X_i theta_c in the theta_c block, e_c - pi in the eta block.
+    where s_ic is u_ic / sigma_c^2 (u_ic = X_i'y_i - X_i'X_i theta_c) in the theta_c block,
+    R_ic / sigma_c^2 - m_i in the tau block and e_c - pi in the eta block.
     """
     N, K = W.shape
     P = stats.P
-    KP = K * P
+    KP, nt = K * P, _n_tau(stats, K)
+    D = KP + nt + K - 1
+    s2 = sigma * sigma
     # u_ic for all c at once: X_i'X_i theta_c is XtX (N, P*P) times a (P*P, K*P) spread of theta
     spread = np.einsum("pr,kq->pqkr", np.eye(P), theta).reshape(P * P, KP)
     u = (np.tile(stats.Xty, K) - stats.XtX @ spread).reshape(N, K, P)
-    wu = W[:, :, None] * u                                        # w_ic u_ic
-    m = W.sum(axis=0)                                             # expected segment sizes
+    S = np.zeros((N, K, D))                                       # s_ic
+    for c in range(K):
+        S[:, c, c * P:(c + 1) * P] = u[:, c] / s2[c]
     p = pi[:K - 1]
-    G = np.concatenate([wu.reshape(N, KP), W[:, :K - 1] - p], axis=1)   # g_i, (N, D)
-    H = -(G.T @ G)
+    S[:, :, KP + nt:] = np.eye(K)[:, :K - 1] - p
+    R = None
+    if nt:
+        R = _rss(stats, theta).T                                  # (N, K)
+        tau = KP + (np.arange(K) if nt == K else np.zeros(K, dtype=int))
+        S[:, np.arange(K), tau] = R / s2 - stats.m[:, None]
+    root = np.sqrt(W)[:, :, None]
+    Z = root * S
+    G = (root * Z).sum(axis=1)                                    # g_i, (N, D)
+    Z = Z.reshape(N * K, D)
+    H = Z.T @ Z - G.T @ G
     A = (W.T @ stats.XtX).reshape(K, P, P)                        # sum_i w_ic X_i'X_i
-    within = np.zeros((K, P, K, P))                               # block diagonal in theta
-    within[np.arange(K), :, np.arange(K), :] = np.matmul(wu.transpose(1, 2, 0), u.transpose(1, 0, 2)) - A
-    cross = (wu.sum(axis=0)[:, :, None] * (np.eye(K)[:, :K - 1] - p)[:, None, :]).reshape(KP, K - 1)
-    mp = m[:K - 1]
-    H[:KP, :KP] += within.reshape(KP, KP)
-    H[:KP, KP:] += cross
-    H[KP:, :KP] += cross.T
-    H[KP:, KP:] += (np.diag(mp - N * p) - np.outer(mp, p) - np.outer(p, mp)
-                    + 2 * N * np.outer(p, p))
+    for c in range(K):
+        block = slice(c * P, (c + 1) * P)
+        H[block, block] -= A[c] / s2[c]
+        if nt:
+            cross = 2 * (W[:, c] @ u[:, c]) / s2[c]
+            H[block, tau[c]] -= cross
+            H[tau[c], block] -= cross
+            H[tau[c], tau[c]] -= 2 * (W[:, c] @ R[:, c]) / s2[c]
+    H[KP + nt:, KP + nt:] -= N * (np.diag(p) - np.outer(p, p))
     return G.sum(axis=0), H
 
 
-def _newton_direction(stats, theta, pi, W):
-    """(step, decrement) for psi at (theta, pi), or None where no step applies (an empty segment).
+def _newton_direction(stats, theta, pi, sigma, W):
+    """(step, decrement) for psi at (theta, pi, sigma), or None where no step applies (an empty
+    segment).
 
     Where -H is positive definite this is Newton's step -H^-1 g. Where it is not (on a ridge or
     near a saddle, where EM crawls) the step uses |eigenvalues| of -H instead (saddle-free Newton,
@@ -223,7 +408,7 @@ def _newton_direction(stats, theta, pi, W):
     """
     if pi.min() < 1e-12:
         return None
-    grad, H = _score_hessian(stats, theta, pi, W)
+    grad, H = _score_hessian(stats, theta, pi, sigma, W)
     values, vectors = np.linalg.eigh(-H)
     top = np.abs(values).max()
     if not top > 0:
@@ -234,23 +419,31 @@ def _newton_direction(stats, theta, pi, W):
     return step, decrement
 
 
-def _newton_step(stats, theta, pi, W, loglik):
+def _moved(stats, theta, pi, sigma, step):
+    """(theta, pi, sigma) moved by a step in psi = (theta, log sigma, eta)."""
+    K, P = theta.shape
+    KP, nt = K * P, _n_tau(stats, K)
+    new_theta = theta + step[:KP].reshape(K, P)
+    new_sigma = sigma * np.exp(step[KP:KP + nt]) if nt else sigma
+    eta = np.log(pi[:K - 1]) - np.log(pi[K - 1])
+    logits = np.append(eta + step[KP + nt:], 0.0)
+    new_pi = np.exp(logits - logits.max())
+    return new_theta, new_pi / new_pi.sum(), np.broadcast_to(new_sigma, (K,)).copy()
+
+
+def _newton_step(stats, theta, pi, sigma, W, loglik):
     """A Newton step (see _newton_direction), halved until the likelihood rises; None where no
-    step applies or none goes uphill. Returns (theta, pi, W, loglik, decrement)."""
-    direction = _newton_direction(stats, theta, pi, W)
+    step applies or none goes uphill. Returns (theta, pi, sigma, W, loglik, decrement)."""
+    direction = _newton_direction(stats, theta, pi, sigma, W)
     if direction is None:
         return None
     step, decrement = direction
-    K, P = theta.shape
-    eta = np.log(pi[:K - 1]) - np.log(pi[K - 1])
     for _ in range(6):
-        new_theta = theta + step[:K * P].reshape(K, P)
-        logits = np.append(eta + step[K * P:], 0.0)
-        new_pi = np.exp(logits - logits.max())
-        new_pi /= new_pi.sum()
-        new_W, new_loglik = _e_step(stats, new_theta, new_pi)
-        if new_loglik >= loglik - ROUNDING * abs(loglik):    # at the maximum, equal up to rounding
-            return new_theta, new_pi, new_W, new_loglik, decrement
+        new = _moved(stats, theta, pi, sigma, step)
+        if np.all(np.isfinite(new[0])) and new[2].min() > 0:
+            new_W, new_loglik = _e_step(stats, *new)
+            if new_loglik >= loglik - ROUNDING * abs(loglik) and not _thin(stats, new_W).any():
+                return new + (new_W, new_loglik, decrement)   # at the maximum: equal up to rounding
         step = step / 2
     return None
 
@@ -260,46 +453,50 @@ def _newton_step(stats, theta, pi, W, loglik):
 # ---------------------------------------------------------------------------------------------
 
 class Fit(NamedTuple):
-    """One EM run: estimates in segment order, posterior W (N, K), iterations, convergence."""
+    """One EM run: estimates in segment order, sigma (K,), posterior W (N, K), iterations,
+    convergence."""
     theta: np.ndarray
     pi: np.ndarray
+    sigma: np.ndarray
     loglik: float
     W: np.ndarray
     n_iter: int
     converged: bool
 
 
-def _em_step(stats, theta, pi, W):
-    theta, pi = _m_step(stats, W)
-    return (theta, pi) + _e_step(stats, theta, pi)
+def _em_step(stats, W):
+    params = _m_step(stats, W)
+    return params + _e_step(stats, *params)
 
 
 def _plain_em(stats, starts, iterations):
-    """`iterations` plain EM steps from each of B starts, (theta (K, P), pi (K,)) pairs, all at
-    once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
-    Returns theta (B, K, P), pi (B, K) and loglik (B,) at the end."""
-    theta = np.stack([start[0] for start in starts])
-    pi = np.stack([start[1] for start in starts])
-    chunk = max(1, 2_000_000 // (theta.shape[1] * len(stats.n)))
+    """`iterations` plain EM steps from each of B starts, (theta (K, P), pi (K,), sigma (K,))
+    triples, all at once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
+    Returns theta (B, K, P), pi (B, K), sigma (B, K) and loglik (B,) at the end."""
+    batch = [np.stack([start[j] for start in starts]) for j in range(3)]
+    chunk = max(1, 2_000_000 // (batch[0].shape[1] * len(stats.n)))
     parts = []
-    for first in range(0, len(theta), chunk):
-        th, p = theta[first:first + chunk], pi[first:first + chunk]
+    for first in range(0, len(batch[0]), chunk):
+        params = tuple(part[first:first + chunk] for part in batch)
         for _ in range(iterations):
-            th, p = _m_step(stats, _e_step(stats, th, p)[0])
-        parts.append((th, p, _e_step(stats, th, p)[1]))
+            params = _m_step(stats, _e_step(stats, *params)[0])
+        parts.append(params + (_e_step(stats, *params)[1],))
     return tuple(np.concatenate(part) for part in zip(*parts))
 
 
-def _squarem_step(stats, theta, pi, W, loglik):
-    """Two EM steps extrapolated along their path (SQUAREM, Varadhan & Roland 2008, SqS3).
+def _squarem_step(stats, theta, pi, sigma, W, loglik):
+    """Two EM steps extrapolated along their path (SQUAREM, Varadhan & Roland 2008, SqS3), in
+    x = (theta, pi, sigma).
 
-    The extrapolated point is kept only when it is a valid parameter with a log-likelihood at
-    least that of the two plain steps, so the likelihood never goes down.
+    The extrapolated point is kept only when it is a valid parameter (pi >= 0, sigma > 0, no
+    _thin segment) with a log-likelihood at least that of the two plain steps, so the likelihood
+    never goes down.
     """
     K, P = theta.shape
-    th1, pi1, W1, _ = _em_step(stats, theta, pi, W)
-    th2, pi2, W2, ll2 = _em_step(stats, th1, pi1, W1)
-    x0, x1, x2 = (np.concatenate([t.ravel(), p]) for t, p in ((theta, pi), (th1, pi1), (th2, pi2)))
+    th1, pi1, s1, W1, _ = _em_step(stats, W)
+    th2, pi2, s2, W2, ll2 = _em_step(stats, W1)
+    x0, x1, x2 = (np.concatenate([t.ravel(), p, s]) for t, p, s in
+                  ((theta, pi, sigma), (th1, pi1, s1), (th2, pi2, s2)))
     r, v = x1 - x0, x2 - 2 * x1 + x0
     v_norm = math.sqrt(v @ v)
     if v_norm > 0:
@@ -308,16 +505,17 @@ def _squarem_step(stats, theta, pi, W, loglik):
             if alpha > -1.01:
                 break
             x = x0 - 2 * alpha * r + alpha * alpha * v
-            if x[K * P:].min() >= 0:
-                new_W, new_ll = _e_step(stats, x[:K * P].reshape(K, P), x[K * P:])
-                if new_ll >= ll2:
-                    return x[:K * P].reshape(K, P), x[K * P:], new_W, new_ll
+            new = x[:K * P].reshape(K, P), x[K * P:K * P + K], x[K * P + K:]
+            if new[1].min() >= 0 and new[2].min() > 0:
+                new_W, new_ll = _e_step(stats, *new)
+                if new_ll >= ll2 and not _thin(stats, new_W).any():
+                    return new + (new_W, new_ll)
             alpha = (alpha - 1) / 2                              # back off towards x2
-    return th2, pi2, W2, ll2
+    return th2, pi2, s2, W2, ll2
 
 
-def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
-    """EM from (theta, pi) until converged; returns a Fit.
+def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True):
+    """EM from (theta, pi, sigma) until converged; returns a Fit.
 
     Converged means: no posterior probability moved by more than tol in the last iteration, the
     log-likelihood rose by less than tol, and (where the Hessian is negative definite) a Newton
@@ -326,7 +524,7 @@ def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
     Newton steps once the gains are small (SQUAREM steps before), so the last test comes with the
     step. See _polish for the last digits.
     """
-    W, loglik = _e_step(stats, theta, pi)
+    W, loglik = _e_step(stats, theta, pi, sigma)
     gain = np.inf
     for iteration in range(1, max_iter + 1):
         decrement, newton = None, None
@@ -334,38 +532,39 @@ def _run_em(stats, theta, pi, tol=1e-8, max_iter=10000, accelerate=True):
         # is rarely negative definite and computing it would be wasted
         tried_newton = accelerate and gain < NEWTON_GAIN
         if tried_newton:
-            newton = _newton_step(stats, theta, pi, W, loglik)
+            newton = _newton_step(stats, theta, pi, sigma, W, loglik)
         if newton is not None:
-            new_theta, new_pi, new_W, new_loglik, decrement = newton
+            *new, decrement = newton
         elif accelerate:
-            new_theta, new_pi, new_W, new_loglik = _squarem_step(stats, theta, pi, W, loglik)
+            new = _squarem_step(stats, theta, pi, sigma, W, loglik)
         else:
-            new_theta, new_pi, new_W, new_loglik = _em_step(stats, theta, pi, W)
-        gain = new_loglik - loglik
-        still = gain <= tol and np.abs(new_W - W).max() <= tol
-        theta, pi, W, loglik = new_theta, new_pi, new_W, new_loglik
+            new = _em_step(stats, W)
+        gain = new[4] - loglik
+        still = gain <= tol and np.abs(new[3] - W).max() <= tol
+        theta, pi, sigma, W, loglik = new
         if still and decrement is None and (tried_newton or not accelerate):
-            decrement = _remaining_gain(stats, theta, pi, W)       # 0 where Newton cannot help
+            decrement = _remaining_gain(stats, theta, pi, sigma, W)   # 0 where Newton cannot help
         if still and decrement is not None and decrement <= 2 * tol:
-            return Fit(theta, pi, loglik, W, iteration, True)
-    return Fit(theta, pi, loglik, W, max_iter, False)
+            return Fit(theta, pi, sigma, loglik, W, iteration, True)
+    return Fit(theta, pi, sigma, loglik, W, max_iter, False)
 
 
 def _polish(stats, fit):
     """Up to two more Newton steps from a converged fit: Newton converges quadratically there, so
     the estimate becomes the maximum to machine precision, not merely within tol of it."""
     for _ in range(2):
-        step = _newton_step(stats, fit.theta, fit.pi, fit.W, fit.loglik) if fit.converged else None
+        step = (_newton_step(stats, fit.theta, fit.pi, fit.sigma, fit.W, fit.loglik)
+                if fit.converged else None)
         if step is None:
             break
-        fit = fit._replace(theta=step[0], pi=step[1], W=step[2], loglik=step[3])
+        fit = fit._replace(theta=step[0], pi=step[1], sigma=step[2], W=step[3], loglik=step[4])
     return fit
 
 
-def _remaining_gain(stats, theta, pi, W):
-    """Newton decrement at (theta, pi); 0 where the log-likelihood is not locally concave (a
-    saddle or an empty segment), where Newton has nothing to say about a plain EM run's end."""
-    direction = _newton_direction(stats, theta, pi, W)
+def _remaining_gain(stats, theta, pi, sigma, W):
+    """Newton decrement at (theta, pi, sigma); 0 where the log-likelihood is not locally concave
+    (a saddle or an empty segment), where Newton has nothing to say about a plain EM run's end."""
+    direction = _newton_direction(stats, theta, pi, sigma, W)
     return 0.0 if direction is None or math.isinf(direction[1]) else direction[1]
 
 
@@ -375,7 +574,7 @@ def _remaining_gain(stats, theta, pi, W):
 
 def _store_coefficients(stats):
     """Each store's own least-squares coefficients b_i (N, P), the sufficient statistic of
-    store i for theta: log f(y_i | c) = const_i - (b_i - theta_c)' X_i'X_i (b_i - theta_c) / 2.
+    store i for theta: R_ic = R_i + (b_i - theta_c)' X_i'X_i (b_i - theta_c).
     A store with too few weeks to identify b_i gets the minimum-norm solution."""
     N, P = stats.Xty.shape
     XtX = stats.XtX.reshape(N, P, P)
@@ -386,8 +585,8 @@ def _store_coefficients(stats):
 
 
 def _distances(stats, coefficients, centres):
-    """(N, K) matrix of (b_i - theta_c)' X_i'X_i (b_i - theta_c) for centres (K, P): twice the
-    log-likelihood that store i loses when its own coefficients b_i are replaced by theta_c."""
+    """(N, K) matrix of (b_i - theta_c)' X_i'X_i (b_i - theta_c) for centres (K, P): the residual
+    sum of squares that store i adds when its own coefficients b_i are replaced by theta_c."""
     P = coefficients.shape[1]
     gap = coefficients[:, None, :] - centres[None]                     # (N, K, P)
     return np.einsum("nkp,npq,nkq->nk", gap, stats.XtX.reshape(-1, P, P), gap)
@@ -396,7 +595,8 @@ def _distances(stats, coefficients, centres):
 def _kmeanspp_start(stats, coefficients, K, rng):
     """k-means++ seeding (Arthur & Vassilvitskii 2007) on the stores' own coefficients, in the
     likelihood's own metric: K stores' b_i, each drawn with probability proportional to its
-    distance (b_i - theta)' X_i'X_i (b_i - theta) to the nearest one drawn before. pi uniform."""
+    distance (b_i - theta)' X_i'X_i (b_i - theta) to the nearest one drawn before. pi uniform,
+    sigma fixed or the pooled residual sd."""
     N = len(coefficients)
     chosen = [int(rng.integers(N))]
     nearest = np.full(N, np.inf)
@@ -404,7 +604,7 @@ def _kmeanspp_start(stats, coefficients, K, rng):
         nearest = np.minimum(nearest, _distances(stats, coefficients, coefficients[chosen[-1:]])[:, 0])
         total = nearest.sum()
         chosen.append(int(rng.choice(N, p=nearest / total)) if total > 0 else int(rng.integers(N)))
-    return coefficients[chosen].copy(), np.full(K, 1.0 / K)
+    return coefficients[chosen].copy(), np.full(K, 1.0 / K), _fixed_sigma(stats, K)
 
 
 def _split(stats, coefficients, fit, drop, split):
@@ -427,7 +627,7 @@ def _split(stats, coefficients, fit, drop, split):
     keep = [c for c in range(K) if c not in (drop, split)]
     theta = np.vstack([fit.theta[keep], centre + axis, centre - axis])
     pi = np.append(fit.pi[keep], [fit.pi[split] / 2, fit.pi[split] / 2])
-    return theta, pi / pi.sum()
+    return theta, pi / pi.sum(), np.append(fit.sigma[keep], [fit.sigma[split]] * 2)
 
 
 def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
@@ -435,14 +635,15 @@ def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
     badly (greedy EM, Vlassis & Likas 2002): a store far from every segment can be worth a
     segment of its own, a maximum that splitting existing segments does not reach. The stores:
     the `how_many` farthest from all segments, and those farthest from the segments that remain.
-    distance[i, c] = (b_i - theta_c)' X_i'X_i (b_i - theta_c)."""
+    distance[i, c] = (b_i - theta_c)' X_i'X_i (b_i - theta_c) / sigma_c^2."""
     K = fit.theta.shape[0]
     keep = [c for c in range(K) if c != drop]
     farthest = [np.argsort(-distance[:, columns].min(axis=1), kind="stable")[:how_many]
                 for columns in (list(range(K)), keep)]
     for store in dict.fromkeys(np.concatenate(farthest).tolist()):
         pi = np.append(fit.pi[keep], 1.0 / len(coefficients))
-        yield np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum()
+        yield (np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum(),
+               np.append(fit.sigma[keep], fit.sigma[drop]))
 
 
 def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
@@ -450,30 +651,31 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
     one segment and either split another in two (_split) or open one at a badly fitted store
     (_new_at_outliers). All such starts get a few plain EM iterations together (a batch), the two
     most promising run to convergence, and the better is kept if the likelihood rose; repeat until
-    no move helps. This is what finds the maxima that random starts reach only rarely (README, "Starting
-    values, convergence, and the global maximum")."""
+    no move helps. This is what finds the maxima that random starts reach only rarely (README,
+    "Starting values, convergence, and the global maximum")."""
     K = fit.theta.shape[0]
     while K > 1 and fit.pi.min() > 0:
-        distance = _distances(stats, coefficients, fit.theta)
+        distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
         starts = [_split(stats, coefficients, fit, drop, split)
                   for drop in range(K) for split in range(K) if split != drop]
         starts = [start for start in starts if start is not None]
         starts += [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
-        theta, pi, loglik = _plain_em(stats, starts, trial_iterations)
+        theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
         promising = np.argsort(-loglik)[:2]
-        candidate = max((_run_em(stats, theta[j], pi[j], tol=tol, max_iter=max_iter) for j in promising),
-                        key=lambda run: run.loglik)
+        candidate = max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
+                         for j in promising), key=lambda run: run.loglik)
         if candidate.loglik <= fit.loglik + tol:
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
     return fit
 
 
-def _canonical(fit):
-    """Segments in canonical order: increasing coefficient of the last column of X (beta, the
-    price elasticity: most price-sensitive first), ties broken by the columns before it."""
-    order = np.lexsort(fit.theta.T)
-    return fit._replace(theta=fit.theta[order], pi=fit.pi[order], W=fit.W[:, order])
+def _canonical(stats, fit):
+    """Segments in canonical order: increasing price coefficient (the price elasticity: most
+    price-sensitive first), ties broken by the other columns of X in turn."""
+    others = [j for j in range(stats.P) if j != stats.price]
+    order = np.lexsort(fit.theta[:, others[::-1] + [stats.price]].T)
+    return fit._replace(theta=fit.theta[order], pi=fit.pi[order], sigma=fit.sigma[order], W=fit.W[:, order])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,25 +692,33 @@ def _check_K(K, N):
 
 
 def _check_settings(tol, max_iter):
-    if not (isinstance(tol, (int, float)) and tol > 0):
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float, np.floating)) and tol > 0):
         raise ValueError(f"tol must be a positive number; got {tol!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a whole number >= 1; got {max_iter!r}")
 
 
-def _check_parameters(theta, pi, P):
-    """pi as a (K,) probability vector and theta as a (K, P) array, or ValueError."""
+def _check_parameters(stats, theta, pi, sigma):
+    """pi as a (K,) probability vector, theta as a (K, P) array and sigma as (K,) positive values
+    (one value is every segment's), or ValueError."""
+    P = stats.P
     pi = np.asarray(pi, dtype=float).ravel()
     if pi.size == 0 or not np.all(np.isfinite(pi)) or (pi < 0).any() or abs(pi.sum() - 1) > 1e-8:
         raise ValueError(f"pi must be a probability vector (entries >= 0 summing to 1); got {pi}")
     K = pi.size
     theta = np.asarray(theta, dtype=float)
     if theta.size != K * P or theta.ndim not in (1, 2) or (theta.ndim == 2 and theta.shape != (K, P)):
+        extra = " (with store effects, X's intercept column is dropped)" if stats.store_effects else ""
         raise ValueError(f"theta has shape {theta.shape}; with K = {K} segments (the length of pi) "
-                         f"and P = {P} columns of X it must have K*P = {K * P} entries, flat or K x P")
+                         f"and P = {P} coefficients{extra} it must have K*P = {K * P} entries, flat or K x P")
     if not np.all(np.isfinite(theta)):
         raise ValueError("theta has a missing or infinite entry")
-    return theta.reshape(K, P), pi
+    if isinstance(sigma, str):
+        raise ValueError(f"sigma must be given as numbers here (one, or one per segment); got {sigma!r}")
+    sigma = np.asarray(sigma, dtype=float).ravel()
+    if sigma.size not in (1, K) or not np.all(np.isfinite(sigma)) or (sigma <= 0).any():
+        raise ValueError(f"sigma must be one positive number or K = {K} of them; got {sigma}")
+    return theta.reshape(K, P), pi, np.broadcast_to(sigma, (K,)).copy()
 
 
 def _check_W(W, N):
@@ -527,30 +737,34 @@ def _check_W(W, N):
 # ---------------------------------------------------------------------------------------------
 # The assignment's five functions
 # ---------------------------------------------------------------------------------------------
+# Options, as keyword arguments of each: sigma (a number: fixed at it, the default 1; "common" or
+# "segment": estimated; LogL, EStep and StandardErrors take the values, one or one per segment)
+# and store_effects (each store its own intercept, by the within-store likelihood).
 
-def LogL(theta, pi, y, X):
-    """Observed-data log-likelihood sum_i log sum_c pi_c f(y_i | theta_c) (a float).
+def LogL(theta, pi, y, X, sigma=1.0, store_effects=False):
+    """Observed-data log-likelihood sum_i log sum_c pi_c f(y_i | theta_c, sigma_c) (a float).
 
     theta: K*P values, flat (alpha_1, beta_1, ...) or K x P; pi: (K,); y: (T, N) with NaN for
-    unobserved weeks; X: (T, P)."""
-    stats = sufficient_statistics(y, X)
-    theta, pi = _check_parameters(theta, pi, stats.P)
-    return _e_step(stats, theta, pi)[1]
+    unobserved weeks; X: (T, P) or (T, N, P); sigma: one value or K values. With store effects
+    theta holds the slopes only and this is the within-store likelihood (README)."""
+    stats = sufficient_statistics(y, X, store_effects=store_effects)
+    return _e_step(stats, *_check_parameters(stats, theta, pi, sigma))[1]
 
 
-def EStep(theta, pi, y, X):
-    """(N, K) matrix W of posterior probabilities W[i, c] = Pr[C_i = c | y_i, X, theta, pi]."""
-    stats = sufficient_statistics(y, X)
-    theta, pi = _check_parameters(theta, pi, stats.P)
-    return _e_step(stats, theta, pi)[0]
+def EStep(theta, pi, y, X, sigma=1.0, store_effects=False):
+    """(N, K) matrix W of posterior probabilities W[i, c] = Pr[C_i = c | y_i, X, theta, pi, sigma]."""
+    stats = sufficient_statistics(y, X, store_effects=store_effects)
+    return _e_step(stats, *_check_parameters(stats, theta, pi, sigma))[0]
 
 
-def MStep(y, X, W):
+def MStep(y, X, W, sigma=1.0, store_effects=False):
     """(theta (K, P), pi (K,)) maximising the expected complete-data log-likelihood given the
     (N, K) segment probabilities W: K weighted least-squares fits and pi_c = mean_i W[i, c].
-    A segment with no weight gets pi_c = 0 and the pooled least-squares theta."""
-    stats = sufficient_statistics(y, X)
-    return _m_step(stats, _check_W(W, stats.n.size))
+    With sigma "common" or "segment", (theta, pi, sigma (K,)). A segment with no weight gets
+    pi_c = 0 and the pooled least-squares theta (and sigma)."""
+    stats = sufficient_statistics(y, X, sigma, store_effects)
+    theta, pi, sigma = _m_step(stats, _check_W(W, stats.n.size))
+    return (theta, pi, sigma) if stats.estimates_sigma else (theta, pi)
 
 
 def _warn_about(fit, what):
@@ -562,89 +776,124 @@ def _warn_about(fit, what):
                       "segments from this start", RuntimeWarning, stacklevel=3)
 
 
-def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True):
-    """One EM run from a k-means++ start drawn with `seed`: (theta (K, P), pi (K,), loglik).
+def _returned(stats, fit):
+    if stats.estimates_sigma:
+        return fit.theta, fit.pi, fit.sigma, fit.loglik
+    return fit.theta, fit.pi, fit.loglik
+
+
+def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True, sigma=1.0, store_effects=False):
+    """One EM run from a k-means++ start drawn with `seed`: (theta (K, P), pi (K,), loglik), or
+    (theta, pi, sigma (K,), loglik) with sigma "common" or "segment".
 
     Converged when no posterior probability moves by more than tol, the log-likelihood rises by
     less than tol and a Newton step would add less than tol. accelerate=True (the default) takes
     Newton steps where the log-likelihood is locally concave and SQUAREM steps elsewhere, both only
     when they raise the likelihood; accelerate=False is plain EM. Segments in canonical order."""
-    stats = sufficient_statistics(y, X)
+    stats = sufficient_statistics(y, X, sigma, store_effects)
     _check_K(K, stats.n.size)
     _check_settings(tol, max_iter)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     start = _kmeanspp_start(stats, _store_coefficients(stats), K, rng)
     fit = _run_em(stats, *start, tol=tol, max_iter=max_iter, accelerate=accelerate)
-    fit = _canonical(_polish(stats, fit) if accelerate else fit)
+    fit = _canonical(stats, _polish(stats, fit) if accelerate else fit)
     _warn_about(fit, "EM")
-    return fit.theta, fit.pi, fit.loglik
+    return _returned(stats, fit)
 
 
-def fit_mixture(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000):
-    """Estimate's work, returning the whole Fit: theta, pi, loglik, W, n_iter, converged."""
-    stats = sufficient_statistics(y, X)
+def _check_seed(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be None or a whole number >= 0; got {seed!r}")
+    return seed
+
+
+def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
+    """Estimate's work on a panel's Stats (see sufficient_statistics), returning the whole Fit:
+    theta, pi, sigma, loglik, W, n_iter, converged."""
     _check_K(K, stats.n.size)
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
         raise ValueError(f"n_init must be a whole number >= 1; got {n_init!r}")
     _check_settings(tol, max_iter)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     coefficients = _store_coefficients(stats)
     starts = [_kmeanspp_start(stats, coefficients, K, rng) for _ in range(n_init)]
     # the runs' first, plain iterations together (far from a maximum they need no acceleration)
     warm_up = min(WARM_UP, max_iter - 1)
-    theta, pi, _ = _plain_em(stats, starts, warm_up)
-    runs = [_run_em(stats, theta[j], pi[j], tol=tol, max_iter=max_iter - warm_up) for j in range(n_init)]
+    theta, pi, sigma, _ = _plain_em(stats, starts, warm_up)
+    runs = [_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter - warm_up)
+            for j in range(n_init)]
     runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
     best = max(runs, key=lambda run: run.loglik)
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
-    fit = _canonical(_polish(stats, best))
+    fit = _canonical(stats, _polish(stats, best))
     _warn_about(fit, "Estimate")
     return fit
 
 
-def Estimate(K, y, X, n_init=10, seed=None):
+def fit_mixture(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000, sigma=1.0, store_effects=False):
+    """Estimate's work, returning the whole Fit: theta, pi, sigma, loglik, W, n_iter, converged."""
+    return fit_stats(sufficient_statistics(y, X, sigma, store_effects), K, n_init, seed, tol, max_iter)
+
+
+def Estimate(K, y, X, n_init=10, seed=None, tol=1e-8, max_iter=10000, sigma=1.0, store_effects=False):
     """Best of n_init EM runs from different k-means++ starts, improved by split-and-merge moves:
-    (theta (K, P), pi (K,), loglik) at the highest log-likelihood found. Same seed, same result."""
-    fit = fit_mixture(K, y, X, n_init=n_init, seed=seed)
-    return fit.theta, fit.pi, fit.loglik
+    (theta (K, P), pi (K,), loglik) at the highest log-likelihood found, or (theta, pi,
+    sigma (K,), loglik) with sigma "common" or "segment". Same seed, same result."""
+    stats = sufficient_statistics(y, X, sigma, store_effects)
+    return _returned(stats, fit_stats(stats, K, n_init, seed, tol, max_iter))
 
 
 # ---------------------------------------------------------------------------------------------
 # Standard errors
 # ---------------------------------------------------------------------------------------------
 
-def _covariance(stats, theta, pi):
-    """Covariance (K P + K, K P + K) of (theta flat, pi_1..pi_K) from the observed information.
+def _covariance(stats, theta, pi, sigma):
+    """Covariance (K P + n_tau + K)^2 of (theta flat, sigma (n_tau of them), pi_1..pi_K) from the
+    observed information.
 
-    The inverse of -H in psi = (theta, eta), carried to pi by the delta method with
-    d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN where -H is not positive definite
-    (not a maximum, or an empty segment), because no standard error is meaningful there.
+    The inverse of -H in psi = (theta, log sigma, eta), carried to sigma and pi by the delta
+    method: d sigma / d tau = sigma, d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN
+    where -H is not positive definite (not a maximum, or an empty segment), because no standard
+    error is meaningful there.
     """
     K, P = theta.shape
-    size = K * P + K
+    KP, nt = K * P, _n_tau(stats, K)
+    size = KP + nt + K
     if pi.min() <= 0:
         return np.full((size, size), np.nan)
-    W, _ = _e_step(stats, theta, pi)
-    _, H = _score_hessian(stats, theta, pi, W)
+    W, _ = _e_step(stats, theta, pi, sigma)
+    _, H = _score_hessian(stats, theta, pi, sigma, W)
     try:
         np.linalg.cholesky(-H)
     except np.linalg.LinAlgError:
         return np.full((size, size), np.nan)
     cov_psi = np.linalg.solve(-H, np.eye(H.shape[0]))
     J = np.zeros((size, H.shape[0]))
-    J[:K * P, :K * P] = np.eye(K * P)
-    J[K * P:, K * P:] = (np.diag(pi) - np.outer(pi, pi))[:, :K - 1]
+    J[:KP, :KP] = np.eye(KP)
+    J[KP:KP + nt, KP:KP + nt] = np.diag(sigma[:nt])
+    J[KP + nt:, KP + nt:] = (np.diag(pi) - np.outer(pi, pi))[:, :K - 1]
     return J @ cov_psi @ J.T
 
 
-def StandardErrors(theta, pi, y, X):
-    """Standard errors (se_theta (K, P), se_pi (K,)) at a maximum (theta, pi), from the observed
-    information; NaN where the information is singular (an empty or duplicated segment)."""
-    stats = sufficient_statistics(y, X)
-    theta, pi = _check_parameters(theta, pi, stats.P)
-    se = np.sqrt(np.diag(_covariance(stats, theta, pi)))
+def _standard_errors(stats, theta, pi, sigma):
+    """(se theta (K, P), se pi (K,), se sigma (K,): NaN where sigma is fixed)."""
     K, P = theta.shape
-    return se[:K * P].reshape(K, P), se[K * P:]
+    KP, nt = K * P, _n_tau(stats, K)
+    se = np.sqrt(np.diag(_covariance(stats, theta, pi, sigma)))
+    se_sigma = np.full(K, np.nan) if nt == 0 else np.broadcast_to(se[KP:KP + nt], (K,)).copy()
+    return se[:KP].reshape(K, P), se[KP + nt:], se_sigma
+
+
+def StandardErrors(theta, pi, y, X, sigma=1.0, store_effects=False, sigma_estimated=False):
+    """Standard errors (se_theta (K, P), se_pi (K,)) at a maximum (theta, pi, sigma), from the
+    observed information; NaN where the information is singular (an empty or duplicated segment).
+    With sigma_estimated=True, sigma is the estimate (one value: common, K values: per segment)
+    and (se_theta, se_pi, se_sigma (K,)) is returned."""
+    mode = 1.0 if not sigma_estimated else "common" if np.asarray(sigma).size == 1 else "segment"
+    stats = sufficient_statistics(y, X, mode, store_effects)
+    theta, pi, sigma = _check_parameters(stats, theta, pi, sigma)
+    se_theta, se_pi, se_sigma = _standard_errors(stats, theta, pi, sigma)
+    return (se_theta, se_pi, se_sigma) if sigma_estimated else (se_theta, se_pi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -677,10 +926,33 @@ def _read_text(path):
             continue
     else:
         text = "\0"
-    if any(ch < " " and ch not in "\t\n\r\f" for ch in text):
+    import re
+    if re.search("[\x00-\x08\x0b\x0e-\x1f]", text):
         raise InputError(f"{path}: is not a text file (binary or unreadable content); "
                          "expected a CSV file of prices and sales")
     return text
+
+
+def _kept(lines, first=0):
+    """Numbers (from 1) of the lines that are not blank, from line `first` on."""
+    return [number for number, line in enumerate(lines[first:], first + 1) if line.strip(" \t,;")]
+
+
+def _header(path, text):
+    """(lines, number of the header line, separator, header cells) of a CSV text.
+    The separator (',' ';' or tab) is taken from the header line, the first that is not blank."""
+    import csv
+
+    lines = text.splitlines()
+    first = next((number for number, line in enumerate(lines, 1) if line.strip(" \t,;")), None)
+    if first is None:
+        raise InputError(f"{path}: the file is empty")
+    header_line = lines[first - 1]
+    sep = ";" if ";" in header_line else "\t" if "\t" in header_line else ","
+    header = [name.strip() for name in next(csv.reader([header_line], delimiter=sep))]
+    while len(header) > 1 and header[-1] == "":          # trailing separators of a spreadsheet
+        header.pop()
+    return lines, first, sep, header
 
 
 def read_panel(path):
@@ -694,16 +966,8 @@ def read_panel(path):
     """
     import csv
 
-    text = _read_text(path)
-    lines = text.splitlines()
-    kept = [number for number, line in enumerate(lines, 1) if line.strip(" \t,;")]
-    if not kept:
-        raise InputError(f"{path}: the file is empty")
-    header_line = lines[kept[0] - 1]
-    sep = ";" if ";" in header_line else "\t" if "\t" in header_line else ","
-    header = [name.strip() for name in next(csv.reader([header_line], delimiter=sep))]
-    while len(header) > 1 and header[-1] == "":          # trailing separators of a spreadsheet
-        header.pop()
+    lines, first, sep, header = _header(path, _read_text(path))
+    kept = _kept(lines, first - 1)
     width = len(header)
     for number in kept:                                  # else csv would join the lines that follow
         if lines[number - 1].count('"') % 2:
@@ -784,26 +1048,215 @@ def panel_arrays(price, sales):
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading a long file: one row a store and week
+# ---------------------------------------------------------------------------------------------
+
+LONG_COLUMNS = ("store", "week", "sales", "price")
+
+
+class LongPanel(NamedTuple):
+    """A long file's rows. stores: names, in order of first appearance; store (R,): each row's
+    store as an index into stores; weeks: the number of distinct weeks; sales, price (R,);
+    x (R, q): further regressors, named x_names."""
+    stores: list
+    store: np.ndarray
+    weeks: int
+    sales: np.ndarray
+    price: np.ndarray
+    x: np.ndarray
+    x_names: list
+
+
+class _Locate(Exception):
+    """The fast reader met something it cannot name a line for: read again, the exact way."""
+
+
+def is_long(header, named=None):
+    """True for a long file: a column called store (any case), or a column named by a flag."""
+    return "store" in [name.lower() for name in header] or any((named or {}).values())
+
+
+def _long_columns(path, header, named, x):
+    """{role: column index} for store, week, sales, price (by `named` or by header, any case) and
+    [column index] for the further regressors x."""
+    lower = [name.lower() for name in header]
+
+    def find(name, flag):
+        if name in header:
+            return header.index(name)
+        if name.lower() in lower:
+            return lower.index(name.lower())
+        raise InputError(f"{path}: no column '{name}' in the header{flag}; the header has: "
+                         + ", ".join(header))
+
+    where = {role: find(named.get(role) or role,
+                        f" (named by --{role})" if named.get(role) else f"; name the {role} column with --{role} COL")
+             for role in LONG_COLUMNS}
+    extra = [find(name, " (named by --x)") for name in x]
+    used = list(where.values()) + extra
+    for j in used:
+        if used.count(j) > 1:
+            raise InputError(f"{path}: column '{header[j]}' is used twice (as "
+                             + " and ".join(role for role, k in where.items() if k == j) + " / --x)")
+    return where, extra
+
+
+def _identifiers(values):
+    """(codes (R,), names) for a column of store or week labels, in order of first appearance."""
+    unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    labels = unique[order]
+    if labels.dtype.kind == "f":
+        labels = [str(int(v)) if float(v).is_integer() else repr(float(v)) for v in labels]
+    return rank[inverse.ravel()], [str(label) for label in labels]
+
+
+def _long_fast(lines, first, sep, where, extra):
+    """The rows by numpy's parser (fast), as (labels (R, 2) of store and week, numbers (R, 2 + q):
+    sales, price, x; line of each row, or None where skipped blank lines make it unknown);
+    None where numpy cannot read them."""
+    body = lines[first:]
+    if sep != ",":                                       # decimal commas: 2,39 is 2.39
+        body = [line.replace(",", ".") for line in body]
+    numbers = [where["sales"], where["price"]] + extra
+    ids = [where["store"], where["week"]]
+    read = dict(delimiter=sep, quotechar='"', ndmin=2, comments=None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:                                         # numbered stores and weeks: one pass
+                values = np.loadtxt(body, usecols=ids + numbers, dtype=float, **read)
+                labels, values = values[:, :2], values[:, 2:]
+            except ValueError:
+                values = np.loadtxt(body, usecols=numbers, dtype=float, **read)
+                labels = np.char.strip(np.loadtxt(body, usecols=ids, dtype=str, **read))
+    except ValueError:
+        return None
+    return labels, values, (first + 1 + np.arange(len(values)) if len(values) == len(body) else None)
+
+
+def _long_exact(path, lines, first, sep, header, where, extra):
+    """The rows by the csv module, cell by cell, naming the line and column of a bad cell."""
+    import csv
+
+    kept = _kept(lines, first - 1)
+    numbers = [where["sales"], where["price"]] + extra
+    ids = [where["store"], where["week"]]
+    need = max(numbers + ids) + 1
+    values = np.empty((len(kept) - 1, len(numbers)))
+    labels = []
+    body = (lines[number - 1] for number in kept[1:])
+    if sep != ",":
+        body = (line.replace(",", ".") for line in body)
+    for row, cells in enumerate(csv.reader(body, delimiter=sep, skipinitialspace=True)):
+        line = kept[row + 1]
+        if len(cells) < need:
+            raise InputError(f"{path}: line {line} has {len(cells)} cells; column '{header[need - 1]}' "
+                             f"is cell {need}")
+        labels.append([cells[j].strip() for j in ids])
+        for k, j in enumerate(numbers):
+            cell = cells[j].strip()
+            try:
+                values[row, k] = np.nan if cell in MISSING else float(cell)
+            except ValueError:
+                raise InputError(f"{path}: line {line}, column '{header[j]}': '{cell}' is not a number") from None
+    return np.array(labels, dtype=str).reshape(-1, 2), values, np.array(kept[1:])
+
+
+def _checked_long(path, header, where, extra, labels, values, line_of_row):
+    """LongPanel from the parsed rows, or InputError naming the first problem's line and column
+    (_Locate where the line is not known)."""
+    names = [header[j] for j in [where["sales"], where["price"]] + extra]
+
+    def fail(row, message):
+        if line_of_row is None:
+            raise _Locate
+        raise InputError(f"{path}: line {line_of_row[row]}, {message}")
+
+    if len(values) == 0:
+        raise InputError(f"{path}: has a header but no data rows")
+    for k, name in enumerate(names):
+        column = values[:, k]
+        bad = ~np.isfinite(column) | ((column <= 0) if k < 2 else False)
+        if bad.any():
+            row = int(np.argmax(bad))
+            what = ("is empty: every row needs sales, a price and its regressors (leave out a "
+                    "week without an observation)" if np.isnan(column[row]) else
+                    f"must be positive to take its log; got {column[row]:g}" if np.isfinite(column[row])
+                    else "is infinite")
+            fail(row, f"column '{name}': {what}")
+    for k, role in enumerate(("store", "week")):
+        empty = labels[:, k] == "" if labels.dtype.kind == "U" else np.isnan(labels[:, k])
+        if empty.any():
+            fail(int(np.argmax(empty)), f"column '{header[where[role]]}': the {role} is missing")
+    store, stores = _identifiers(labels[:, 0])
+    week, weeks = _identifiers(labels[:, 1])
+    key = store * len(weeks) + week
+    order = np.argsort(key, kind="stable")
+    repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
+    if len(repeated):
+        row, earlier = order[repeated[0] + 1], order[repeated[0]]
+        where_before = f"line {line_of_row[earlier]}" if line_of_row is not None else "an earlier line"
+        fail(row, f"store '{stores[store[row]]}', week '{weeks[week[row]]}' again (first on {where_before}): "
+                  "one row a store and week")
+    for k, name in enumerate(names[1:], 1):
+        if np.ptp(values[:, k]) == 0:
+            raise InputError(f"{path}: column '{name}' is {values[0, k]:g} in every row; a regressor "
+                             "that never changes cannot be estimated")
+    return LongPanel(stores, store, len(weeks), values[:, 0], values[:, 1], values[:, 2:], names[2:])
+
+
+def read_long(path, store=None, week=None, sales=None, price=None, x=()):
+    """Read a long CSV file: one row a store and week, columns store, week, sales, price (found by
+    header, any case, or named by these arguments) and the further regressors named in x.
+
+    Weeks need not be aligned across stores: each store's rows are its observations. The rows
+    are parsed by numpy (fast); where anything is off, again by the csv module, which names the
+    file, line and column of the first problem (InputError). Returns a LongPanel.
+    """
+    lines, first, sep, header = _header(path, _read_text(path))
+    where, extra = _long_columns(path, header, dict(store=store, week=week, sales=sales, price=price), list(x))
+    fast = _long_fast(lines, first, sep, where, extra)
+    if fast is not None:
+        try:
+            return _checked_long(path, header, where, extra, *fast)
+        except _Locate:
+            pass
+    return _checked_long(path, header, where, extra, *_long_exact(path, lines, first, sep, header, where, extra))
+
+
+def long_sums(panel):
+    """Sums (grouped by store) of y = log sales and X = [1, log price, x] from a LongPanel."""
+    X = np.column_stack([np.ones(len(panel.price)), np.log(panel.price), panel.x])
+    return _grouped_sums(panel.store, np.log(panel.sales), X, len(panel.stores))
+
+
+# ---------------------------------------------------------------------------------------------
 # Model comparison, results.json and the report
 # ---------------------------------------------------------------------------------------------
 
-def model_summary(fit, stats):
+def model_summary(fit, stats, names):
     """Everything results.json says of one fitted model: estimates, standard errors, criteria.
+    names: the coefficients' names, one per column of theta.
 
-    n_params = K P + K - 1; AIC = 2 k - 2 log L; BIC = k log(observed cells) - 2 log L;
-    ICL = BIC + 2 EN with EN = -sum_ic w_ic log w_ic the classification entropy; entropy is the
-    normalised 1 - EN / (N log K): 1 when every store's segment is certain (1 too for K = 1).
+    n_params = K P + K - 1 (+ 1 for a common sigma, + K for sigma per segment; store effects are
+    not counted: the within likelihood is free of them); AIC = 2 k - 2 log L; BIC = k log(observed
+    cells) - 2 log L; ICL = BIC + 2 EN with EN = -sum_ic w_ic log w_ic the classification entropy;
+    entropy is the normalised 1 - EN / (N log K): 1 when every store's segment is certain (1 too
+    for K = 1).
     """
     K, P = fit.theta.shape
     N = fit.W.shape[0]
-    se = np.sqrt(np.diag(_covariance(stats, fit.theta, fit.pi)))
-    k = K * P + K - 1
-    n_obs = stats.n.sum()
+    se_theta, se_pi, se_sigma = _standard_errors(stats, fit.theta, fit.pi, fit.sigma)
+    k = K * P + K - 1 + _n_tau(stats, K)
     W = fit.W
     classification_entropy = float(-np.sum(W[W > 0] * np.log(W[W > 0])))
-    bic = k * math.log(n_obs) - 2 * fit.loglik
-    return {"K": K, "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
-            "se": {"theta": se[:K * P].reshape(K, P).tolist(), "pi": se[K * P:].tolist()},
+    bic = k * math.log(stats.n.sum()) - 2 * fit.loglik
+    return {"K": K, "coefficients": list(names), "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
+            "sigma": fit.sigma.tolist(),
+            "se": {"theta": se_theta.tolist(), "pi": se_pi.tolist(), "sigma": se_sigma.tolist()},
             "loglik": fit.loglik, "n_params": k, "aic": 2 * k - 2 * fit.loglik, "bic": bic,
             "icl": bic + 2 * classification_entropy,
             "entropy": 1.0 - classification_entropy / (N * math.log(K)) if K > 1 else 1.0,
@@ -842,12 +1295,41 @@ def _number(value, width, digits=4):
     return f"{value:{width}.{digits}f}" if value is not None and math.isfinite(value) else f"{'n/a':>{width}}"
 
 
+def _describe(settings):
+    """One line on the model of a run's settings."""
+    sigma = settings.get("sigma", 1.0)
+    noise = (f"sigma fixed at {sigma:g}" if not isinstance(sigma, str) else
+             "one sigma estimated for all segments" if sigma == "common" else "one sigma estimated per segment")
+    effects = "; store fixed effects (within-store likelihood)" if settings.get("store_effects") else ""
+    return f"log sales on {', '.join(settings.get('regressors', ['intercept', 'log price']))}; {noise}{effects}"
+
+
+def _segment_table(model, sigma_estimated):
+    """The rows of one model's table: each coefficient, sigma if estimated, pi, each with its s.e."""
+    names = model.get("coefficients", ["intercept", "log price"])
+    columns = [(name, [row[j] for row in model["theta"]], [row[j] for row in model["se"]["theta"]])
+               for j, name in enumerate(names)]
+    if sigma_estimated:
+        columns.append(("sigma", model["sigma"], model["se"]["sigma"]))
+    columns.append(("pi", model["pi"], model["se"]["pi"]))
+    widths = [max(10, len(name)) for name, _, _ in columns]
+    lines = ["  segment" + "".join(f" {name:>{width}}    (s.e.)" for (name, _, _), width in zip(columns, widths))
+             + "   stores"]
+    for c in range(model["K"]):
+        cells = "".join(f" {_number(values[c], width)} ({_number(errors[c], 7)})"
+                        for (_, values, errors), width in zip(columns, widths))
+        lines.append(f"  {c + 1:7d}{cells} {model['stores_in_segment'][c]:8d}")
+    return lines
+
+
 def report(results):
     """The printed report: a table of segments for each K, the criteria, then the BIC choice.
     Takes analyse()'s dictionary, or the same read back from results.json."""
+    settings = results["settings"]
     lines = [f"{results['data']}: {results['stores']} stores x {results['weeks']} weeks, "
-             f"{results['observations']} observed cells; best of {results['settings']['n_init']} "
-             f"starts for each K (seed {results['settings']['seed']})", ""]
+             f"{results['observations']} observed cells; best of {settings['n_init']} "
+             f"starts for each K (seed {settings['seed']})",
+             f"model: {_describe(settings)}", ""]
     for model in results["models"]:
         status = (f"converged after {model['iterations']} iterations" if model["converged"]
                   else f"NOT converged after {model['iterations']} iterations")
@@ -855,13 +1337,7 @@ def report(results):
                      f"free parameters {model['n_params']}   {status}")
         lines.append(f"        AIC {model['aic']:.2f}   BIC {model['bic']:.2f}   ICL {model['icl']:.2f}   "
                      f"entropy {model['entropy']:.3f}")
-        lines.append("  segment      alpha    (s.e.)       beta    (s.e.)         pi    (s.e.)   stores")
-        se = model["se"]
-        for c in range(model["K"]):
-            (alpha, beta), (se_alpha, se_beta) = model["theta"][c][:2], se["theta"][c][:2]
-            lines.append(f"  {c + 1:7d} {_number(alpha, 10)} ({_number(se_alpha, 7)}) {_number(beta, 10)} "
-                         f"({_number(se_beta, 7)}) {_number(model['pi'][c], 10)} "
-                         f"({_number(se['pi'][c], 7)}) {model['stores_in_segment'][c]:8d}")
+        lines += _segment_table(model, isinstance(settings.get("sigma", 1.0), str))
         lines.append("")
     ranked = sorted(results["models"], key=lambda model: model["bic"])
     others = ", ".join(f"K = {model['K']}: +{model['bic'] - ranked[0]['bic']:.2f}" for model in ranked[1:])
@@ -870,28 +1346,91 @@ def report(results):
     return "\n".join(lines)
 
 
-def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name=None):
-    """Read a CSV panel, estimate each K and return the results.json dictionary, whose "data"
-    is `name` (default: the path)."""
+class Loaded(NamedTuple):
+    """A file reduced to what the models need: store names, weeks, per-store Sums, the names of
+    X's columns, and its layout ("wide" or "long")."""
+    stores: list
+    weeks: int
+    sums: Sums
+    coefficients: list
+    layout: str
+
+
+def load(path, columns=None, x=()):
+    """Read a wide or a long CSV file (a long one has a 'store' column, or columns named by
+    `columns`, a dict with keys store, week, sales, price) into a Loaded. x: further regressors
+    of a long file. X = [1, log price, x]; y = log sales."""
+    columns = {role: name for role, name in (columns or {}).items() if name}
+    text = _read_text(path)
+    header = _header(path, text)[3]
+    if is_long(header, columns):
+        panel = read_long(path, x=x, **columns)
+        return Loaded(panel.stores, panel.weeks, long_sums(panel), ["intercept", "log price"] + panel.x_names, "long")
+    if x:
+        raise InputError(f"{path}: --x needs a long file (one row a store and week, with a 'store' column); "
+                         "this one is wide (first column the price, a column a store)")
     price, sales, stores = read_panel(path)
     y, X = panel_arrays(price, sales)
-    stats = sufficient_statistics(y, X)
+    return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide")
+
+
+LR_CRITICAL = 10.83    # chi-square(1) at 0.1%: the sigma check's test
+SIGMA_MARGIN = 0.10    # ... and the estimate must be more than 10% away from the fixed sigma
+
+
+def _sigma_check(data, fit, K, n_init, seed, tol, store_effects):
+    """With sigma fixed: the common sigma estimated at the chosen K and a likelihood-ratio test of
+    sigma = the fixed value. Rejects when LR > LR_CRITICAL and sigma-hat is more than SIGMA_MARGIN
+    away from it: a difference that matters (standard errors scale with sigma), not just one
+    that a large panel can detect."""
+    stats = _model_statistics(data.sums, "common", store_effects)
+    common = fit_stats(stats, K, n_init=n_init, seed=seed, tol=tol)
+    fixed = float(fit.sigma[0])
+    lr = max(2 * (common.loglik - fit.loglik), 0.0)
+    estimate = float(common.sigma[0])
+    return {"K": K, "fixed": fixed, "estimate": estimate, "lr": lr,
+            "rejects": bool(lr > LR_CRITICAL and abs(estimate / fixed - 1) > SIGMA_MARGIN)}
+
+
+def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name=None,
+            sigma=1.0, store_effects=False, columns=None, x=()):
+    """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
+    dictionary, whose "data" is `name` (default: the path). Warns (warnings) when the data reject
+    a fixed sigma and when BIC picks the largest K tried."""
+    data = load(path, columns, x)
+    stats = _model_statistics(data.sums, sigma, store_effects)
+    names = [data.coefficients[j] for j in stats.columns]
     for K in Ks:
-        if K > len(stores):
-            raise InputError(f"K = {K} segments is more than the {len(stores)} stores in {path}")
+        if K > len(data.stores):
+            raise InputError(f"K = {K} segments is more than the {len(data.stores)} stores in {path}")
     models, fits = [], {}
     for K in Ks:
         if progress:
             progress(K)
-        fits[K] = fit_mixture(K, y, X, n_init=n_init, seed=seed, tol=tol)
-        models.append(model_summary(fits[K], stats))
+        fits[K] = fit_stats(stats, K, n_init=n_init, seed=seed, tol=tol)
+        models.append(model_summary(fits[K], stats, names))
     best = min(models, key=lambda model: model["bic"])["K"]
     W = fits[best].W
-    return {"data": name or path, "stores": len(stores), "weeks": len(price), "observations": int(stats.n.sum()),
-            "settings": {"n_init": n_init, "seed": seed, "tol": tol},
-            "models": models, "best_K": best,
-            "store_segments": [{"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
-                               for i, store in enumerate(stores)]}
+    results = {"data": name or path, "stores": len(data.stores), "weeks": data.weeks,
+               "observations": int(stats.n.sum()),
+               "settings": {"n_init": n_init, "seed": seed, "tol": tol, "sigma": stats.sigma,
+                            "store_effects": bool(store_effects), "regressors": names, "format": data.layout},
+               "models": models, "best_K": best, "notes": []}
+    if not stats.estimates_sigma:
+        check = results["sigma_check"] = _sigma_check(data, fits[best], best, n_init, seed, tol, store_effects)
+        if check["rejects"]:
+            results["notes"].append(
+                f"the data reject sigma = {check['fixed']:g}: at K = {best} the estimated common sigma is "
+                f"{check['estimate']:.3f} (likelihood ratio {check['lr']:.1f}, p < 0.001), so the standard "
+                "errors, log-likelihoods and BIC above are on the wrong scale; use --sigma common or --sigma segment")
+    if len(Ks) > 1 and best == max(Ks):
+        results["notes"].append(f"BIC picks K = {best}, the largest K tried: more segments may fit "
+                                f"better; try a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))})")
+    for note in results["notes"]:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    results["store_segments"] = [{"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
+                                 for i, store in enumerate(data.stores)]
+    return results
 
 
 def main(argv=None):
@@ -906,10 +1445,22 @@ def main(argv=None):
             sys.exit(2)
 
     here = os.path.dirname(os.path.abspath(__file__))
+    def sigma_setting(text):
+        if text in SIGMA_MODES:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"expected a positive number, 'common' or 'segment'; got {text!r}")
+        return value
+
     parser = Parser(description="Estimate store segments from weekly sales (a mixture of regressions "
                     "of log sales on log price, by EM) for several K; print a report and write JSON.")
     parser.add_argument("csv", nargs="?", default=None,
-                        help="CSV file: first column the price, then one column per store "
+                        help="CSV file, wide (first column the price, then one column per store) or long "
+                             "(one row a store and week: columns store, week, sales, price) "
                              "(default: data/example.csv, made by simulate.py)")
     parser.add_argument("--K", type=int, nargs="+", default=[2, 3, 4], help="numbers of segments (default 2 3 4)")
     parser.add_argument("--n-init", type=int, default=10, help="EM starts for each K (default 10)")
@@ -917,6 +1468,17 @@ def main(argv=None):
     parser.add_argument("--tol", type=float, default=1e-8, help="convergence tolerance (default 1e-8)")
     parser.add_argument("--output", default="results.json", help="JSON file to write (default results.json)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    model = parser.add_argument_group("the model")
+    model.add_argument("--sigma", type=sigma_setting, default=1.0, metavar="VALUE|common|segment",
+                       help="noise sd: fixed at VALUE (default 1, the course's model), one estimated for all "
+                            "segments (common) or one per segment (segment)")
+    model.add_argument("--store-effects", action="store_true",
+                       help="each store its own intercept (store fixed effects); segments differ in the slopes")
+    model.add_argument("--x", nargs="+", default=[], metavar="COL",
+                       help="further regressors of a long file, used as they are (not logged)")
+    names = parser.add_argument_group("columns of a long file (found by their header otherwise)")
+    for role in LONG_COLUMNS:
+        names.add_argument(f"--{role}", metavar="COL", help=f"the {role} column")
     args = parser.parse_args(argv)
     if min(args.K) < 1:
         parser.error(f"--K must be at least 1; got {min(args.K)}")
@@ -941,7 +1503,9 @@ def main(argv=None):
         warnings.showwarning = show_warning
         try:
             results = analyse(path, list(dict.fromkeys(args.K)), args.n_init, args.seed, args.tol, progress,
-                              name=args.csv or "data/example.csv")
+                              name=args.csv or "data/example.csv", sigma=args.sigma,
+                              store_effects=args.store_effects, x=args.x,
+                              columns={role: getattr(args, role) for role in LONG_COLUMNS})
         except ValueError as problem:            # InputError, or a panel the model cannot use
             print(f"error: {problem}", file=sys.stderr)
             return 2

@@ -88,25 +88,33 @@ class AgainstBruteForce(unittest.TestCase):
 
     def test_score_and_hessian_match_finite_differences(self):
         panel, _ = small_panel(3, N=30, T=20, missing=0.1)
-        stats = E.sufficient_statistics(panel.y, panel.X)
-        K, P = panel.theta.shape
+        for sigma, store_effects in ((1.0, False), (0.7, False), ("common", False), ("segment", False),
+                                     ("segment", True)):
+            with self.subTest(sigma=sigma, store_effects=store_effects):
+                stats = E.sufficient_statistics(panel.y, panel.X, sigma, store_effects)
+                K, P = panel.theta.shape[0], stats.P
+                nt = E._n_tau(stats, K)
 
-        def unpack(psi):                        # psi = (theta flat, eta_1..eta_{K-1})
-            logits = np.append(psi[K * P:], 0.0)
-            return psi[:K * P].reshape(K, P), np.exp(logits) / np.exp(logits).sum()
+                def unpack(psi):                # psi = (theta flat, log sigma, eta_1..eta_{K-1})
+                    logits = np.append(psi[K * P + nt:], 0.0)
+                    s = np.exp(psi[K * P:K * P + nt]) if nt else np.full(1, sigma)
+                    return (psi[:K * P].reshape(K, P), np.exp(logits) / np.exp(logits).sum(),
+                            np.broadcast_to(s, (K,)).copy())
 
-        def score_hessian(psi):
-            theta, pi = unpack(psi)
-            return E._score_hessian(stats, theta, pi, E._e_step(stats, theta, pi)[0])
+                def score_hessian(psi):
+                    return E._score_hessian(stats, *unpack(psi), E._e_step(stats, *unpack(psi))[0])
 
-        psi = np.concatenate([(panel.theta + 0.1).ravel(), np.log([0.2 / 0.5, 0.3 / 0.5])])
-        grad, H = score_hessian(psi)
-        steps = np.eye(len(psi)) * 1e-5
-        numeric_grad = [(E._e_step(stats, *unpack(psi + s))[1] - E._e_step(stats, *unpack(psi - s))[1]) / 2e-5
-                        for s in steps]
-        numeric_H = np.array([(score_hessian(psi + s)[0] - score_hessian(psi - s)[0]) / 2e-5 for s in steps])
-        np.testing.assert_allclose(grad, numeric_grad, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(H, numeric_H, rtol=1e-6, atol=1e-6)
+                start = panel.theta[:, 2 - P:] + 0.1
+                psi = np.concatenate([start.ravel(), np.log(np.linspace(0.8, 1.2, nt)),
+                                      np.log([0.2 / 0.5, 0.3 / 0.5])])
+                grad, H = score_hessian(psi)
+                steps = np.eye(len(psi)) * 1e-5
+                numeric_grad = [(E._e_step(stats, *unpack(psi + s))[1] - E._e_step(stats, *unpack(psi - s))[1])
+                                / 2e-5 for s in steps]
+                numeric_H = np.array([(score_hessian(psi + s)[0] - score_hessian(psi - s)[0]) / 2e-5
+                                      for s in steps])
+                np.testing.assert_allclose(grad, numeric_grad, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(H, numeric_H, rtol=1e-6, atol=1e-5)
 
 
 class Monotone(unittest.TestCase):
@@ -154,7 +162,7 @@ class Recovery(unittest.TestCase):
                 bic[k] = (k * 3 - 1) * math.log(n_obs) - 2 * fit.loglik
                 if k == K:
                     order = match(fit.theta, panel.theta)
-                    se = np.sqrt(np.diag(E._covariance(stats, fit.theta, fit.pi)))
+                    se = np.sqrt(np.diag(E._covariance(stats, fit.theta, fit.pi, fit.sigma)))
                     se_theta, se_pi = se[:2 * K].reshape(K, 2)[order], se[2 * K:][order]
                     np.testing.assert_array_less(np.abs(fit.theta[order] - panel.theta), 4 * se_theta)
                     np.testing.assert_array_less(np.abs(fit.pi[order] - panel.pi), 4 * se_pi)
@@ -339,7 +347,8 @@ class CourseData(unittest.TestCase):
             for seed in range(5):
                 theta, pi, ll = E.Estimate(K, self.y, self.X, seed=seed)
                 self.assertAlmostEqual(ll, reference, delta=1e-7, msg=(K, seed))
-                grad, H = E._score_hessian(stats, theta, pi, E._e_step(stats, theta, pi)[0])
+                sigma = np.ones(K)
+                grad, H = E._score_hessian(stats, theta, pi, sigma, E._e_step(stats, theta, pi, sigma)[0])
                 self.assertLess(np.abs(grad).max(), 1e-4)
                 self.assertTrue(np.all(np.linalg.eigvalsh(H) < 0))
         # measured with 1000 random starts (README): K = 4 has a maximum at -22164.58733
@@ -454,7 +463,8 @@ class CommandLine(unittest.TestCase):
         got = self.results()
         observed = int(np.isfinite(panel.y).sum())
         self.assertEqual((got["stores"], got["weeks"], got["observations"]), (40, 20, observed))
-        self.assertEqual(got["settings"], {"n_init": 2, "seed": 3, "tol": 1e-8})
+        self.assertEqual(got["settings"], {"n_init": 2, "seed": 3, "tol": 1e-8, "sigma": 1.0, "store_effects": False,
+                                           "regressors": ["intercept", "log price"], "format": "wide"})
         self.assertEqual([model["K"] for model in got["models"]], [1, 2, 3])
         for model in got["models"]:
             K = model["K"]
@@ -466,6 +476,8 @@ class CommandLine(unittest.TestCase):
             self.assertEqual(np.shape(model["theta"]), (K, 2))
             self.assertEqual(np.shape(model["se"]["theta"]), (K, 2))
             self.assertEqual(len(model["se"]["pi"]), K)
+            self.assertEqual(model["coefficients"], ["intercept", "log price"])
+            self.assertEqual((model["sigma"], model["se"]["sigma"]), ([1.0] * K, [None] * K))
             self.assertAlmostEqual(sum(model["pi"]), 1.0, places=9)
             betas = [row[1] for row in model["theta"]]
             self.assertEqual(betas, sorted(betas))               # canonical order
