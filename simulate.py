@@ -83,8 +83,8 @@ def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 
         effect = rng.normal(0.0, store_sd, N) if store_sd > 0 else np.zeros(N)
         if price_sd > 0:
             price = np.maximum(np.round(price[:, None] * np.exp(price_sd * rng.standard_normal((T, N))), 2), 0.01)
-            X = np.stack([np.ones((T, N)), np.log(price)], axis=-1)
-            y += np.einsum("tnp,np->tn", X, theta[segment]) - (X[:, 0] @ theta[segment].T)
+            weekly, X = X, np.stack([np.ones((T, N)), np.log(price)], axis=-1)
+            y += np.einsum("tnp,np->tn", X, theta[segment]) - weekly @ theta[segment].T
         y += effect
     else:
         effect = np.zeros(N)
