@@ -646,10 +646,29 @@ def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
                np.append(fit.sigma[keep], fit.sigma[drop]))
 
 
+def _store_moves(stats, fit, how_many=8):
+    """Starts that move one store to its second most likely segment: the `how_many` stores
+    whose two best segments are closest in log pi_c f_ic. With many weeks a store's posterior is
+    0 or 1, so EM cannot move it by itself, and two maxima can differ by one store's segment
+    (as on the orange-juice panel); each start is the M-step after such a move."""
+    log_joint = _log_density(stats, fit.theta, fit.sigma).T + np.log(np.maximum(fit.pi, 1e-300))
+    if log_joint.shape[1] < 2:
+        return []
+    order = np.argsort(-log_joint, axis=1, kind="stable")[:, :2]
+    best, second = order[:, 0], order[:, 1]
+    rows = np.arange(len(best))
+    gap = log_joint[rows, best] - log_joint[rows, second]
+    stores = np.argsort(gap, kind="stable")[:how_many]
+    W = np.repeat(fit.W[None], len(stores), axis=0)
+    W[np.arange(len(stores)), stores] = 0.0
+    W[np.arange(len(stores)), stores, second[stores]] = 1.0
+    return list(zip(*_m_step(stats, W)))
+
+
 def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
     """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop
     one segment and either split another in two (_split) or open one at a badly fitted store
-    (_new_at_outliers). All such starts get a few plain EM iterations together (a batch), the two
+    (_new_at_outliers); or move one store to another segment (_store_moves). All such starts get a few plain EM iterations together (a batch), the two
     most promising run to convergence, and the better is kept if the likelihood rose; repeat until
     no move helps. This is what finds the maxima that random starts reach only rarely (README,
     "Starting values, convergence, and the global maximum")."""
@@ -660,6 +679,7 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
                   for drop in range(K) for split in range(K) if split != drop]
         starts = [start for start in starts if start is not None]
         starts += [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
+        starts += _store_moves(stats, fit)
         theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
         promising = np.argsort(-loglik)[:2]
         candidate = max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
