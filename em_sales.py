@@ -256,8 +256,8 @@ def _log_density(stats, theta, sigma):
     - R_ic / (2 sigma_c^2), for theta (..., K, P) and sigma (..., K)."""
     log_f = _rss(stats, theta)
     log_f *= (-0.5 / (sigma * sigma))[..., None]
-    if np.all(sigma == sigma.flat[0]):             # one sigma (fixed or common): a store's constant
-        log_sigma = math.log(float(sigma.flat[0]))
+    if sigma.ndim == 1 and stats.sigma != "segment":   # one sigma (fixed or common): per store
+        log_sigma = math.log(float(sigma[0]))
         log_f += stats.const - log_sigma * stats.m if log_sigma else stats.const
     else:
         log_f -= np.log(sigma)[..., None] * stats.m
@@ -302,6 +302,11 @@ def _thin(stats, W):
     return W.swapaxes(-1, -2) @ stats.m < stats.P + 1
 
 
+def _admissible(stats, W):
+    """False where a segment of W is _thin (only sigma per segment can have one)."""
+    return stats.sigma != "segment" or not _thin(stats, W).any()
+
+
 def _m_step(stats, W):
     """(theta, pi, sigma) maximising the expected complete-data log-likelihood for W (..., N, K):
         theta_c = (sum_i w_ic X_i'X_i)^-1 sum_i w_ic X_i'y_i,   pi_c = mean_i w_ic,
@@ -324,7 +329,9 @@ def _m_step(stats, W):
                 theta[index] = np.linalg.solve(A[index], b[index])
             except np.linalg.LinAlgError:
                 pass
-    ok = np.isfinite(theta).all(axis=-1) & (pi > 0) & ~_thin(stats, W)
+    ok = np.isfinite(theta).all(axis=-1) & (pi > 0)
+    if stats.sigma == "segment":
+        ok &= ~_thin(stats, W)
     if not ok.all():
         theta[~ok] = _pooled_theta(stats)
         pi = np.where(ok, pi, 0.0)
@@ -366,12 +373,10 @@ def _score_hessian(stats, theta, pi, sigma, W):
     KP, nt = K * P, _n_tau(stats, K)
     D = KP + nt + K - 1
     s2 = sigma * sigma
-    # u_ic for all c at once: X_i'X_i theta_c is XtX (N, P*P) times a (P*P, K*P) spread of theta
-    spread = np.einsum("pr,kq->pqkr", np.eye(P), theta).reshape(P * P, KP)
-    u = (np.tile(stats.Xty, K) - stats.XtX @ spread).reshape(N, K, P)
+    u = stats.Xty[:, None, :] - (stats.XtX.reshape(N, P, P) @ theta.T).swapaxes(1, 2)   # (N, K, P)
     S = np.zeros((N, K, D))                                       # s_ic
     for c in range(K):
-        S[:, c, c * P:(c + 1) * P] = u[:, c] / s2[c]
+        np.divide(u[:, c], s2[c], out=S[:, c, c * P:(c + 1) * P])
     p = pi[:K - 1]
     S[:, :, KP + nt:] = np.eye(K)[:, :K - 1] - p
     R = None
@@ -442,7 +447,7 @@ def _newton_step(stats, theta, pi, sigma, W, loglik):
         new = _moved(stats, theta, pi, sigma, step)
         if np.all(np.isfinite(new[0])) and new[2].min() > 0:
             new_W, new_loglik = _e_step(stats, *new)
-            if new_loglik >= loglik - ROUNDING * abs(loglik) and not _thin(stats, new_W).any():
+            if new_loglik >= loglik - ROUNDING * abs(loglik) and _admissible(stats, new_W):
                 return new + (new_W, new_loglik, decrement)   # at the maximum: equal up to rounding
         step = step / 2
     return None
@@ -508,7 +513,7 @@ def _squarem_step(stats, theta, pi, sigma, W, loglik):
             new = x[:K * P].reshape(K, P), x[K * P:K * P + K], x[K * P + K:]
             if new[1].min() >= 0 and new[2].min() > 0:
                 new_W, new_ll = _e_step(stats, *new)
-                if new_ll >= ll2 and not _thin(stats, new_W).any():
+                if new_ll >= ll2 and _admissible(stats, new_W):
                     return new + (new_W, new_ll)
             alpha = (alpha - 1) / 2                              # back off towards x2
     return th2, pi2, s2, W2, ll2
@@ -741,6 +746,16 @@ def _check_parameters(stats, theta, pi, sigma):
     return theta.reshape(K, P), pi, np.broadcast_to(sigma, (K,)).copy()
 
 
+def _given(y, X, theta, pi, sigma, store_effects):
+    """Stats and checked (theta, pi, sigma) for parameters given by the caller: with K different
+    sigma values the kernel must treat them as one per segment."""
+    stats = sufficient_statistics(y, X, store_effects=store_effects)
+    params = _check_parameters(stats, theta, pi, sigma)
+    if np.ptp(params[2]) > 0:
+        stats = stats._replace(sigma="segment")
+    return stats, params
+
+
 def _check_W(W, N):
     W = np.asarray(W, dtype=float)
     if W.ndim != 2 or W.shape[0] != N or W.shape[1] < 1:
@@ -767,14 +782,14 @@ def LogL(theta, pi, y, X, sigma=1.0, store_effects=False):
     theta: K*P values, flat (alpha_1, beta_1, ...) or K x P; pi: (K,); y: (T, N) with NaN for
     unobserved weeks; X: (T, P) or (T, N, P); sigma: one value or K values. With store effects
     theta holds the slopes only and this is the within-store likelihood (README)."""
-    stats = sufficient_statistics(y, X, store_effects=store_effects)
-    return _e_step(stats, *_check_parameters(stats, theta, pi, sigma))[1]
+    stats, params = _given(y, X, theta, pi, sigma, store_effects)
+    return _e_step(stats, *params)[1]
 
 
 def EStep(theta, pi, y, X, sigma=1.0, store_effects=False):
     """(N, K) matrix W of posterior probabilities W[i, c] = Pr[C_i = c | y_i, X, theta, pi, sigma]."""
-    stats = sufficient_statistics(y, X, store_effects=store_effects)
-    return _e_step(stats, *_check_parameters(stats, theta, pi, sigma))[0]
+    stats, params = _given(y, X, theta, pi, sigma, store_effects)
+    return _e_step(stats, *params)[0]
 
 
 def MStep(y, X, W, sigma=1.0, store_effects=False):
@@ -835,6 +850,9 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
         raise ValueError(f"n_init must be a whole number >= 1; got {n_init!r}")
     _check_settings(tol, max_iter)
     rng = np.random.default_rng(_check_seed(seed))
+    if K == 1:                             # one maximum (pooled least squares): one run finds it
+        start = _pooled_theta(stats)[None], np.ones(1), _fixed_sigma(stats, 1)
+        return _canonical(stats, _polish(stats, _run_em(stats, *start, tol=tol, max_iter=max_iter)))
     coefficients = _store_coefficients(stats)
     starts = [_kmeanspp_start(stats, coefficients, K, rng) for _ in range(n_init)]
     # the runs' first, plain iterations together (far from a maximum they need no acceleration)
@@ -907,10 +925,17 @@ def _standard_errors(stats, theta, pi, sigma):
 def StandardErrors(theta, pi, y, X, sigma=1.0, store_effects=False, sigma_estimated=False):
     """Standard errors (se_theta (K, P), se_pi (K,)) at a maximum (theta, pi, sigma), from the
     observed information; NaN where the information is singular (an empty or duplicated segment).
-    With sigma_estimated=True, sigma is the estimate (one value: common, K values: per segment)
-    and (se_theta, se_pi, se_sigma (K,)) is returned."""
-    mode = 1.0 if not sigma_estimated else "common" if np.asarray(sigma).size == 1 else "segment"
-    stats = sufficient_statistics(y, X, mode, store_effects)
+    sigma_estimated: False (sigma fixed at the value given), "common" or "segment" (sigma is that
+    estimate; True: "common" if the values are all equal, else "segment"); then
+    (se_theta, se_pi, se_sigma (K,)) is returned."""
+    values = np.asarray(sigma, dtype=float).ravel() if not isinstance(sigma, str) else sigma
+    if sigma_estimated is True:
+        sigma_estimated = "common" if np.ptp(values) == 0 else "segment"
+    if sigma_estimated not in (False,) + SIGMA_MODES:
+        raise ValueError(f"sigma_estimated must be False, True, 'common' or 'segment'; got {sigma_estimated!r}")
+    if not sigma_estimated and not isinstance(values, str) and values.size > 1 and np.ptp(values) > 0:
+        raise ValueError("with sigma fixed (sigma_estimated=False) give one value of sigma")
+    stats = sufficient_statistics(y, X, sigma_estimated or 1.0, store_effects)
     theta, pi, sigma = _check_parameters(stats, theta, pi, sigma)
     se_theta, se_pi, se_sigma = _standard_errors(stats, theta, pi, sigma)
     return (se_theta, se_pi, se_sigma) if sigma_estimated else (se_theta, se_pi)
