@@ -39,7 +39,7 @@ import numpy as np
 LOG_2PI = math.log(2.0 * math.pi)
 NEWTON_GAIN = 1.0      # EM tries Newton steps once an iteration gains less log-likelihood than this
 ROUNDING = 1e-14       # relative rounding error of a log-likelihood: changes below it are noise
-WARM_UP = 10           # Estimate's runs start with this many plain EM iterations, all in one batch
+WARM_UP = 30           # Estimate's runs start with this many plain EM iterations, all in one batch
 VARIANCE_FLOOR = 1e-10  # an estimated sigma_c^2 is at least this times the pooled residual variance
 SIGMA_MODES = ("common", "segment")
 
@@ -338,13 +338,13 @@ def _m_step(stats, W):
         pi = pi / pi.sum(axis=-1, keepdims=True)
     if not stats.estimates_sigma:
         return theta, pi, np.full(pi.shape, stats.sigma)
-    rss = (weights @ stats.yty - 2 * np.einsum("...kp,...kp->...k", theta, b)
-           + np.einsum("...kp,...kpq,...kq->...k", theta, A, theta))    # sum_i w_ic R_ic
+    rss = weights @ stats.yty - (theta * b).sum(axis=-1)     # sum_i w_ic R_ic, as A_c theta_c = b_c
+    if not ok.all():                                         # not so for the pooled theta
+        rss += (theta * ((A @ theta[..., None])[..., 0] - b)).sum(axis=-1)
     if stats.sigma == "common":
         s2 = np.repeat(rss.sum(axis=-1, keepdims=True) / stats.m.sum(), pi.shape[-1], axis=-1)
     else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s2 = np.where(ok, rss / (weights @ stats.m), stats.pooled_s2)
+        s2 = np.where(ok, rss / np.maximum(weights @ stats.m, 1e-300), stats.pooled_s2)
     return theta, pi, np.sqrt(np.maximum(s2, VARIANCE_FLOOR * stats.pooled_s2))
 
 
@@ -519,7 +519,7 @@ def _squarem_step(stats, theta, pi, sigma, W, loglik):
     return th2, pi2, s2, W2, ll2
 
 
-def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True):
+def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True, known=()):
     """EM from (theta, pi, sigma) until converged; returns a Fit.
 
     Converged means: no posterior probability moved by more than tol in the last iteration, the
@@ -527,11 +527,16 @@ def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True):
     step would add less than tol: the last test is what tells a maximum from a slow plateau.
     accelerate=False runs plain EM, one M-step and one E-step an iteration. Accelerated runs take
     Newton steps once the gains are small (SQUAREM steps before), so the last test comes with the
-    step. See _polish for the last digits.
+    step. See _polish for the last digits. known: converged Fits of earlier runs; a run that
+    reaches one of them (_same_point) ends there, as that maximum is certified already.
     """
     W, loglik = _e_step(stats, theta, pi, sigma)
     gain = np.inf
     for iteration in range(1, max_iter + 1):
+        if gain < NEWTON_GAIN:
+            for fit in known:
+                if _same_point(fit, W, loglik):
+                    return fit._replace(n_iter=iteration - 1)
         decrement, newton = None, None
         # Newton only near a maximum (where the last step gained little): elsewhere the Hessian
         # is rarely negative definite and computing it would be wasted
@@ -552,6 +557,13 @@ def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True):
         if still and decrement is not None and decrement <= 2 * tol:
             return Fit(theta, pi, sigma, loglik, W, iteration, True)
     return Fit(theta, pi, sigma, loglik, W, max_iter, False)
+
+
+def _same_point(fit, W, loglik):
+    """True where (W, loglik) is the converged fit's point: the same log-likelihood up to
+    rounding and every posterior probability within 1e-6 (the M-step of W gives its theta)."""
+    return (abs(loglik - fit.loglik) <= 1e-9 * max(1.0, abs(loglik)) and fit.converged
+            and np.abs(W - fit.W).max() <= 1e-6)
 
 
 def _polish(stats, fit):
@@ -603,12 +615,13 @@ def _kmeanspp_start(stats, coefficients, K, rng):
     distance (b_i - theta)' X_i'X_i (b_i - theta) to the nearest one drawn before. pi uniform,
     sigma fixed or the pooled residual sd."""
     N = len(coefficients)
-    chosen = [int(rng.integers(N))]
+    chosen = [rng.randrange(N)]
     nearest = np.full(N, np.inf)
     for _ in range(K - 1):
         nearest = np.minimum(nearest, _distances(stats, coefficients, coefficients[chosen[-1:]])[:, 0])
         total = nearest.sum()
-        chosen.append(int(rng.choice(N, p=nearest / total)) if total > 0 else int(rng.integers(N)))
+        draw = int(np.searchsorted(np.cumsum(nearest), rng.random() * total, side="right")) if total > 0 else N
+        chosen.append(draw if draw < N else rng.randrange(N))
     return coefficients[chosen].copy(), np.full(K, 1.0 / K), _fixed_sigma(stats, K)
 
 
@@ -828,7 +841,7 @@ def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True, sigma=1.0,
     stats = sufficient_statistics(y, X, sigma, store_effects)
     _check_K(K, stats.n.size)
     _check_settings(tol, max_iter)
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = _random(seed)
     start = _kmeanspp_start(stats, _store_coefficients(stats), K, rng)
     fit = _run_em(stats, *start, tol=tol, max_iter=max_iter, accelerate=accelerate)
     fit = _canonical(stats, _polish(stats, fit) if accelerate else fit)
@@ -836,10 +849,13 @@ def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True, sigma=1.0,
     return _returned(stats, fit)
 
 
-def _check_seed(seed):
+def _random(seed):
+    """The starts' own random generator (never the global state): Python's, as numpy.random
+    would add 10 ms to every start-up of the program."""
+    import random
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"seed must be None or a whole number >= 0; got {seed!r}")
-    return seed
+    return random.Random(None if seed is None else int(seed))
 
 
 def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
@@ -849,7 +865,7 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
         raise ValueError(f"n_init must be a whole number >= 1; got {n_init!r}")
     _check_settings(tol, max_iter)
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = _random(seed)
     if K == 1:                             # one maximum (pooled least squares): one run finds it
         start = _pooled_theta(stats)[None], np.ones(1), _fixed_sigma(stats, 1)
         return _canonical(stats, _polish(stats, _run_em(stats, *start, tol=tol, max_iter=max_iter)))
@@ -858,8 +874,10 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     # the runs' first, plain iterations together (far from a maximum they need no acceleration)
     warm_up = min(WARM_UP, max_iter - 1)
     theta, pi, sigma, _ = _plain_em(stats, starts, warm_up)
-    runs = [_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter - warm_up)
-            for j in range(n_init)]
+    runs = []
+    for j in range(n_init):
+        runs.append(_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter - warm_up,
+                            known=[run for run in runs if run.converged]))
     runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
     best = max(runs, key=lambda run: run.loglik)
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
@@ -1261,8 +1279,13 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=()):
     are parsed by numpy (fast); where anything is off, again by the csv module, which names the
     file, line and column of the first problem (InputError). Returns a LongPanel.
     """
-    lines, first, sep, header = _header(path, _read_text(path))
-    where, extra = _long_columns(path, header, dict(store=store, week=week, sales=sales, price=price), list(x))
+    return _read_long(path, _header(path, _read_text(path)), dict(store=store, week=week, sales=sales, price=price), x)
+
+
+def _read_long(path, parsed, named, x):
+    """read_long on a file's text already split by _header."""
+    lines, first, sep, header = parsed
+    where, extra = _long_columns(path, header, named, list(x))
     fast = _long_fast(lines, first, sep, where, extra)
     if fast is not None:
         try:
@@ -1406,10 +1429,9 @@ def load(path, columns=None, x=()):
     `columns`, a dict with keys store, week, sales, price) into a Loaded. x: further regressors
     of a long file. X = [1, log price, x]; y = log sales."""
     columns = {role: name for role, name in (columns or {}).items() if name}
-    text = _read_text(path)
-    header = _header(path, text)[3]
-    if is_long(header, columns):
-        panel = read_long(path, x=x, **columns)
+    parsed = _header(path, _read_text(path))
+    if is_long(parsed[3], columns):
+        panel = _read_long(path, parsed, columns, x)
         return Loaded(panel.stores, panel.weeks, long_sums(panel), ["intercept", "log price"] + panel.x_names, "long")
     if x:
         raise InputError(f"{path}: --x needs a long file (one row a store and week, with a 'store' column); "

@@ -256,15 +256,19 @@ class Invariances(unittest.TestCase):
 
     def test_no_global_random_state(self):
         p = self.panel
+        import random
         np.random.seed(5)
-        before = np.random.get_state()[1].copy()
+        random.seed(5)
+        before, python_before = np.random.get_state()[1].copy(), random.getstate()
         E.Estimate(3, p.y, p.X, seed=None)
+        E.Estimate(3, p.y, p.X, seed=4)
         np.testing.assert_array_equal(np.random.get_state()[1], before)
+        self.assertEqual(random.getstate(), python_before)
 
     def test_starts_differ(self):
         stats = E.sufficient_statistics(self.panel.y, self.panel.X)
         coefficients = E._store_coefficients(stats)
-        rng = np.random.default_rng(0)
+        rng = E._random(0)
         starts = [E._kmeanspp_start(stats, coefficients, 3, rng)[0] for _ in range(10)]
         distinct = {tuple(np.round(s.ravel(), 12)) for s in starts}
         self.assertGreaterEqual(len(distinct), 9)
