@@ -39,7 +39,9 @@ import numpy as np
 LOG_2PI = math.log(2.0 * math.pi)
 NEWTON_GAIN = 1.0      # EM tries Newton steps once an iteration gains less log-likelihood than this
 ROUNDING = 1e-14       # relative rounding error of a log-likelihood: changes below it are noise
-WARM_UP = 30           # Estimate's runs start with this many plain EM iterations, all in one batch
+WARM_UP = 30           # Estimate's runs start with this many plain EM iterations, all in one batch,
+WARM_UP_LARGE = 10     # ... or this many when starts x K x stores > BATCH_LARGE (there the work,
+BATCH_LARGE = 1_000_000  # not numpy's per-call overhead, is the cost, and SQUAREM does it faster)
 VARIANCE_FLOOR = 1e-10  # an estimated sigma_c^2 is at least this times the pooled residual variance
 SIGMA_MODES = ("common", "segment")
 
@@ -180,7 +182,7 @@ def _varies(sums):
     return square - mean ** 2 > 1e-12 * np.maximum(square, 1e-300)
 
 
-def _model_statistics(sums, sigma=1.0, store_effects=False):
+def model_statistics(sums, sigma=1.0, store_effects=False):
     """Stats for a model from a panel's Sums: the sigma setting, and with store_effects the
     within-store transform (README, "Store fixed effects"):
         X_i'X_i - s_i s_i'/n_i,  X_i'y_i - s_i t_i/n_i,  y_i'y_i - t_i^2/n_i,
@@ -232,7 +234,7 @@ def sufficient_statistics(y, X, sigma=1.0, store_effects=False):
     stores, or (T, N, P), each store its own. sigma: a positive number (fixed), "common" or
     "segment". Raises ValueError naming the problem when the panel cannot identify the model.
     """
-    return _model_statistics(_wide_sums(y, X), sigma, store_effects)
+    return model_statistics(_wide_sums(y, X), sigma, store_effects)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,40 +367,48 @@ def _score_hessian(stats, theta, pi, sigma, W):
     With s_ic the gradient of log(pi_c f_ic) and g_i = sum_c w_ic s_ic the store's score, Louis'
     identity gives (README, "Standard errors")
         H = sum_i sum_c w_ic (d2 log(pi_c f_ic) + s_ic s_ic') - sum_i g_i g_i',
-    where s_ic is u_ic / sigma_c^2 (u_ic = X_i'y_i - X_i'X_i theta_c) in the theta_c block,
-    R_ic / sigma_c^2 - m_i in the tau block and e_c - pi in the eta block.
+    where s_ic is v_ic = (u_ic / sigma_c^2, R_ic / sigma_c^2 - m_i) in segment c's block (theta_c,
+    tau_c), u_ic = X_i'y_i - X_i'X_i theta_c, and e_c - pi in the eta block. It is computed in an
+    expanded parameter (each segment its own tau_c, even for a common sigma) and then summed into
+    psi: a common tau is the sum of the K expanded ones.
     """
     N, K = W.shape
     P = stats.P
     KP, nt = K * P, _n_tau(stats, K)
-    D = KP + nt + K - 1
+    Q = P + (nt > 0)                                              # a segment's block
     s2 = sigma * sigma
     u = stats.Xty[:, None, :] - (stats.XtX.reshape(N, P, P) @ theta.T).swapaxes(1, 2)   # (N, K, P)
-    S = np.zeros((N, K, D))                                       # s_ic
-    for c in range(K):
-        np.divide(u[:, c], s2[c], out=S[:, c, c * P:(c + 1) * P])
-    p = pi[:K - 1]
-    S[:, :, KP + nt:] = np.eye(K)[:, :K - 1] - p
-    R = None
+    V = np.empty((N, K, Q))                                       # v_ic
+    np.divide(u, s2[:, None], out=V[:, :, :P])
     if nt:
         R = _rss(stats, theta).T                                  # (N, K)
-        tau = KP + (np.arange(K) if nt == K else np.zeros(K, dtype=int))
-        S[:, np.arange(K), tau] = R / s2 - stats.m[:, None]
-    root = np.sqrt(W)[:, :, None]
-    Z = root * S
-    G = (root * Z).sum(axis=1)                                    # g_i, (N, D)
-    Z = Z.reshape(N * K, D)
-    H = Z.T @ Z - G.T @ G
-    A = (W.T @ stats.XtX).reshape(K, P, P)                        # sum_i w_ic X_i'X_i
-    for c in range(K):
-        block = slice(c * P, (c + 1) * P)
-        H[block, block] -= A[c] / s2[c]
-        if nt:
-            cross = 2 * (W[:, c] @ u[:, c]) / s2[c]
-            H[block, tau[c]] -= cross
-            H[tau[c], block] -= cross
-            H[tau[c], tau[c]] -= 2 * (W[:, c] @ R[:, c]) / s2[c]
-    H[KP + nt:, KP + nt:] -= N * (np.diag(p) - np.outer(p, p))
+        V[:, :, P] = R / s2 - stats.m[:, None]
+    WV = W[:, :, None] * V
+    p = pi[:K - 1]
+    G = np.concatenate([WV.reshape(N, K * Q), W[:, :K - 1] - p], axis=1)      # g_i, expanded
+    H = -(G.T @ G)
+    within = np.matmul(WV.transpose(1, 2, 0), V.transpose(1, 0, 2))            # sum_i w v v'
+    within[:, :P, :P] -= (W.T @ stats.XtX).reshape(K, P, P) / s2[:, None, None]
+    if nt:                                                        # second derivatives in tau_c
+        cross = 2 * np.einsum("nk,nkp->kp", W, u) / s2[:, None]
+        within[:, :P, P] -= cross
+        within[:, P, :P] -= cross
+        within[:, P, P] -= 2 * (W * R).sum(axis=0) / s2
+    blocks = np.arange(K * Q).reshape(K, Q)
+    H[blocks[:, :, None], blocks[:, None, :]] += within
+    H[:K * Q, K * Q:] += (WV.sum(axis=0)[:, :, None] * (np.eye(K)[:, :K - 1] - p)[:, None, :]).reshape(K * Q, K - 1)
+    H[K * Q:, :K * Q] = H[:K * Q, K * Q:].T
+    m = W.sum(axis=0)[:K - 1]                                     # expected segment sizes
+    H[K * Q:, K * Q:] += np.diag(m - N * p) - np.outer(m, p) - np.outer(p, m) + 2 * N * np.outer(p, p)
+    if Q == P + 1 and nt == K:                                    # reorder: all theta, then tau
+        order = np.concatenate([blocks[:, :P].ravel(), blocks[:, P], np.arange(K * Q, K * Q + K - 1)])
+        return G.sum(axis=0)[order], H[np.ix_(order, order)]
+    if nt == 1:                                                   # one common tau: sum the K
+        to = np.concatenate([np.arange(KP).reshape(K, P), np.full((K, 1), KP)], axis=1).ravel()
+        to = np.concatenate([to, KP + 1 + np.arange(K - 1)])
+        M = np.zeros((len(to), KP + K))
+        M[np.arange(len(to)), to] = 1.0
+        return G.sum(axis=0) @ M, M.T @ H @ M
     return G.sum(axis=0), H
 
 
@@ -872,7 +882,7 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     coefficients = _store_coefficients(stats)
     starts = [_kmeanspp_start(stats, coefficients, K, rng) for _ in range(n_init)]
     # the runs' first, plain iterations together (far from a maximum they need no acceleration)
-    warm_up = min(WARM_UP, max_iter - 1)
+    warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, max_iter - 1)
     theta, pi, sigma, _ = _plain_em(stats, starts, warm_up)
     runs = []
     for j in range(n_init):
@@ -1450,7 +1460,7 @@ def _sigma_check(data, fit, K, n_init, seed, tol, store_effects):
     sigma = the fixed value. Rejects when LR > LR_CRITICAL and sigma-hat is more than SIGMA_MARGIN
     away from it: a difference that matters (standard errors scale with sigma), not just one
     that a large panel can detect."""
-    stats = _model_statistics(data.sums, "common", store_effects)
+    stats = model_statistics(data.sums, "common", store_effects)
     common = fit_stats(stats, K, n_init=n_init, seed=seed, tol=tol)
     fixed = float(fit.sigma[0])
     lr = max(2 * (common.loglik - fit.loglik), 0.0)
@@ -1465,7 +1475,7 @@ def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name
     dictionary, whose "data" is `name` (default: the path). Warns (warnings) when the data reject
     a fixed sigma and when BIC picks the largest K tried."""
     data = load(path, columns, x)
-    stats = _model_statistics(data.sums, sigma, store_effects)
+    stats = model_statistics(data.sums, sigma, store_effects)
     names = [data.coefficients[j] for j in stats.columns]
     for K in Ks:
         if K > len(data.stores):

@@ -859,14 +859,14 @@ class OrangeJuice(unittest.TestCase):
         cls.plain = E.load(ORANGE_JUICE).sums
 
     def test_at_least_flexmix_and_the_same_for_every_seed(self):
-        stats = E._model_statistics(self.plain, "segment")
+        stats = E.model_statistics(self.plain, "segment")
         for K, theirs in self.FLEXMIX_SEGMENT.items():
             values = [E.fit_stats(stats, K, seed=seed).loglik for seed in range(3)]
             self.assertGreaterEqual(min(values), theirs - 1e-3, K)
             self.assertLess(np.ptp(values), 1e-6, (K, values))
 
     def test_store_effects_with_promotions(self):
-        stats = E._model_statistics(self.sums, "segment", store_effects=True)
+        stats = E.model_statistics(self.sums, "segment", store_effects=True)
         self.assertEqual(stats.P, 3)                                   # log price, deal, feat
         fits = [E.fit_stats(stats, 3, seed=seed) for seed in range(3)]
         self.assertLess(np.ptp([fit.loglik for fit in fits]), 1e-6)
