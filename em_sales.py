@@ -182,12 +182,13 @@ def _varies(sums):
     return square - mean ** 2 > 1e-12 * np.maximum(square, 1e-300)
 
 
-def model_statistics(sums, sigma=1.0, store_effects=False):
+def model_statistics(sums, sigma=1.0, store_effects=False, names=None):
     """Stats for a model from a panel's Sums: the sigma setting, and with store_effects the
     within-store transform (README, "Store fixed effects"):
         X_i'X_i - s_i s_i'/n_i,  X_i'y_i - s_i t_i/n_i,  y_i'y_i - t_i^2/n_i,
     with s_i, t_i the store's sums of x and y; a column of X that is constant is the intercept
-    and is dropped, one that is constant within every store (but not overall) is refused."""
+    and is dropped, one that is constant within every store (but not overall) is refused.
+    names: the columns' names, for messages (default: "column j of X")."""
     sigma = _check_sigma_setting(sigma)
     n, XtX, Xty, yty, sx, sy = sums
     N, P = Xty.shape
@@ -209,8 +210,10 @@ def model_statistics(sums, sigma=1.0, store_effects=False):
         raw = sums.XtX.sum(axis=0).reshape(len(varies), -1).diagonal()[keep]
         absorbed = within <= 1e-12 * raw
         if absorbed.any():
-            raise ValueError(f"column {columns[int(np.argmax(absorbed))]} of X is constant within every "
-                             "store: the store effects absorb it, so it cannot be estimated")
+            j = columns[int(np.argmax(absorbed))]
+            raise ValueError(f"{repr(names[j]) if names else f'column {j} of X'} is constant within every "
+                             "store (or every store has one week): the store effects absorb it, so it "
+                             "cannot be estimated")
         price = 0
     else:
         price = int(np.argmax(varies)) if varies.any() else 0
@@ -1475,7 +1478,10 @@ def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name
     dictionary, whose "data" is `name` (default: the path). Warns (warnings) when the data reject
     a fixed sigma and when BIC picks the largest K tried."""
     data = load(path, columns, x)
-    stats = model_statistics(data.sums, sigma, store_effects)
+    try:
+        stats = model_statistics(data.sums, sigma, store_effects, data.coefficients)
+    except ValueError as problem:
+        raise InputError(f"{path}: {problem}") from None
     names = [data.coefficients[j] for j in stats.columns]
     for K in Ks:
         if K > len(data.stores):

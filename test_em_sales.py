@@ -843,8 +843,8 @@ class LongFiles(CommandLineCase):
         text = "store,week,sales,price,size\n" + "".join(
             f"{s},{t},{10 + s + t},{1 + (s * t) % 3},{s}\n" for s in range(1, 5) for t in range(1, 6))
         path = self.write("size.csv", text)
-        self.assert_refused("column 2 of X is constant within every store: the store effects absorb it",
-                            path, "--K", "1", "--x", "size", "--store-effects")
+        self.assert_refused("size.csv: 'size' is constant within every store \\(or every store has one week\\): "
+                            "the store effects absorb it", path, "--K", "1", "--x", "size", "--store-effects")
 
 
 @unittest.skipUnless(os.path.exists(ORANGE_JUICE), "the orange-juice panel ../shared/data/orange_juice.csv is absent")
