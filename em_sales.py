@@ -36,6 +36,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+__version__ = "0.9.0"
+__all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "fit_mixture", "fit_stats",
+           "sufficient_statistics", "model_statistics", "read_panel", "read_long", "load", "panel_arrays",
+           "analyse", "report", "results_json", "segments_csv", "plot", "main", "Fit", "Stats", "Sums",
+           "LongPanel", "Loaded", "InputError", "ConvergenceWarning", "__version__"]
+
 LOG_2PI = math.log(2.0 * math.pi)
 NEWTON_GAIN = 1.0      # EM tries Newton steps once an iteration gains less log-likelihood than this
 ROUNDING = 1e-14       # relative rounding error of a log-likelihood: changes below it are noise
@@ -733,13 +739,19 @@ def _canonical(stats, fit):
 # Checking arguments
 # ---------------------------------------------------------------------------------------------
 
-def _check_K(K, N):
+def _check_K(K, N, where=None):
+    """K must be a whole number from 1 to N/2: a segment of fewer than two stores on average
+    cannot be told from a store's own fit, and the search for such K is hopeless."""
+    where = where or f"the {N} stores in y"
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)):
         raise ValueError(f"K must be a whole number of segments; got {K!r}")
     if K < 1:
         raise ValueError(f"K must be at least 1; got K = {K}")
     if K > N:
-        raise ValueError(f"K = {K} segments is more than the {N} stores in y")
+        raise ValueError(f"K = {K} segments is more than {where}")
+    if K > 1 and K > N // 2:
+        raise ValueError(f"K = {K} segments for {where}: at most K = {max(N // 2, 1)} (two stores a "
+                         "segment on average); more cannot be told apart from each store's own fit")
 
 
 def _check_settings(tol, max_iter):
@@ -830,11 +842,11 @@ def MStep(y, X, W, sigma=1.0, store_effects=False):
 
 def _warn_about(fit, what):
     if not fit.converged:
-        warnings.warn(f"{what} reached max_iter = {fit.n_iter} iterations before converging; "
-                      "the estimate may be short of the maximum", ConvergenceWarning, stacklevel=3)
+        _warn(f"{what} reached max_iter = {fit.n_iter} iterations before converging; "
+              "the estimate may be short of the maximum", ConvergenceWarning)
     if fit.pi.min() == 0:
-        warnings.warn(f"{what} ended with an empty segment (pi_c = 0): the data support fewer "
-                      "segments from this start", RuntimeWarning, stacklevel=3)
+        _warn(f"{what} ended with an empty segment (pi_c = 0): the data support fewer "
+              "segments from this start", RuntimeWarning)
 
 
 def _returned(stats, fit):
@@ -871,12 +883,13 @@ def _random(seed):
     return random.Random(None if seed is None else int(seed))
 
 
-def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
+def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress=None):
     """Estimate's work on a panel's Stats (see sufficient_statistics), returning the whole Fit:
-    theta, pi, sigma, loglik, W, n_iter, converged."""
+    theta, pi, sigma, loglik, W, n_iter, converged. progress(done), if given, is called after
+    each start's run."""
     _check_K(K, stats.n.size)
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise ValueError(f"n_init must be a whole number >= 1; got {n_init!r}")
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or not 1 <= n_init <= 10_000:
+        raise ValueError(f"n_init must be a whole number from 1 to 10,000; got {n_init!r}")
     _check_settings(tol, max_iter)
     rng = _random(seed)
     if K == 1:                             # one maximum (pooled least squares): one run finds it
@@ -891,6 +904,8 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000):
     for j in range(n_init):
         runs.append(_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter - warm_up,
                             known=[run for run in runs if run.converged]))
+        if progress:
+            progress(j + 1)
     runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
     best = max(runs, key=lambda run: run.loglik)
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
@@ -983,17 +998,28 @@ class InputError(ValueError):
     """A file that cannot be used, with a message naming the file, where and what."""
 
 
+MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused, not read into memory
+
+
 def _read_text(path):
-    """The file's text (UTF-8 with or without a byte-order mark, else Windows-1252)."""
+    """The file's text (UTF-8 with or without a byte-order mark, else Windows-1252). Refused: a
+    folder, a binary file (seen in its first megabyte), a file over MAX_BYTES (or endless)."""
+    import re
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(1 << 20)
+            if b"\0" not in raw:
+                raw += handle.read(MAX_BYTES + 1 - len(raw))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, not a CSV file") from None
     except OSError as problem:
         raise InputError(f"{path}: cannot be read ({problem.strerror})") from None
+    except MemoryError:
+        raise InputError(f"{path}: too large to read into memory") from None
+    if len(raw) > MAX_BYTES:
+        raise InputError(f"{path}: larger than {MAX_BYTES >> 30} GB (or endless): not read")
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             text = raw.decode(encoding)
@@ -1002,11 +1028,16 @@ def _read_text(path):
             continue
     else:
         text = "\0"
-    import re
     if re.search("[\x00-\x08\x0b\x0e-\x1f]", text):
         raise InputError(f"{path}: is not a text file (binary or unreadable content); "
                          "expected a CSV file of prices and sales")
     return text
+
+
+def _shown(cell, width=40):
+    """A cell as a message shows it: at most `width` characters."""
+    cell = cell.strip()
+    return cell if len(cell) <= width else f"{cell[:width]}... ({len(cell):,} characters)"
 
 
 def _kept(lines, first=0):
@@ -1014,21 +1045,42 @@ def _kept(lines, first=0):
     return [number for number, line in enumerate(lines[first:], first + 1) if line.strip(" \t,;")]
 
 
+def _cells(line, sep):
+    """The cells of one line: quotes respected, spaces and tabs after a separator skipped."""
+    import csv
+    import re
+    line = re.sub(f"(?<={re.escape(sep)})[ \t]+", "", line)
+    return next(csv.reader([line], delimiter=sep, skipinitialspace=True), [""])
+
+
 def _header(path, text):
     """(lines, number of the header line, separator, header cells) of a CSV text.
-    The separator (',' ';' or tab) is taken from the header line, the first that is not blank."""
+    The header line is the first that is not blank; the separator (',' ';' or tab) is the one
+    that splits it into the most cells, quotes respected (',' first on a tie). A header of
+    numbers only is data, not a header: refused."""
     import csv
 
+    csv.field_size_limit(MAX_BYTES)                      # a huge cell is a bad cell, not a crash
     lines = text.splitlines()
     first = next((number for number, line in enumerate(lines, 1) if line.strip(" \t,;")), None)
     if first is None:
         raise InputError(f"{path}: the file is empty")
     header_line = lines[first - 1]
-    sep = ";" if ";" in header_line else "\t" if "\t" in header_line else ","
-    header = [name.strip() for name in next(csv.reader([header_line], delimiter=sep))]
+    sep = max((",", ";", "\t"), key=lambda candidate: len(_cells(header_line, candidate)))
+    header = [name.strip() for name in _cells(header_line, sep)]
     while len(header) > 1 and header[-1] == "":          # trailing separators of a spreadsheet
         header.pop()
+    if all(_number_or_none(name) is not None for name in header):
+        raise InputError(f"{path}: line {first} is numbers, not a header: the first line must name the "
+                         "columns (the price, then one name a store; or store, week, sales, price)")
     return lines, first, sep, header
+
+
+def _number_or_none(cell):
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def read_panel(path):
@@ -1046,30 +1098,62 @@ def read_panel(path):
     kept = _kept(lines, first - 1)
     width = len(header)
     for number in kept:                                  # else csv would join the lines that follow
-        if lines[number - 1].count('"') % 2:
-            raise InputError(f"{path}: line {number}: a quote (\") opens a cell that never closes")
-    body = (lines[number - 1] for number in kept[1:])
+        _check_quotes(path, lines[number - 1], number, sep)
+    body = (_after_separators(lines[number - 1], sep) for number in kept[1:])
     if sep != ",":                                       # decimal commas: 2,39 is 2.39
         body = (line.replace(",", ".") for line in body)
     values = np.full((len(kept) - 1, width), np.nan)
     for row, cells in enumerate(csv.reader(body, delimiter=sep, skipinitialspace=True)):
         while len(cells) > width and cells[-1].strip() == "":
             cells.pop()
-        if len(cells) > width:
-            raise InputError(f"{path}: line {kept[row + 1]} has {len(cells)} cells, more than the "
-                             f"header's {width}")
+        if len(cells) != width:
+            hint = (" (a decimal comma? In a comma-separated file 3,37 is two cells: write 3.37, or "
+                    "separate the cells with ';')" if sep == "," and len(cells) > width else "")
+            raise InputError(f"{path}: line {kept[row + 1]} has {len(cells)} cells, "
+                             f"{'more' if len(cells) > width else 'fewer'} than the header's {width}{hint}")
         try:                                             # the fast way, right for most rows
-            values[row, :len(cells)] = np.array([cell or "nan" for cell in cells], dtype=float)
+            values[row] = np.array([cell or "nan" for cell in cells], dtype=float)
         except ValueError:
             line = kept[row + 1]
-            as_written = next(csv.reader([lines[line - 1]], delimiter=sep, skipinitialspace=True))
-            values[row, :len(cells)] = _cells_one_by_one(path, cells, as_written, header, line)
+            as_written = _cells(lines[line - 1], sep)
+            values[row] = _cells_one_by_one(path, cells, as_written, header, line, sep)
     return _checked_panel(path, values, header, kept[1:])
 
 
-def _cells_one_by_one(path, cells, as_written, header, line):
+def _after_separators(line, sep):
+    """The line with spaces and tabs after each separator removed (so that a quoted cell after
+    ', ' or ',\t' is read as quoted)."""
+    if "\t" in line and sep != "\t" or '"' in line:
+        import re
+        return re.sub(f"(?<={re.escape(sep)})[ \t]+", "", line)
+    return line
+
+
+def _check_quotes(path, line, number, sep):
+    """InputError for a quote that opens a cell and never closes, or one that closes in the middle
+    of a cell ("2"39, which csv would read as 239)."""
+    if '"' not in line:
+        return
+    if line.count('"') % 2:
+        raise InputError(f"{path}: line {number}: a quote (\") opens a cell that never closes")
+    inside, previous = False, sep
+    for j, char in enumerate(line):
+        if char == '"':
+            if not inside and previous.strip() and previous != sep:
+                raise InputError(f"{path}: line {number}: a quote (\") in the middle of a cell")
+            if inside and j + 1 < len(line) and line[j + 1] == '"':
+                continue                                 # "" inside quotes is a quote
+            inside = not inside
+            if not inside and j + 1 < len(line) and line[j + 1] not in (sep, " ", "\t", '"'):
+                raise InputError(f"{path}: line {number}: a quote (\") closes in the middle of a cell "
+                                 f"(near '{_shown(line[max(0, j - 10):j + 10])}')")
+        previous = char if char not in " \t" or inside else previous
+
+
+def _cells_one_by_one(path, cells, as_written, header, line, sep=","):
     """A row's numbers with MISSING cells as NaN, or InputError naming the first bad cell as it
     is written in the file."""
+    import re
     numbers = []
     for j, cell in enumerate(cells):
         cell = cell.strip()
@@ -1077,8 +1161,13 @@ def _cells_one_by_one(path, cells, as_written, header, line):
             numbers.append(np.nan if cell in MISSING else float(cell))
         except ValueError:
             shown = as_written[j].strip() if j < len(as_written) else cell
-            raise InputError(f"{path}: line {line}, column '{header[j] or j + 1}': '{shown}' is not "
-                             "a number") from None
+            hint = ""
+            if j == 0 and re.fullmatch(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}", shown):
+                hint = ": a date? The first column must be the price"
+            elif sep == "," and re.fullmatch(r"-?\d+,\d+", shown):
+                hint = ": a decimal comma? In a comma-separated file write 3.37, or separate the cells with ';'"
+            raise InputError(f"{path}: line {line}, column '{header[j] or j + 1}': '{_shown(shown)}' is not "
+                             f"a number{hint}") from None
     return numbers
 
 
@@ -1091,9 +1180,13 @@ def _checked_panel(path, values, names, line_of_row):
     names = [name or f"column {j + 1}" for j, name in enumerate(names)]
     price, sales = values[:, 0], values[:, 1:]
     price_name = names[0]
+    _check_first_column(path, price, names[0])
     for t in range(T):
         if np.isnan(price[t]):
             raise InputError(f"{path}: line {line_of_row[t]}: the price ('{price_name}') is missing")
+        if np.isinf(price[t]):
+            raise InputError(f"{path}: line {line_of_row[t]}: the price ('{price_name}') is infinite "
+                             "(a number too large)")
         if price[t] <= 0:
             raise InputError(f"{path}: line {line_of_row[t]}: the price ('{price_name}') must be "
                              f"positive to take its log; got {price[t]:g}")
@@ -1116,6 +1209,24 @@ def _checked_panel(path, values, names, line_of_row):
         raise InputError(f"{path}: column '{names[1 + int(np.argmax(empty))]}' has no observed week "
                          "(every cell is empty)")
     return price, sales, names[1:]
+
+
+INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "id", "row",
+               "unnamed: 0", "month", "year")
+
+
+def _check_first_column(path, price, name):
+    """InputError where the first column is not a price: named like a week, date or index, or
+    holding the integers 1..T or 0..T-1 in order (week numbers, or a pandas index)."""
+    T = len(price)
+    counting = T > 2 and (np.array_equal(price, np.arange(1, T + 1)) or np.array_equal(price, np.arange(T)))
+    if name.strip().lower() in INDEX_NAMES or counting:
+        what = f"'{name}'" if name else "it"
+        looks = "counts 1, 2, 3, ..." if counting and price[0] == 1 else "counts 0, 1, 2, ..." if counting \
+            else "is named like a week, date or index"
+        raise InputError(f"{path}: the first column must be the price; {what} {looks}. Put the price "
+                         "first, then one column a store; or give a long file (one row a store and week "
+                         "with columns store, week, sales, price)")
 
 
 def panel_arrays(price, sales):
@@ -1429,12 +1540,13 @@ def report(results):
 
 class Loaded(NamedTuple):
     """A file reduced to what the models need: store names, weeks, per-store Sums, the names of
-    X's columns, and its layout ("wide" or "long")."""
+    X's columns, its layout ("wide" or "long") and the range of log price (for the picture)."""
     stores: list
     weeks: int
     sums: Sums
     coefficients: list
     layout: str
+    price_range: tuple = (0.0, 0.0)
 
 
 def load(path, columns=None, x=()):
@@ -1445,13 +1557,15 @@ def load(path, columns=None, x=()):
     parsed = _header(path, _read_text(path))
     if is_long(parsed[3], columns):
         panel = _read_long(path, parsed, columns, x)
-        return Loaded(panel.stores, panel.weeks, long_sums(panel), ["intercept", "log price"] + panel.x_names, "long")
+        return Loaded(panel.stores, panel.weeks, long_sums(panel), ["intercept", "log price"] + panel.x_names,
+                      "long", (float(np.log(panel.price.min())), float(np.log(panel.price.max()))))
     if x:
         raise InputError(f"{path}: --x needs a long file (one row a store and week, with a 'store' column); "
                          "this one is wide (first column the price, a column a store)")
     price, sales, stores = read_panel(path)
     y, X = panel_arrays(price, sales)
-    return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide")
+    return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide",
+                  (float(X[:, 1].min()), float(X[:, 1].max())))
 
 
 LR_CRITICAL = 10.83    # chi-square(1) at 0.1%: the sigma check's test
@@ -1476,7 +1590,13 @@ def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name
             sigma=1.0, store_effects=False, columns=None, x=()):
     """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
     dictionary, whose "data" is `name` (default: the path). Warns (warnings) when the data reject
-    a fixed sigma and when BIC picks the largest K tried."""
+    a fixed sigma and when BIC picks the largest K tried. progress(K, done, n_init), if given, is
+    called after each start."""
+    return _analyse(path, Ks, n_init, seed, tol, progress, name, sigma, store_effects, columns, x)[0]
+
+
+def _analyse(path, Ks, n_init, seed, tol, progress, name, sigma, store_effects, columns, x):
+    """analyse's work: (results, {K: Fit}, Loaded)."""
     data = load(path, columns, x)
     try:
         stats = model_statistics(data.sums, sigma, store_effects, data.coefficients)
@@ -1484,13 +1604,11 @@ def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name
         raise InputError(f"{path}: {problem}") from None
     names = [data.coefficients[j] for j in stats.columns]
     for K in Ks:
-        if K > len(data.stores):
-            raise InputError(f"K = {K} segments is more than the {len(data.stores)} stores in {path}")
+        _check_K(K, len(data.stores), where=f"the {len(data.stores)} stores in {path}")
     models, fits = [], {}
     for K in Ks:
-        if progress:
-            progress(K)
-        fits[K] = fit_stats(stats, K, n_init=n_init, seed=seed, tol=tol)
+        report_start = (lambda done, K=K: progress(K, done, n_init)) if progress else None
+        fits[K] = fit_stats(stats, K, n_init=n_init, seed=seed, tol=tol, progress=report_start)
         models.append(model_summary(fits[K], stats, names))
     best = min(models, key=lambda model: model["bic"])["K"]
     W = fits[best].W
@@ -1509,33 +1627,123 @@ def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name
     if len(Ks) > 1 and best == max(Ks):
         results["notes"].append(f"BIC picks K = {best}, the largest K tried: more segments may fit "
                                 f"better; try a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))})")
+    for model in models:
+        for c in np.flatnonzero(np.array(model["stores_in_segment"]) == 0):
+            results["notes"].append(f"K = {model['K']}: segment {c + 1} holds no store (no store is most "
+                                    "likely in it): the data support fewer segments")
     for note in results["notes"]:
-        warnings.warn(note, UserWarning, stacklevel=2)
-    results["store_segments"] = [{"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
-                                 for i, store in enumerate(data.stores)]
-    return results
+        _warn(note, UserWarning)
+    results["store_segments"] = _store_segments(data.stores, W)
+    return results, fits, data
 
 
-def main(argv=None):
-    import argparse
-    import os
+def _store_segments(stores, W):
+    return [{"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
+            for i, store in enumerate(stores)]
+
+
+def segments_csv(stores, W):
+    """The segment list for a spreadsheet: store, segment (1..K), the posterior of each segment."""
+    import csv
+    import io
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["store", "segment"] + [f"posterior_{c + 1}" for c in range(W.shape[1])])
+    for i, store in enumerate(stores):
+        writer.writerow([store, int(W[i].argmax()) + 1] + [f"{w:.6g}" for w in W[i]])
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The picture (matplotlib, imported only for --plot)
+# ---------------------------------------------------------------------------------------------
+
+def plot(results, fits, data):
+    """The PNG (bytes) of the chosen K: each store's own (elasticity, level) coloured by its segment with the
+    segment centres; the segments' demand curves over the observed price range; BIC against K."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
+    K = results["best_K"]
+    fit = fits[K]
+    model = next(model for model in results["models"] if model["K"] == K)
+    names = model["coefficients"]
+    price = names.index("log price")
+    own = _store_coefficients(model_statistics(data.sums))              # (N, columns of X): raw fit
+    segment = fit.W.argmax(axis=1)
+    colours = plt.get_cmap("tab10")(np.arange(K) % 10)
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
+    keep = np.isfinite(own).all(axis=1) & (data.sums.n > data.sums.Xty.shape[1])
+    for c in range(K):
+        mine = keep & (segment == c)
+        left.scatter(own[mine, 1], own[mine, 0], s=14, color=colours[c], alpha=0.7,
+                     label=f"segment {c + 1}: {int(mine.sum())} stores")
+        if "intercept" in names:
+            left.scatter(fit.theta[c, price], fit.theta[c, names.index("intercept")], s=160, marker="X",
+                         color=colours[c], edgecolor="black", zorder=3)
+        else:
+            left.axvline(fit.theta[c, price], color=colours[c], linestyle="--")
+    left.set(xlabel="store's own price elasticity (log price coefficient)", ylabel="store's own level (intercept)",
+             title="Stores and segment centres (X)" if "intercept" in names else "Stores and segment elasticities (--)")
+    left.legend(fontsize=8)
+    low, high = data.price_range
+    grid = np.exp(np.linspace(low, high, 100))
+    for c in range(K):
+        if "intercept" in names:
+            curve = np.exp(fit.theta[c, names.index("intercept")] + fit.theta[c, price] * np.log(grid))
+            label = "sales"
+        else:                                    # store effects: relative to the median price
+            curve = 100 * np.exp(fit.theta[c, price] * (np.log(grid) - (low + high) / 2))
+            label = "sales, % of sales at the middle price"
+        middle.plot(grid, curve, color=colours[c], linewidth=2,
+                    label=f"segment {c + 1}: elasticity {fit.theta[c, price]:.2f}")
+    middle.set(xlabel="price", ylabel=label, title="Demand curves over the observed prices")
+    middle.legend(fontsize=8)
+    Ks = [m["K"] for m in results["models"]]
+    right.plot(Ks, [m["bic"] for m in results["models"]], "o-", color="black")
+    right.axvline(K, color="grey", linestyle=":")
+    right.set(xlabel="K (segments)", ylabel="BIC (lower is better)", title=f"BIC against K: K = {K} chosen",
+              xticks=Ks)
+    figure.suptitle(f"{results['data']}: {_describe(results['settings'])}", fontsize=10)
+    figure.tight_layout()
+    import io
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=110)
+    plt.close(figure)
+    return picture.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+MAX_STARTS = 10_000     # n_init above this is refused: 10 to 100 starts are plenty
+
+
+def _warn(message, category=UserWarning):
+    """warnings.warn pointing at the first caller outside this file (the user's line)."""
     import sys
-    import time
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _parser():
+    import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):                # one line, exit code 2
-            sys.stderr.write(f"error: {message} (see --help)\n")
-            sys.exit(2)
+            raise _Refused(f"{message} (see --help)")
 
-    here = os.path.dirname(os.path.abspath(__file__))
     def sigma_setting(text):
         if text in SIGMA_MODES:
             return text
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
+        value = _number_or_none(text)
+        if value is None or not (math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(f"expected a positive number, 'common' or 'segment'; got {text!r}")
         return value
 
@@ -1545,12 +1753,17 @@ def main(argv=None):
                         help="CSV file, wide (first column the price, then one column per store) or long "
                              "(one row a store and week: columns store, week, sales, price) "
                              "(default: data/example.csv, made by simulate.py)")
-    parser.add_argument("--K", type=int, nargs="+", default=[2, 3, 4], help="numbers of segments (default 2 3 4)")
+    parser.add_argument("--K", nargs="+", default=["2", "3", "4"], metavar="K",
+                        help="numbers of segments (default 2 3 4)")
     parser.add_argument("--n-init", type=int, default=10, help="EM starts for each K (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the starts (default 0)")
     parser.add_argument("--tol", type=float, default=1e-8, help="convergence tolerance (default 1e-8)")
     parser.add_argument("--output", default="results.json", help="JSON file to write (default results.json)")
+    parser.add_argument("--segments", metavar="FILE.csv", help="write each store's segment and posteriors")
+    parser.add_argument("--segments-K", type=int, metavar="K", help="the K of --segments (default: BIC's choice)")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the chosen K (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    parser.add_argument("--version", action="version", version=f"em_sales {__version__}")
     model = parser.add_argument_group("the model")
     model.add_argument("--sigma", type=sigma_setting, default=1.0, metavar="VALUE|common|segment",
                        help="noise sd: fixed at VALUE (default 1, the course's model), one estimated for all "
@@ -1562,22 +1775,132 @@ def main(argv=None):
     names = parser.add_argument_group("columns of a long file (found by their header otherwise)")
     for role in LONG_COLUMNS:
         names.add_argument(f"--{role}", metavar="COL", help=f"the {role} column")
-    args = parser.parse_args(argv)
+    return parser
+
+
+class _Refused(Exception):
+    """A command line that cannot be run: its one-line message."""
+
+
+def _arguments(argv):
+    """Parsed and checked arguments, or _Refused. --K 2 3 data.csv takes data.csv as the file."""
+    import os
+    args = _parser().parse_args(argv)
+    Ks = list(args.K)
+    if args.csv is None and len(Ks) > 1 and _number_or_none(Ks[-1]) is None:
+        args.csv = Ks.pop()                      # --K swallowed the file name
+    for K in Ks:
+        if not K.lstrip("-").isdigit():
+            raise _Refused(f"argument --K: expected whole numbers of segments; got {K!r} (see --help)")
+    args.K = list(dict.fromkeys(int(K) for K in Ks))
     if min(args.K) < 1:
-        parser.error(f"--K must be at least 1; got {min(args.K)}")
-    if args.n_init < 1:
-        parser.error(f"--n-init must be at least 1; got {args.n_init}")
-    if not args.tol > 0:
-        parser.error(f"--tol must be positive; got {args.tol}")
-    path = args.csv or "data/example.csv"
-    if args.csv is None and not os.path.exists(path):          # run from another folder
-        path = os.path.join(here, "data", "example.csv")
+        raise _Refused(f"--K must be at least 1; got {min(args.K)}")
+    if not 1 <= args.n_init <= MAX_STARTS:
+        raise _Refused(f"--n-init must be between 1 and {MAX_STARTS:,}; got {args.n_init} "
+                       "(each start is a whole EM run; 10 to 100 are plenty)")
+    if args.seed < 0:
+        raise _Refused(f"--seed must be a whole number >= 0; got {args.seed}")
+    if not (args.tol > 0 and math.isfinite(args.tol)):
+        raise _Refused(f"--tol must be a positive number; got {args.tol}")
+    if args.segments_K is not None and args.segments_K not in args.K:
+        raise _Refused(f"--segments-K {args.segments_K} is not among the K estimated (--K {' '.join(map(str, args.K))})")
+    if args.segments_K is not None and not args.segments:
+        raise _Refused("--segments-K needs --segments FILE.csv")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (only to say now, not after the work, that it is missing)
+        except ImportError:
+            raise _Refused("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
+    args.path = args.csv or "data/example.csv"
+    if args.csv is None and not os.path.exists(args.path):      # run from another folder
+        args.path = os.path.join(here, "data", "example.csv")
+    _check_outputs(args)
+    return args
 
+
+def _check_outputs(args):
+    """Before any work: no output is the input or another output, and each can be written."""
+    import os
+    outputs = [(flag, getattr(args, name)) for flag, name in
+               (("--output", "output"), ("--segments", "segments"), ("--plot", "plot")) if getattr(args, name)]
+    seen = {os.path.realpath(args.path): f"the input file {args.path}"}
+    for flag, target in outputs:
+        real = os.path.realpath(target)
+        if real in seen:
+            raise _Refused(f"{flag} {target} is {seen[real]}: refusing to overwrite it")
+        seen[real] = f"also {flag}'s file"
+        folder = os.path.dirname(real)
+        if os.path.isdir(real):
+            raise _Refused(f"{flag} {target} is a folder")
+        if not os.path.isdir(folder):
+            raise _Refused(f"{flag} {target}: the folder {os.path.dirname(target) or '.'} does not exist")
+        if not os.access(folder, os.W_OK) or (os.path.exists(real) and not os.access(real, os.W_OK)):
+            raise _Refused(f"{flag} {target}: cannot be written (permission denied)")
+
+
+def _write(target, content):
+    """Write content (text or bytes) to target through a temporary file moved into place: never a
+    half-written file, and no temporary file left behind, whatever happens (an interrupt included)."""
+    import os
+    folder = os.path.dirname(os.path.abspath(target))
+    temporary = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(content.encode() if isinstance(content, str) else content)
+        os.replace(temporary, target)
+    except OSError as problem:
+        raise _Refused(f"cannot write {target}: {problem.strerror}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _quiet_stdout():
+    """Point standard output at the null device, so that Python's last flush cannot fail again."""
+    import os
+    import sys
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def main(argv=None):
+    """The command line (python em_sales.py --help). Returns the exit code: 0, 2 for input or
+    arguments that cannot be used (one line on stderr), 130 interrupted (Ctrl-C), 141 standard
+    output closed early (| head). Never a traceback."""
+    import sys
+    try:
+        return _main(argv)
+    except _Refused as problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        return 2
+
+
+def _main(argv):
+    import sys
+    import time
+
+    args = _arguments(argv)
     start = time.perf_counter()
+    last = [start]
 
-    def progress(K):                             # only when the run is slow enough to wonder
-        if not args.quiet and time.perf_counter() - start > 2:
-            print(f"estimating K = {K} ...", file=sys.stderr, flush=True)
+    def progress(K, done, total):                # only when the run is slow enough to wonder
+        now = time.perf_counter()
+        if not args.quiet and now - start > 2 and (now - last[0] > 2 or done == total):
+            print(f"K = {K}: {done} of {total} starts done, {now - start:.1f} s", file=sys.stderr, flush=True)
+            last[0] = now
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)
@@ -1585,28 +1908,36 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         try:
-            results = analyse(path, list(dict.fromkeys(args.K)), args.n_init, args.seed, args.tol, progress,
-                              name=args.csv or "data/example.csv", sigma=args.sigma,
-                              store_effects=args.store_effects, x=args.x,
-                              columns={role: getattr(args, role) for role in LONG_COLUMNS})
+            with np.errstate(all="ignore"):
+                results, fits, data = _analyse(args.path, args.K, args.n_init, args.seed, args.tol, progress,
+                                               args.csv or "data/example.csv", args.sigma, args.store_effects,
+                                               {role: getattr(args, role) for role in LONG_COLUMNS}, args.x)
         except ValueError as problem:            # InputError, or a panel the model cannot use
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-    text = results_json(results)
-    folder = os.path.dirname(os.path.abspath(args.output))
-    temporary = os.path.join(folder, f".{os.path.basename(args.output)}.{os.getpid()}.tmp")
-    try:                                         # never a half-written results file
-        with open(temporary, "w") as out:
-            out.write(text)
-        os.replace(temporary, args.output)
-    except OSError as problem:
-        print(f"error: cannot write {args.output}: {problem.strerror}", file=sys.stderr)
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        return 2
+            raise _Refused(str(problem)) from None
+        if not all(np.isfinite(model["loglik"]) for model in results["models"]):
+            raise _Refused(f"{args.path}: the estimates are not finite numbers (values too extreme to fit)")
+    _write(args.output, results_json(results))
+    if args.segments:
+        _write(args.segments, segments_csv(data.stores, fits[args.segments_K or results["best_K"]].W))
+    if args.plot:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                picture = plot(results, fits, data)
+            except InputError as problem:
+                raise _Refused(str(problem)) from None
+        _write(args.plot, picture)
     if not args.quiet:
-        print(report(results))
-        print(f"Results written to {args.output}")
+        written = ", ".join(name for name in (args.output, args.segments, args.plot) if name)
+        try:
+            print(report(results))
+            print(f"Results written to {written}")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as problem:
+            _quiet_stdout()
+            raise _Refused(f"cannot write the report to standard output: {problem.strerror}") from None
     return 0
 
 

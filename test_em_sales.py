@@ -287,13 +287,16 @@ class Degenerate(unittest.TestCase):
         self.assertTrue(math.isfinite(E.LogL(theta, pi, panel.y, panel.X)))
 
     def test_more_segments_than_the_data_hold(self):
-        """Six segments for three identical stores: EM must end without NaN or a crash."""
+        """Three segments for six stores of one segment: EM must end without NaN or a crash; six
+        segments for six stores is refused up front, saying why."""
         panel = S.simulate(N=6, T=8, theta=[(10, -1)], pi=[1.0], seed=3)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            theta, pi, ll = E.Estimate(6, panel.y, panel.X, n_init=4, seed=0)
+            theta, pi, ll = E.Estimate(3, panel.y, panel.X, n_init=4, seed=0)
         self.assertTrue(np.all(np.isfinite(theta)) and np.all(np.isfinite(pi)) and math.isfinite(ll))
         self.assertAlmostEqual(pi.sum(), 1.0)
+        with self.assertRaisesRegex(ValueError, "K = 6 segments is more|at most K = 3 \\(two stores a segment"):
+            E.Estimate(4, panel.y, panel.X)
 
     def test_warns_at_max_iter(self):
         panel, _ = small_panel(4, N=50, T=20)
@@ -446,8 +449,8 @@ class CommandLine(CommandLineCase):
         path = self.write("good.csv", good)
         self.assert_refused("--K must be at least 1; got 0", path, "--K", "0")
         self.assert_refused("K = 3 segments is more than the 2 stores", path, "--K", "3")
-        self.assert_refused("--n-init must be at least 1; got 0", path, "--K", "1", "--n-init", "0")
-        self.assert_refused("--K: invalid int value", path, "--K", "two")
+        self.assert_refused("--n-init must be between 1 and 10,000; got 0", path, "--K", "1", "--n-init", "0")
+        self.assert_refused("argument --K: expected whole numbers of segments; got .two.", path, "--K", "two")
 
     def test_spreadsheet_exports_give_the_same_estimates(self):
         _, text = self.simulated(missing=0.1)
