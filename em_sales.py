@@ -121,8 +121,7 @@ def _check_sigma_setting(sigma):
 
 def _wide_sums(y, X):
     """Sums of a wide panel: y (T, N) with NaN where unobserved, X (T, P) or (T, N, P)."""
-    y = np.asarray(y, dtype=float)
-    X = np.asarray(X, dtype=float)
+    y, X = _array(y, "y"), _array(X, "X")
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim != 2 or X.ndim not in (2, 3):
@@ -136,6 +135,7 @@ def _wide_sums(y, X):
         raise ValueError(f"the panel is empty: y has shape {y.shape}, X {X.shape}")
     if np.isinf(y).any():
         raise ValueError("y has an infinite entry (log of a zero sale?)")
+    _check_scale(y, X)
     observed = ~np.isnan(y)
     n = observed.sum(axis=0)
     if (n == 0).any():
@@ -162,6 +162,33 @@ def _wide_sums(y, X):
         Xty = np.einsum("tnp,tn->np", X0, y0)
         sx = X0.sum(axis=0)
     return Sums(n.astype(float), XtX, Xty, np.einsum("tn,tn->n", y0, y0), sx, y0.sum(axis=0))
+
+
+def _array(value, name):
+    """value as a float array, or ValueError naming the argument."""
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of numbers; got {type(value).__name__} "
+                         f"{_shown(repr(value), 60)}") from None
+
+
+LOG_SALES_LIMIT = 100.0   # |log S| above this is no log of a real quantity (e^100 = 2.7e43)
+
+
+def _check_scale(y, X):
+    """ValueError for values whose squares overflow (nothing can be estimated from them); a
+    warning where y cannot be log sales (raw sales passed by mistake give nonsense segments)."""
+    for name, values in (("y", y), ("X", X)):
+        top = np.nanmax(np.abs(np.where(np.isfinite(values), values, np.nan))) if np.isfinite(values).any() else 0.0
+        if top > 1e100:
+            raise ValueError(f"{name} has values as large as {top:.3g}: too large to estimate from "
+                             "(y is log sales, X holds 1, log price, ...)")
+    top = np.nanmax(np.abs(y)) if np.isfinite(y).any() else 0.0
+    if top > LOG_SALES_LIMIT:
+        _warn(f"y has values as large as {top:.6g}: y must be log sales, and no log of a real quantity "
+              f"exceeds {LOG_SALES_LIMIT:g} (e^{LOG_SALES_LIMIT:g} = 2.7e43). Raw sales? Pass np.log(sales)",
+              UserWarning)
 
 
 def _grouped_sums(store, y, X, N):
@@ -1514,14 +1541,47 @@ def _segment_table(model, sigma_estimated):
     return lines
 
 
+def _guide(settings, names):
+    """A few lines for a reader who is not a statistician: what each column of the tables means."""
+    others = [name for name in names if name not in ("intercept", "log price")]
+    slopes = [name for name in names if name != "intercept"]
+    lines = ["How to read it: every store belongs to one segment, and the stores of a segment share one "
+             f"regression of weekly log sales on {', '.join(slopes)}.",
+             "  log price: the price elasticity. +1% price -> that many % change in sales "
+             "(-2.0: 2% fewer units sold). Segments run from the most price-sensitive to the least."]
+    if "intercept" in names:
+        lines.append("  intercept: log sales at a price of 1 (the segment's level of sales).")
+    if settings.get("store_effects"):
+        lines.append("  store effects: each store has its own level of sales; segments differ only in "
+                     "how they respond to price" + (" and the other regressors." if others else "."))
+    for name in others:
+        lines.append(f"  {name}: the change in log sales for one unit more of {name} "
+                     f"(0.5: about {100 * (math.exp(0.5) - 1):.0f}% more sales).")
+    sigma = settings.get("sigma", 1.0)
+    lines.append("  sigma: the spread of a store's weekly log sales around its segment's line "
+                 + ("(estimated)." if isinstance(sigma, str) else f"(fixed at {sigma:g}, not estimated)."))
+    lines.append("  pi: the segment's share of stores; stores: how many stores are most likely in it. "
+                 "(s.e.): standard error.")
+    lines.append("  AIC, BIC, ICL: lower is better (ICL also penalises uncertain memberships); "
+                 "entropy 1: every store's segment is certain.")
+    return lines
+
+
+def _strength(gap):
+    """How strongly a BIC gap favours the lower BIC (Kass & Raftery 1995)."""
+    return ("very strong" if gap > 10 else "strong" if gap > 6 else "positive" if gap > 2 else "weak")
+
+
 def report(results):
-    """The printed report: a table of segments for each K, the criteria, then the BIC choice.
-    Takes analyse()'s dictionary, or the same read back from results.json."""
+    """The printed report: what the columns mean, a table of segments for each K, the criteria,
+    then the BIC choice and how sure it is. Takes analyse()'s dictionary, or the same read back
+    from results.json."""
     settings = results["settings"]
+    names = results["models"][0].get("coefficients", ["intercept", "log price"])
     lines = [f"{results['data']}: {results['stores']} stores x {results['weeks']} weeks, "
              f"{results['observations']} observed cells; best of {settings['n_init']} "
              f"starts for each K (seed {settings['seed']})",
-             f"model: {_describe(settings)}", ""]
+             f"model: {_describe(settings)}", ""] + _guide(settings, names) + [""]
     for model in results["models"]:
         status = (f"converged after {model['iterations']} iterations" if model["converged"]
                   else f"NOT converged after {model['iterations']} iterations")
@@ -1530,11 +1590,20 @@ def report(results):
         lines.append(f"        AIC {model['aic']:.2f}   BIC {model['bic']:.2f}   ICL {model['icl']:.2f}   "
                      f"entropy {model['entropy']:.3f}")
         lines += _segment_table(model, isinstance(settings.get("sigma", 1.0), str))
+        for c, count in enumerate(model["stores_in_segment"]):
+            if count == 0:
+                lines.append(f"  ! segment {c + 1} holds no store: the data support fewer than "
+                             f"{model['K']} segments (its standard errors mean nothing)")
         lines.append("")
     ranked = sorted(results["models"], key=lambda model: model["bic"])
     others = ", ".join(f"K = {model['K']}: +{model['bic'] - ranked[0]['bic']:.2f}" for model in ranked[1:])
     lines.append(f"BIC chooses K = {results['best_K']}: the lowest BIC, {ranked[0]['bic']:.2f}"
                  + (f" ({others})." if others else "."))
+    if len(ranked) > 1:
+        gap = ranked[1]["bic"] - ranked[0]["bic"]
+        lines.append(f"The next best, K = {ranked[1]['K']}, is {gap:.2f} higher: {_strength(gap)} evidence "
+                     f"for K = {results['best_K']} (a BIC gap above 10 is very strong, 6-10 strong, "
+                     "2-6 positive, below 2 weak).")
     return "\n".join(lines)
 
 

@@ -11,7 +11,11 @@ import numpy as np
 import em_sales as E
 import simulate as S
 
-COURSE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "609948.csv")
+HERE = os.path.dirname(os.path.abspath(__file__))
+# the course data where the assignment puts it (data/, kept out of git), or beside the repository
+COURSE_DATA = next((path for path in (os.path.join(HERE, "data", "609948.csv"),
+                                      os.path.join(HERE, "..", "shared", "data", "609948.csv"))
+                    if os.path.exists(path)), os.path.join(HERE, "data", "609948.csv"))
 ORANGE_JUICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "orange_juice.csv")
 
 
@@ -337,7 +341,7 @@ class BadArguments(unittest.TestCase):
         self.check("infinite", E.LogL, theta, pi, np.where(y > 0, -np.inf, y), X)
 
 
-@unittest.skipUnless(os.path.exists(COURSE_DATA), "the course data ../shared/data/609948.csv is absent")
+@unittest.skipUnless(os.path.exists(COURSE_DATA), "the course data (data/609948.csv or ../shared/data/609948.csv) is absent")
 class CourseData(unittest.TestCase):
     """On the course data the defaults must reach the maximum for every K and seed. The reference
     maxima come from an independent, heavier search: 40 starts and other seeds."""
@@ -520,6 +524,9 @@ class CommandLine(CommandLineCase):
             self.assertEqual(E.main(["--output", self.output]), 0)
         with open(os.path.join(here, "results.json")) as handle:
             committed = json.load(handle)
+        if committed.get("data") != "data/example.csv":          # a student's own run, not ours
+            self.skipTest(f"results.json holds a run on {committed.get('data')}, not the example's "
+                          "(git checkout results.json restores it)")
 
         def same(new, old, where):
             if isinstance(old, dict):
@@ -875,3 +882,231 @@ class OrangeJuice(unittest.TestCase):
         self.assertLess(np.ptp([fit.loglik for fit in fits]), 1e-6)
         elasticity = fits[0].theta[:, 0]
         self.assertTrue(np.all(elasticity < -1) and np.all(np.diff(elasticity) > 0), elasticity)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a user meets: no lost file, no silent misreading, no traceback, bounded runs, a report that
+# explains itself, the picture and the segment list
+# ---------------------------------------------------------------------------------------------
+
+GOOD = "Price,A,B,C,D\n2.0,10,20,11,9\n3.0,11,21,10,8\n4.0,12,19,9,7\n2.5,10,22,12,9\n"
+
+
+class NoLostFile(CommandLineCase):
+    def test_output_that_is_the_input_is_refused(self):
+        path = self.write("sales.csv", GOOD)
+        os.makedirs(self.path("dir"))
+        for spelling in (path, self.path("dir/../sales.csv")):
+            code, out, err = self.run_main(path, "--K", "1", "--output", spelling)
+            self.assertEqual(code, 2)
+            self.assertRegex(err, r"^error: --output .*sales.csv is the input file .*: refusing to overwrite it\n$")
+            with open(path) as handle:
+                self.assertEqual(handle.read(), GOOD)
+        code, out, err = self.run_main(path, "--K", "1", "--segments", self.output)
+        self.assertRegex(err, "--segments .* is also --output's file")
+
+    def test_unwritable_output_is_refused_before_the_work(self):
+        path = self.write("sales.csv", GOOD)
+        self.assert_refused("--output .*nowhere/results.json: the folder .* does not exist", path,
+                            "--K", "1", "--output", self.path("nowhere/results.json"))
+        self.assert_refused("--plot .* is a folder", path, "--K", "1", "--plot", self.folder.name)
+
+    def test_no_temporary_file_is_left_behind(self):
+        path = self.write("sales.csv", GOOD)
+        self.assertEqual(self.run_main(path, "--K", "1", "--segments", self.path("s.csv"))[0], 0)
+        self.assertEqual(sorted(os.listdir(self.folder.name)), ["results.json", "s.csv", "sales.csv"])
+        self.write("bad.csv", "Price,A\n2,x\n3,1\n")
+        self.run_main(self.path("bad.csv"), "--K", "1")
+        self.assertFalse([name for name in os.listdir(self.folder.name) if name.endswith(".tmp")])
+
+
+class NoSilentMisreading(CommandLineCase):
+    def test_files_that_would_be_misread_are_refused(self):
+        cases = {
+            "noheader.csv": ("2.0,10,20\n3.0,11,21\n4.0,12,19\n", "line 1 is numbers, not a header"),
+            "decimal.csv": ("Price,A,B\n2.5,10,20\n3,37,11,21\n4.0,12,19\n",
+                            "line 3 has 4 cells, more than the header's 3 \\(a decimal comma\\?"),
+            "quoteddecimal.csv": ('Price,A,B\n2.5,10,20\n"3,37",11,21\n',
+                                  "line 3, column 'Price': '3,37' is not a number: a decimal comma\\?"),
+            "short.csv": ("Price,A,B\n2.5,10,20\n3.0,11\n4.0,12,19\n", "line 3 has 2 cells, fewer than the header's 3"),
+            "quote.csv": ('Price,A,B\n2.5,10,20\n3.0,"2"39,21\n', "line 3: a quote .* closes in the middle of a cell"),
+            "weeks.csv": ("Week,A,B\n1,10,20\n2,11,21\n3,12,19\n", "the first column must be the price; 'Week'"),
+            "index.csv": (",A,B\n0,10,20\n1,11,21\n2,12,19\n3,11,20\n",
+                          "the first column must be the price; 'column 1' counts 0, 1, 2"),
+            "counting.csv": ("P,A,B\n1,10,20\n2,11,21\n3,12,19\n4,11,20\n", "the first column must be the price; 'P' counts 1, 2, 3"),
+            "dates.csv": ("Day2,A,B\n2024-01-05,10,20\n2024-01-12,11,21\n", "'2024-01-05' is not a number: a date\\?"),
+        }
+        for name, (text, pattern) in cases.items():
+            with self.subTest(name):
+                self.assert_refused(pattern, self.write(name, text), "--K", "1")
+
+    def test_raw_sales_in_the_api_warn_at_the_callers_line(self):
+        panel = S.simulate(N=20, T=10, seed=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            E.LogL(panel.theta, panel.pi, panel.sales, panel.X)
+        raw = [w for w in caught if "must be log sales" in str(w.message)]
+        self.assertEqual(len(raw), 1)
+        self.assertEqual(os.path.basename(raw[0].filename), "test_em_sales.py")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            E.LogL(panel.theta, panel.pi, panel.y, panel.X)
+        self.assertEqual(caught, [])
+
+    def test_good_files_that_were_refused_are_read(self):
+        wanted = E.read_panel(self.write("plain.csv", "Price,S1,S2\n2.5,10,20\n3.0,11,21\n4.0,12,19\n"))
+        for name, text in {
+                "tabs.csv": "Price,\tS1,\tS2\n2.5,\t10,\t20\n3.0,\t11,\t21\n4.0,\t12,\t19\n",
+                "quoted.csv": 'Price, "S1", "S2"\n2.5, 10, 20\n3.0, 11, 21\n4.0, 12, 19\n'}.items():
+            with self.subTest(name):
+                got = E.read_panel(self.write(name, text))
+                np.testing.assert_array_equal(got[1], wanted[1])
+                self.assertEqual(got[2], ["S1", "S2"])
+        price, sales, stores = E.read_panel(self.write("names.csv", 'Price,"a;b","c\td"\n2.5,10,20\n3.0,11,21\n'))
+        self.assertEqual(stores, ["a;b", "c\td"])
+
+
+class NoTraceback(CommandLineCase):
+    def run_program(self, *argv, stdout=None, **kwargs):
+        import subprocess
+        import sys
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run([sys.executable, os.path.join(here, "em_sales.py"), *argv], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def test_closed_and_full_standard_output(self):
+        import subprocess
+        import sys
+        path = self.write("sales.csv", GOOD)
+        here = os.path.dirname(os.path.abspath(__file__))
+        command = f'"{sys.executable}" "{os.path.join(here, "em_sales.py")}" "{path}" --K 1 --sigma common ' \
+                  f'--output "{self.output}"'
+        for reader, codes in (("head -c 10", ("0", "141")), ("true", ("141",))):   # true reads nothing
+            piped = subprocess.run(["bash", "-c", f'{command} | {reader}; echo " rc=${{PIPESTATUS[0]}}"'],
+                                   capture_output=True, text=True)
+            self.assertEqual(piped.stderr, "", reader)
+            self.assertIn(piped.stdout.rsplit(" rc=", 1)[1].strip(), codes, reader)
+        if os.path.exists("/dev/full"):
+            with open("/dev/full", "w") as full:
+                done = self.run_program(path, "--K", "1", "--sigma", "common", "--output", self.output, stdout=full)
+            self.assertEqual(done.returncode, 2)
+            self.assertEqual(done.stderr, "error: cannot write the report to standard output: No space left on device\n")
+
+    def test_interrupt_is_one_line_and_exit_130(self):
+        import signal
+        import subprocess
+        import sys
+        import time
+        panel = S.simulate(N=3000, T=52, seed=2)
+        S.write_csv(self.path("big.csv"), panel.price, panel.sales)
+        here = os.path.dirname(os.path.abspath(__file__))
+        process = subprocess.Popen([sys.executable, os.path.join(here, "em_sales.py"), self.path("big.csv"),
+                                    "--K", "2", "3", "4", "5", "6", "--n-init", "200", "--output", self.output],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        self.assertEqual((process.returncode, err), (130, "interrupted\n"))
+        with open(self.output) as handle:
+            self.assertEqual(handle.read(), "earlier results\n")
+        self.assertFalse([name for name in os.listdir(self.folder.name) if name.endswith(".tmp")])
+
+    def test_huge_cells_lines_and_endless_files(self):
+        self.assert_refused("line 3, column 'A': 'x{40}\\.\\.\\. \\(200,000 characters\\)' is not a number",
+                            self.write("cell.csv", "Price,A\n2,10\n3," + "x" * 200_000 + "\n"), "--K", "1")
+        self.assert_refused("garbage.csv: line 2: a quote", self.write("garbage.csv", "Price,A\n" + "1;2,3\"" * 10
+                                                                    + "z" * 5_000_000 + "\n"), "--K", "1")
+        self.assert_refused("garbage.csv: line 2, column 'Price': 'z{40}\\.\\.\\. \\(50,000,000 characters\\)' is not",
+                            self.write("garbage.csv", "Price,A\n" + "z" * 50_000_000 + ",1\n3,4\n"), "--K", "1")
+        if os.path.exists("/dev/zero"):
+            self.assert_refused("/dev/zero: is not a text file", "/dev/zero", "--K", "1")
+
+    def test_vague_errors_now_name_the_place(self):
+        self.assert_refused("inf.csv: line 3: the price \\('Price'\\) is infinite",
+                            self.write("inf.csv", "Price,A,B\n2,10,20\n1e309,11,21\n3,12,19\n"), "--K", "1")
+        path = self.write("sales.csv", GOOD)
+        self.assert_refused("--seed must be a whole number >= 0; got -1", path, "--seed", "-1")
+        panel = S.simulate(N=20, T=10, seed=1)
+        for call, name in ((lambda: E.Estimate(2, panel.y, panel.X, seed="abc"), "seed"),
+                           (lambda: E.EM(2, panel.y, panel.X, tol=True), "tol"),
+                           (lambda: E.Estimate(2, panel.y * 1e200, panel.X), "y has values as large as"),
+                           (lambda: E.Estimate(2, panel.y, "abc"), "X must be an array of numbers")):
+            with self.subTest(name):
+                with self.assertRaisesRegex(ValueError, name):
+                    call()
+
+
+class BoundedRuns(CommandLineCase):
+    def test_hopeless_requests_are_refused_up_front(self):
+        panel = S.simulate(N=300, T=20, seed=1)
+        S.write_csv(self.path("p.csv"), panel.price, panel.sales)
+        self.assert_refused("K = 300 segments for the 300 stores in .*: at most K = 150", self.path("p.csv"), "--K", "300")
+        self.assert_refused("--n-init must be between 1 and 10,000; got 1000000", self.path("p.csv"), "--n-init", "1000000")
+        flat = "Price,A,B,C\n" + "".join(f"{2 + 1e-7 * (t % 2):.7f},{10 + t % 3},{11 + t % 2},{9 + t % 4}\n" for t in range(20))
+        self.assert_refused("the columns of X are collinear", self.write("flat.csv", flat), "--K", "1")
+
+    def test_progress_is_reported_within_a_K(self):
+        seen = []
+        E.analyse(self.write("sales.csv", GOOD), Ks=(1, 2), n_init=3, progress=lambda *call: seen.append(call))
+        self.assertEqual(seen, [(2, 1, 3), (2, 2, 3), (2, 3, 3)])       # K = 1 is one run
+
+
+class ReportAndOutputs(CommandLineCase):
+    def test_the_report_explains_itself(self):
+        panel = S.simulate(N=40, T=20, seed=8)
+        S.write_csv(self.path("p.csv"), panel.price, panel.sales)
+        code, out, err = self.run_main("--K", "1", "2", "3", self.path("p.csv"))      # --K before the file
+        self.assertEqual(code, 0, err)
+        for phrase in ("log price: the price elasticity. +1% price -> that many % change in sales",
+                       "intercept: log sales at a price of 1", "pi: the segment's share of stores",
+                       "sigma: the spread of a store's weekly log sales", "Segments run from the most price-sensitive",
+                       "is very strong, 6-10 strong"):
+            self.assertIn(phrase, out)
+        self.assertRegex(out, r"The next best, K = \d, is [0-9.]+ higher: (very strong|strong|positive|weak) evidence")
+        model = {"K": 2, "coefficients": ["intercept", "log price"], "theta": [[1, -2], [1, -1]], "pi": [0.0, 1.0],
+                 "sigma": [1, 1], "se": {"theta": [[None] * 2] * 2, "pi": [None] * 2, "sigma": [None] * 2},
+                 "loglik": -1.0, "n_params": 5, "aic": 1.0, "bic": 1.0, "icl": 1.0, "entropy": 1.0,
+                 "iterations": 3, "converged": True, "stores_in_segment": [0, 40]}
+        flagged = E.report({"data": "x", "stores": 40, "weeks": 20, "observations": 800, "best_K": 2,
+                            "settings": {"n_init": 1, "seed": 0}, "models": [model]})
+        self.assertIn("! segment 1 holds no store: the data support fewer than 2 segments", flagged)
+        self.assertIn("n/a", flagged)
+
+    def test_version(self):
+        code, out, err = self.run_main("--version")
+        self.assertEqual((code, out.strip()), (0, f"em_sales {E.__version__}"))
+        self.assertTrue(set(E.__all__) <= set(dir(E)))
+
+    def test_segment_list_for_a_spreadsheet(self):
+        import csv
+        panel = S.simulate(N=40, T=20, seed=8)
+        S.write_csv(self.path("p.csv"), panel.price, panel.sales)
+        for extra, K in (([], None), (["--segments-K", "3"], 3)):
+            code, out, err = self.run_main(self.path("p.csv"), "--K", "1", "2", "3", "--segments", self.path("s.csv"), *extra)
+            self.assertEqual(code, 0, err)
+            K = K or self.results()["best_K"]
+            with open(self.path("s.csv")) as handle:
+                rows = list(csv.reader(handle))
+            self.assertEqual(rows[0], ["store", "segment"] + [f"posterior_{c + 1}" for c in range(K)])
+            self.assertEqual([row[0] for row in rows[1:]], [f"Sales{i + 1}" for i in range(40)])
+            for row in rows[1:]:
+                posterior = [float(value) for value in row[2:]]
+                self.assertAlmostEqual(sum(posterior), 1.0, places=5)
+                self.assertEqual(int(row[1]), int(np.argmax(posterior)) + 1)
+        self.write("results.json", "earlier results\n")
+        self.assert_refused("--segments-K 5 is not among the K estimated", self.path("p.csv"), "--K", "2", "3",
+                            "--segments", self.path("s.csv"), "--segments-K", "5")
+
+    def test_picture(self):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            self.skipTest("matplotlib is not installed")
+        panel = S.simulate(N=60, T=20, seed=8)
+        S.write_csv(self.path("p.csv"), panel.price, panel.sales)
+        code, out, err = self.run_main(self.path("p.csv"), "--K", "1", "2", "3", "--plot", self.path("p.png"))
+        self.assertEqual(code, 0, err)
+        with open(self.path("p.png"), "rb") as handle:
+            picture = handle.read()
+        self.assertEqual(picture[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(len(picture), 20_000)
