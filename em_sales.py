@@ -253,8 +253,8 @@ def model_statistics(sums, sigma=1.0, store_effects=False, names=None):
     A = XtX.sum(axis=0).reshape(P, P)
     scale = np.sqrt(np.maximum(A.diagonal(), 1e-300))
     if P > 1 and np.linalg.eigvalsh(A / np.outer(scale, scale)).min() < 1e-12 or not A.diagonal().min() > 0:
-        raise ValueError(f"the columns of X are collinear (rank < {P}): "
-                         "a price that never changes cannot identify a price effect")
+        raise ValueError(f"the columns of X are collinear (rank < {P}): a price that never changes, or "
+                         "changes too little to tell from a constant, cannot identify a price effect")
     theta = np.linalg.solve(A, Xty.sum(axis=0))
     pooled_s2 = max(yty.sum() - theta @ Xty.sum(axis=0), 0.0) / max(m.sum(), 1.0)
     if isinstance(sigma, str) and not pooled_s2 > 0:
