@@ -448,14 +448,20 @@ def _score_hessian(stats, theta, pi, sigma, W):
     return G.sum(axis=0), H
 
 
+FLAT = 1e-8     # a curvature below FLAT times the largest one is flat: a ridge, not a saddle
+
+
 def _newton_direction(stats, theta, pi, sigma, W):
-    """(step, decrement) for psi at (theta, pi, sigma), or None where no step applies (an empty
-    segment).
+    """(step, decrement, flat) for psi at (theta, pi, sigma), or None where no step applies (an
+    empty segment).
 
     Where -H is positive definite this is Newton's step -H^-1 g. Where it is not (on a ridge or
-    near a saddle, where EM crawls) the step uses |eigenvalues| of -H instead (saddle-free Newton,
-    Dauphin et al. 2014), which still points uphill. decrement = g'(-H)^-1 g is twice the gain a
-    concave quadratic model predicts; it is infinite where -H is not positive definite.
+    near a saddle, where EM crawls) the step uses |eigenvalues| of -H, floored at FLAT times the
+    largest (saddle-free Newton, Dauphin et al. 2014), which still points uphill. decrement =
+    sum_k (v_k'g)^2 / max(lambda_k, floor) is twice the gain a concave quadratic model predicts;
+    it is infinite where -H has a real negative curvature (a saddle: more to gain). flat is True
+    where -H has flat directions (an over-fitted model: two equal segments, or one that can move
+    without changing the likelihood); there the posteriors are not unique.
     """
     if pi.min() < 1e-12:
         return None
@@ -465,9 +471,10 @@ def _newton_direction(stats, theta, pi, sigma, W):
     if not top > 0:
         return None
     along = vectors.T @ grad
-    step = vectors @ (along / np.maximum(np.abs(values), 1e-8 * top))
-    decrement = float(along @ (along / values)) if values.min() > 0 else math.inf
-    return step, decrement
+    floor = FLAT * top
+    step = vectors @ (along / np.maximum(np.abs(values), floor))
+    decrement = float(along @ (along / np.maximum(values, floor))) if values.min() >= -floor else math.inf
+    return step, decrement, bool(values.min() < floor)
 
 
 def _moved(stats, theta, pi, sigma, step):
@@ -488,13 +495,13 @@ def _newton_step(stats, theta, pi, sigma, W, loglik):
     direction = _newton_direction(stats, theta, pi, sigma, W)
     if direction is None:
         return None
-    step, decrement = direction
+    step, decrement, flat = direction
     for _ in range(6):
         new = _moved(stats, theta, pi, sigma, step)
         if np.all(np.isfinite(new[0])) and new[2].min() > 0:
             new_W, new_loglik = _e_step(stats, *new)
             if new_loglik >= loglik - ROUNDING * abs(loglik) and _admissible(stats, new_W):
-                return new + (new_W, new_loglik, decrement)   # at the maximum: equal up to rounding
+                return new + (new_W, new_loglik, decrement, flat)   # at the maximum: equal up to rounding
         step = step / 2
     return None
 
@@ -583,20 +590,21 @@ def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True, 
             for fit in known:
                 if _same_point(fit, W, loglik):
                     return fit._replace(n_iter=iteration - 1)
-        decrement, newton = None, None
+        decrement, flat, newton = None, False, None
         # Newton only near a maximum (where the last step gained little): elsewhere the Hessian
         # is rarely negative definite and computing it would be wasted
         tried_newton = accelerate and gain < NEWTON_GAIN
         if tried_newton:
             newton = _newton_step(stats, theta, pi, sigma, W, loglik)
         if newton is not None:
-            *new, decrement = newton
+            *new, decrement, flat = newton
         elif accelerate:
             new = _squarem_step(stats, theta, pi, sigma, W, loglik)
         else:
             new = _em_step(stats, W)
         gain = new[4] - loglik
-        still = gain <= tol and np.abs(new[3] - W).max() <= tol
+        # on a flat ridge the posteriors are not unique: a zero gradient is the test there
+        still = gain <= tol and (flat or np.abs(new[3] - W).max() <= tol)
         theta, pi, sigma, W, loglik = new
         if still and decrement is None and (tried_newton or not accelerate):
             decrement = _remaining_gain(stats, theta, pi, sigma, W)   # 0 where Newton cannot help
@@ -672,12 +680,15 @@ def _kmeanspp_start(stats, coefficients, K, rng):
 
 
 def _split(stats, coefficients, fit, drop, split):
-    """Start that removes segment `drop` and splits segment `split` in two (split-and-merge EM,
-    Ueda et al. 2000): the two halves sit one standard deviation either side of theta_split along
-    the main axis of its stores' coefficients, measured in the likelihood's metric. None where
-    the segment's stores do not identify theta (their summed X_i'X_i is singular)."""
+    """Start that removes segment `drop` (none: drop=None, a start with one segment more) and
+    splits segment `split` in two (split-and-merge EM, Ueda et al. 2000): the two halves sit one
+    standard deviation either side of theta_split along the main axis of its stores'
+    coefficients, measured in the likelihood's metric. None where the segment is empty or its
+    stores do not identify theta (their summed X_i'X_i is singular)."""
     K, P = fit.theta.shape
     w = fit.W[:, split]
+    if not w.sum() > 0:
+        return None
     centre = fit.theta[split]
     information = (w @ stats.XtX).reshape(P, P) / w.sum()       # mean X_i'X_i of the segment
     gap = coefficients - centre
@@ -704,10 +715,10 @@ def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
     keep = [c for c in range(K) if c != drop]
     farthest = [np.argsort(-distance[:, columns].min(axis=1), kind="stable")[:how_many]
                 for columns in (list(range(K)), keep)]
+    dropped = fit.sigma[drop] if drop is not None else fit.sigma[np.argmax(fit.pi)]
     for store in dict.fromkeys(np.concatenate(farthest).tolist()):
         pi = np.append(fit.pi[keep], 1.0 / len(coefficients))
-        yield (np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum(),
-               np.append(fit.sigma[keep], fit.sigma[drop]))
+        yield (np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum(), np.append(fit.sigma[keep], dropped))
 
 
 def _store_moves(stats, fit, how_many=8):
@@ -737,7 +748,7 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
     no move helps. This is what finds the maxima that random starts reach only rarely (README,
     "Starting values, convergence, and the global maximum")."""
     K = fit.theta.shape[0]
-    while K > 1 and fit.pi.min() > 0:
+    while K > 1:                                 # an empty segment too: dropping it is a move
         distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
         starts = [_split(stats, coefficients, fit, drop, split)
                   for drop in range(K) for split in range(K) if split != drop]
@@ -752,6 +763,33 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
     return fit
+
+
+def _best_of(stats, starts, tol, max_iter, trial_iterations=5, keep=2):
+    """A few plain EM iterations from every start, together (a batch); the `keep` most promising
+    run to convergence; the best of them."""
+    theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
+    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
+                for j in np.argsort(-loglik)[:keep]), key=lambda run: run.loglik)
+
+
+def _grow(stats, coefficients, fit, tol, max_iter):
+    """The best fit with one segment more, from starts that keep every segment of `fit` and add
+    one: each segment split in two, or a small segment at each of the stores fit explains worst.
+    Never below fit: where nothing is better, fit with an empty segment (the same likelihood)."""
+    K = fit.theta.shape[0]
+    distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
+    starts = [start for start in (_split(stats, coefficients, fit, None, c) for c in range(K)) if start is not None]
+    starts += list(_new_at_outliers(coefficients, distance, fit, None, how_many=4))
+    grown = _best_of(stats, starts, tol, max_iter, keep=3)
+    return grown if grown.loglik >= fit.loglik else _embedded(stats, fit)
+
+
+def _embedded(stats, fit):
+    """fit as a fit with one segment more, an empty one (pi = 0, the pooled theta and sigma)."""
+    return fit._replace(theta=np.vstack([fit.theta, _pooled_theta(stats)]), pi=np.append(fit.pi, 0.0),
+                        sigma=np.append(fit.sigma, _fixed_sigma(stats, 1)),
+                        W=np.column_stack([fit.W, np.zeros(len(fit.W))]))
 
 
 def _canonical(stats, fit):
@@ -910,10 +948,11 @@ def _random(seed):
     return random.Random(None if seed is None else int(seed))
 
 
-def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress=None):
+def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress=None, previous=None):
     """Estimate's work on a panel's Stats (see sufficient_statistics), returning the whole Fit:
     theta, pi, sigma, loglik, W, n_iter, converged. progress(done), if given, is called after
-    each start's run."""
+    each start's run. previous: a Fit of the same panel with fewer segments (a sweep's last K);
+    it is grown to K segments as one more start, so that the log-likelihood never falls as K grows."""
     _check_K(K, stats.n.size)
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or not 1 <= n_init <= 10_000:
         raise ValueError(f"n_init must be a whole number from 1 to 10,000; got {n_init!r}")
@@ -935,6 +974,11 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress
             progress(j + 1)
     runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
     best = max(runs, key=lambda run: run.loglik)
+    if previous is not None and previous.theta.shape[0] < K:
+        grown = previous
+        while grown.theta.shape[0] < K:
+            grown = _grow(stats, coefficients, grown, tol, max_iter)
+        best = max(best, grown, key=lambda run: run.loglik)
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
     fit = _canonical(stats, _polish(stats, best))
     _warn_about(fit, "Estimate")
@@ -964,7 +1008,8 @@ def _covariance(stats, theta, pi, sigma):
 
     The inverse of -H in psi = (theta, log sigma, eta), carried to sigma and pi by the delta
     method: d sigma / d tau = sigma, d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN
-    where -H is not positive definite (not a maximum, or an empty segment), because no standard
+    where -H is not positive definite (not a maximum, or an empty segment) or is flat (a
+    curvature below FLAT times the largest: over-fitted, two equal segments), because no standard
     error is meaningful there.
     """
     K, P = theta.shape
@@ -974,9 +1019,8 @@ def _covariance(stats, theta, pi, sigma):
         return np.full((size, size), np.nan)
     W, _ = _e_step(stats, theta, pi, sigma)
     _, H = _score_hessian(stats, theta, pi, sigma, W)
-    try:
-        np.linalg.cholesky(-H)
-    except np.linalg.LinAlgError:
+    values = np.linalg.eigvalsh(-H)
+    if not values.min() > FLAT * values.max():  # not a maximum, or a flat one (over-fitted)
         return np.full((size, size), np.nan)
     cov_psi = np.linalg.solve(-H, np.eye(H.shape[0]))
     J = np.zeros((size, H.shape[0]))
@@ -1469,6 +1513,9 @@ def model_summary(fit, stats, names):
     K, P = fit.theta.shape
     N = fit.W.shape[0]
     se_theta, se_pi, se_sigma = _standard_errors(stats, fit.theta, fit.pi, fit.sigma)
+    unsupported = overfitted(fit)
+    for c in unsupported:                         # no standard error means anything for these
+        se_theta[c], se_pi[c], se_sigma[c] = np.nan, np.nan, np.nan
     k = K * P + K - 1 + _n_tau(stats, K)
     W = fit.W
     classification_entropy = float(-np.sum(W[W > 0] * np.log(W[W > 0])))
@@ -1480,7 +1527,28 @@ def model_summary(fit, stats, names):
             "icl": bic + 2 * classification_entropy,
             "entropy": 1.0 - classification_entropy / (N * math.log(K)) if K > 1 else 1.0,
             "iterations": fit.n_iter, "converged": fit.converged,
-            "stores_in_segment": np.bincount(W.argmax(axis=1), minlength=K).tolist()}
+            "stores_in_segment": np.bincount(W.argmax(axis=1), minlength=K).tolist(),
+            "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
+            "supported_K": K - len(unsupported)}
+
+
+def overfitted(fit):
+    """{segment: why} for the segments of a fit that the data do not support: one with (almost) no
+    store (less than half a store's posterior weight), or one equal to an earlier segment (theta
+    and sigma within 1e-3, relative)."""
+    N = len(fit.W)
+    why = {}
+    for c in range(len(fit.pi)):
+        if fit.pi[c] * N < 0.5:
+            held = fit.pi[c] * N
+            why[c] = "holds no store" if held < 0.005 else f"holds almost no store ({held:.2f} of one store's weight)"
+            continue
+        for d in range(c):
+            if d not in why and np.all(np.abs(fit.theta[c] - fit.theta[d]) <= 1e-3 * (1 + np.abs(fit.theta[d]))) \
+                    and abs(fit.sigma[c] - fit.sigma[d]) <= 1e-3 * fit.sigma[d]:
+                why[c] = f"is the same as segment {d + 1}"
+                break
+    return why
 
 
 def _tidy(value):
@@ -1590,10 +1658,10 @@ def report(results):
         lines.append(f"        AIC {model['aic']:.2f}   BIC {model['bic']:.2f}   ICL {model['icl']:.2f}   "
                      f"entropy {model['entropy']:.3f}")
         lines += _segment_table(model, isinstance(settings.get("sigma", 1.0), str))
-        for c, count in enumerate(model["stores_in_segment"]):
-            if count == 0:
-                lines.append(f"  ! segment {c + 1} holds no store: the data support fewer than "
-                             f"{model['K']} segments (its standard errors mean nothing)")
+        if model.get("unsupported"):
+            lines.append("  ! " + "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
+                         + f": the data support at most {model['supported_K']} segments (n/a: no standard "
+                         "error means anything there)")
         lines.append("")
     ranked = sorted(results["models"], key=lambda model: model["bic"])
     others = ", ".join(f"K = {model['K']}: +{model['bic'] - ranked[0]['bic']:.2f}" for model in ranked[1:])
@@ -1675,10 +1743,14 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, sigma, store_effects, 
     for K in Ks:
         _check_K(K, len(data.stores), where=f"the {len(data.stores)} stores in {path}")
     models, fits = [], {}
-    for K in Ks:
+    for K in sorted(Ks):                         # each K grows the last one too: nested maxima
         report_start = (lambda done, K=K: progress(K, done, n_init)) if progress else None
-        fits[K] = fit_stats(stats, K, n_init=n_init, seed=seed, tol=tol, progress=report_start)
-        models.append(model_summary(fits[K], stats, names))
+        previous = fits[max(fits)] if fits else None
+        with warnings.catch_warnings():           # an empty segment is said below, plainly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fits[K] = fit_stats(stats, K, n_init=n_init, seed=seed, tol=tol, progress=report_start,
+                                previous=previous)
+    models = [model_summary(fits[K], stats, names) for K in Ks]
     best = min(models, key=lambda model: model["bic"])["K"]
     W = fits[best].W
     results = {"data": name or path, "stores": len(data.stores), "weeks": data.weeks,
@@ -1697,9 +1769,10 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, sigma, store_effects, 
         results["notes"].append(f"BIC picks K = {best}, the largest K tried: more segments may fit "
                                 f"better; try a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))})")
     for model in models:
-        for c in np.flatnonzero(np.array(model["stores_in_segment"]) == 0):
-            results["notes"].append(f"K = {model['K']}: segment {c + 1} holds no store (no store is most "
-                                    "likely in it): the data support fewer segments")
+        if model["unsupported"]:
+            problems = "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
+            results["notes"].append(f"K = {model['K']}: {problems}; the data support at most "
+                                    f"{model['supported_K']} segments")
     for note in results["notes"]:
         _warn(note, UserWarning)
     results["store_segments"] = _store_segments(data.stores, W)
