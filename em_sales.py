@@ -743,22 +743,26 @@ def _store_moves(stats, fit, how_many=8):
 def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
     """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop
     one segment and either split another in two (_split) or open one at a badly fitted store
-    (_new_at_outliers); or move one store to another segment (_store_moves). All such starts get a few plain EM iterations together (a batch), the two
-    most promising run to convergence, and the better is kept if the likelihood rose; repeat until
+    (_new_at_outliers); or move one store to another segment (_store_moves). All such starts get
+    a few plain EM iterations together (a batch), the two most promising and the most promising
+    of each kind run to convergence, and the best is kept if the likelihood rose; repeat until
     no move helps. This is what finds the maxima that random starts reach only rarely (README,
     "Starting values, convergence, and the global maximum")."""
     K = fit.theta.shape[0]
     while K > 1:                                 # an empty segment too: dropping it is a move
         distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
-        starts = [_split(stats, coefficients, fit, drop, split)
-                  for drop in range(K) for split in range(K) if split != drop]
-        starts = [start for start in starts if start is not None]
-        starts += [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
-        starts += _store_moves(stats, fit)
-        theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
-        promising = np.argsort(-loglik)[:2]
+        splits = [start for start in (_split(stats, coefficients, fit, drop, split)
+                                      for drop in range(K) for split in range(K) if split != drop) if start is not None]
+        news = [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
+        moves = _store_moves(stats, fit)
+        theta, pi, sigma, loglik = _plain_em(stats, splits + news + moves, trial_iterations)
+        # the best two, and the best of each kind: a store move hardly changes the fit and always
+        # looks promising after a few iterations; it must not crowd out the moves that change more
+        kinds = np.repeat([0, 1, 2], [len(splits), len(news), len(moves)])
+        chosen = set(np.argsort(-loglik)[:2].tolist())
+        chosen |= {int(np.flatnonzero(kinds == kind)[np.argmax(loglik[kinds == kind])]) for kind in set(kinds.tolist())}
         candidate = max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
-                         for j in promising), key=lambda run: run.loglik)
+                         for j in sorted(chosen)), key=lambda run: run.loglik)
         if candidate.loglik <= fit.loglik + tol:
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
