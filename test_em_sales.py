@@ -366,6 +366,20 @@ class CourseData(unittest.TestCase):
         # measured with 1000 random starts (README): K = 4 has a maximum at -22164.58733
         self.assertGreater(E.Estimate(4, self.y, self.X, seed=0)[2], -22164.5874)
 
+    def test_a_sweep_to_K_8_is_nested_and_says_the_data_support_5(self):
+        """Every K >= 6 has the K = 5 maximum plus a segment of almost no store (README)."""
+        stats = E.sufficient_statistics(self.y, self.X)
+        previous, values = None, []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for K in range(1, 9):
+                previous = E.fit_stats(stats, K, seed=0, previous=previous)
+                values.append(previous.loglik)
+                if K >= 6:
+                    self.assertEqual(K - len(E.overfitted(previous)), 5, K)
+        self.assertTrue(np.all(np.diff(values) >= -1e-9), values)
+        self.assertGreater(values[5], -22164.3948)                      # K = 6: -22164.3947
+
 
 
 class CommandLineCase(unittest.TestCase):
@@ -1125,3 +1139,60 @@ class ReportAndOutputs(CommandLineCase):
             picture = handle.read()
         self.assertEqual(picture[:8], b"\x89PNG\r\n\x1a\n")
         self.assertGreater(len(picture), 20_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search at any K: nested maxima, flat ridges, over-fitting said plainly
+# ---------------------------------------------------------------------------------------------
+
+class SearchAtAnyK(unittest.TestCase):
+    def test_the_loglikelihood_never_falls_as_K_grows(self):
+        """In a sweep each K also grows the last K's solution by one segment, so the maximum found
+        can only rise with K: on varied panels, for sigma fixed, common and per segment."""
+        for r in range(9):
+            rng = np.random.default_rng(300 + r)
+            k = int(rng.integers(2, 5))
+            theta = np.column_stack([rng.uniform(9.5, 11.5, k), rng.uniform(-2, -0.8, k)])
+            sigma = [1.0, "common", "segment"][r % 3]
+            panel = S.simulate(int(rng.integers(40, 120)), int(rng.integers(6, 20)), theta,
+                               rng.dirichlet(np.ones(k) * 2), missing=0.1 * (r % 2), seed=r,
+                               sigma=1.0 if sigma == 1.0 else rng.uniform(0.3, 1.0, k))
+            stats = E.sufficient_statistics(panel.y, panel.X, sigma)
+            previous = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for K in range(1, 7):
+                    fit = E.fit_stats(stats, K, n_init=3, seed=r, previous=previous)
+                    if previous is not None:
+                        self.assertGreaterEqual(fit.loglik, previous.loglik - 1e-9 * abs(fit.loglik), (r, K, sigma))
+                    previous = fit
+
+    def test_runs_on_flat_ridges_end(self):
+        """Over-fitted K (two equal segments: a flat direction) used to crawl to max_iter; a zero
+        gradient with no negative curvature ends the run now."""
+        panel = S.simulate(N=200, T=30, theta=[(10, -1), (11, -2)], pi=[0.5, 0.5], seed=4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = E.fit_mixture(6, panel.y, panel.X, seed=0, max_iter=500)
+        self.assertTrue(fit.converged)
+        self.assertFalse([w for w in caught if issubclass(w.category, E.ConvergenceWarning)])
+
+    def test_overfitting_is_said_plainly(self):
+        """K = 8 for two true segments of 150 stores each: some segments duplicate others or hold
+        almost no store. The notes, the warning and the report say so, with n/a standard errors."""
+        panel = S.simulate(N=300, T=52, theta=[(10, -1), (11, -2)], pi=[0.5, 0.5], seed=0)
+        folder = __import__("tempfile").mkdtemp()
+        S.write_csv(os.path.join(folder, "p.csv"), panel.price, panel.sales)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = E.analyse(os.path.join(folder, "p.csv"), Ks=(2, 8), n_init=3)
+        eight = results["models"][1]
+        self.assertTrue(eight["unsupported"])
+        self.assertEqual(eight["supported_K"], 8 - len(eight["unsupported"]))
+        for c, why in eight["unsupported"].items():
+            self.assertRegex(why, "holds (almost )?no store|is the same as segment \\d")
+            self.assertTrue(all(math.isnan(v) for v in eight["se"]["theta"][int(c) - 1]))  # n/a, not huge
+        note = f"the data support at most {eight['supported_K']} segments"
+        self.assertTrue(any(note in str(w.message) for w in caught))
+        self.assertIn(note + " (n/a: no standard error means anything there)", E.report(results))
+        self.assertEqual(results["models"][0]["unsupported"], {})
