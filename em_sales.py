@@ -743,9 +743,9 @@ def _store_moves(stats, fit, how_many=8):
 def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
     """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop
     one segment and either split another in two (_split) or open one at a badly fitted store
-    (_new_at_outliers); or move one store to another segment (_store_moves). All such starts get
-    a few plain EM iterations together (a batch), the two most promising and the most promising
-    of each kind run to convergence, and the best is kept if the likelihood rose; repeat until
+    (_new_at_outliers); or move one store to another segment (_store_moves). All such starts
+    compete in a _tournament of batched plain EM iterations; the best of its converged finalists
+    is kept if the likelihood rose; repeat until
     no move helps. This is what finds the maxima that random starts reach only rarely (README,
     "Starting values, convergence, and the global maximum")."""
     K = fit.theta.shape[0]
@@ -755,18 +755,32 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
                                       for drop in range(K) for split in range(K) if split != drop) if start is not None]
         news = [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
         moves = _store_moves(stats, fit)
-        theta, pi, sigma, loglik = _plain_em(stats, splits + news + moves, trial_iterations)
-        # the best two, and the best of each kind: a store move hardly changes the fit and always
-        # looks promising after a few iterations; it must not crowd out the moves that change more
         kinds = np.repeat([0, 1, 2], [len(splits), len(news), len(moves)])
-        chosen = set(np.argsort(-loglik)[:2].tolist())
-        chosen |= {int(np.flatnonzero(kinds == kind)[np.argmax(loglik[kinds == kind])]) for kind in set(kinds.tolist())}
-        candidate = max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
-                         for j in sorted(chosen)), key=lambda run: run.loglik)
+        candidate = _tournament(stats, splits + news + moves, kinds, tol, max_iter, trial_iterations)
         if candidate.loglik <= fit.loglik + tol:
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
     return fit
+
+
+def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kind=3, longer=25):
+    """The best converged run among the starts, found cheaply: every start gets trial_iterations
+    plain EM iterations, together; the `per_kind` best of each kind (and the 4 best overall) get
+    `longer` more (after 5 iterations a good move can still rank 7th of 33: N = 3000, T = 8); then
+    the best of each kind and the 2 best overall run to convergence. Ranks are taken within each
+    kind because a move that hardly changes the fit (moving one store) always looks best early and
+    would crowd out the moves that change more."""
+    def chosen(loglik, kinds, each, overall):
+        picked = set(np.argsort(-loglik, kind="stable")[:overall].tolist())
+        for kind in set(kinds.tolist()):
+            mine = np.flatnonzero(kinds == kind)
+            picked |= set(mine[np.argsort(-loglik[mine], kind="stable")[:each]].tolist())
+        return sorted(picked)
+    theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
+    stage = chosen(loglik, kinds, per_kind, 4)
+    theta, pi, sigma, loglik = _plain_em(stats, [(theta[j], pi[j], sigma[j]) for j in stage], longer)
+    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
+                for j in chosen(loglik, kinds[stage], 1, 2)), key=lambda run: run.loglik)
 
 
 def _best_of(stats, starts, tol, max_iter, trial_iterations=5, keep=2):
