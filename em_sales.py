@@ -721,6 +721,20 @@ def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
         yield (np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum(), np.append(fit.sigma[keep], dropped))
 
 
+def _split_noise(stats, fit, drop, split):
+    """With sigma per segment, a start that removes segment `drop` (none: drop=None) and splits
+    segment `split` by noise: the same theta twice, with sigma x 0.5 and x 1.5. Segments can
+    differ in noise rather than in coefficients (a quiet group of stores), which k-means++ on
+    the stores' coefficients and coefficient splits cannot see. None with sigma fixed or common."""
+    if stats.sigma != "segment" or not fit.pi[split] > 0:
+        return None
+    K = fit.theta.shape[0]
+    keep = [c for c in range(K) if c not in (drop, split)]
+    pi = np.append(fit.pi[keep], [fit.pi[split] / 2] * 2)
+    return (np.vstack([fit.theta[keep], fit.theta[split], fit.theta[split]]), pi / pi.sum(),
+            np.append(fit.sigma[keep], fit.sigma[split] * np.array([0.5, 1.5])))
+
+
 def _store_moves(stats, fit, how_many=8):
     """Starts that move one store to its second most likely segment: the `how_many` stores
     whose two best segments are closest in log pi_c f_ic. With many weeks a store's posterior is
@@ -743,7 +757,8 @@ def _store_moves(stats, fit, how_many=8):
 def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
     """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop
     one segment and either split another in two (_split) or open one at a badly fitted store
-    (_new_at_outliers); or move one store to another segment (_store_moves). All such starts
+    (_new_at_outliers), or with sigma per segment split another by noise (_split_noise); or
+    move one store to another segment (_store_moves). All such starts
     compete in a _tournament of batched plain EM iterations; the best of its converged finalists
     is kept if the likelihood rose; repeat until
     no move helps. This is what finds the maxima that random starts reach only rarely (README,
@@ -755,8 +770,10 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
                                       for drop in range(K) for split in range(K) if split != drop) if start is not None]
         news = [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
         moves = _store_moves(stats, fit)
-        kinds = np.repeat([0, 1, 2], [len(splits), len(news), len(moves)])
-        candidate = _tournament(stats, splits + news + moves, kinds, tol, max_iter, trial_iterations)
+        noises = [start for start in (_split_noise(stats, fit, drop, split)
+                                      for drop in range(K) for split in range(K) if split != drop) if start is not None]
+        kinds = np.repeat([0, 1, 2, 3], [len(splits), len(news), len(moves), len(noises)])
+        candidate = _tournament(stats, splits + news + moves + noises, kinds, tol, max_iter, trial_iterations)
         if candidate.loglik <= fit.loglik + tol:
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
@@ -799,6 +816,7 @@ def _grow(stats, coefficients, fit, tol, max_iter):
     distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
     starts = [start for start in (_split(stats, coefficients, fit, None, c) for c in range(K)) if start is not None]
     starts += list(_new_at_outliers(coefficients, distance, fit, None, how_many=4))
+    starts += [start for start in (_split_noise(stats, fit, None, c) for c in range(K)) if start is not None]
     grown = _best_of(stats, starts, tol, max_iter, keep=3)
     return grown if grown.loglik >= fit.loglik else _embedded(stats, fit)
 
