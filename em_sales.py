@@ -50,6 +50,7 @@ WARM_UP_LARGE = 10     # ... or this many when starts x K x stores > BATCH_LARGE
 BATCH_LARGE = 1_000_000  # not numpy's per-call overhead, is the cost, and SQUAREM does it faster)
 VARIANCE_FLOOR = 1e-10  # an estimated sigma_c^2 is at least this times the pooled residual variance
 SIGMA_MODES = ("common", "segment")
+NEAR_TIE = 2.0         # a second maximum this close to the best gets split-and-merge moves too
 
 
 class ConvergenceWarning(UserWarning):
@@ -282,11 +283,12 @@ def _rss(stats, theta):
     for theta (..., K, P): segments in rows, the layout in which sums and maxima over segments are
     fast. A leading batch of parameter sets is allowed (split-and-merge tries many at once)."""
     P = theta.shape[-1]
-    outer = (theta[..., :, None] * theta[..., None, :]).reshape(theta.shape[:-1] + (P * P,))
-    rss = outer @ stats.XtX.T                      # theta_c'X_i'X_i theta_c, (..., K, N); in place
-    rss -= 2.0 * (theta @ stats.Xty.T)             # from here on: large panels are memory-bound
+    flat = theta.reshape(-1, P)                    # one matrix product for a whole batch
+    outer = (flat[:, :, None] * flat[:, None, :]).reshape(-1, P * P)
+    rss = outer @ stats.XtX.T                      # theta_c'X_i'X_i theta_c, (B K, N); in place
+    rss -= 2.0 * (flat @ stats.Xty.T)              # from here on: large panels are memory-bound
     rss += stats.yty
-    return rss
+    return rss.reshape(theta.shape[:-1] + (len(stats.yty),))
 
 
 def _log_density(stats, theta, sigma):
@@ -773,20 +775,21 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
         noises = [start for start in (_split_noise(stats, fit, drop, split)
                                       for drop in range(K) for split in range(K) if split != drop) if start is not None]
         kinds = np.repeat([0, 1, 2, 3], [len(splits), len(news), len(moves), len(noises)])
-        candidate = _tournament(stats, splits + news + moves + noises, kinds, tol, max_iter, trial_iterations)
+        candidate = _tournament(stats, splits + news + moves + noises, kinds, tol, max_iter, trial_iterations,
+                                known=[fit] if fit.converged else [])
         if candidate.loglik <= fit.loglik + tol:
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
     return fit
 
 
-def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kind=3, longer=25):
+def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kind=2, longer=10, known=()):
     """The best converged run among the starts, found cheaply: every start gets trial_iterations
     plain EM iterations, together; the `per_kind` best of each kind (and the 4 best overall) get
     `longer` more (after 5 iterations a good move can still rank 7th of 33: N = 3000, T = 8); then
     the best of each kind and the 2 best overall run to convergence. Ranks are taken within each
     kind because a move that hardly changes the fit (moving one store) always looks best early and
-    would crowd out the moves that change more."""
+    would crowd out the moves that change more. known: converged fits where a run may stop."""
     def chosen(loglik, kinds, each, overall):
         picked = set(np.argsort(-loglik, kind="stable")[:overall].tolist())
         for kind in set(kinds.tolist()):
@@ -796,7 +799,7 @@ def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kin
     theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
     stage = chosen(loglik, kinds, per_kind, 4)
     theta, pi, sigma, loglik = _plain_em(stats, [(theta[j], pi[j], sigma[j]) for j in stage], longer)
-    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
+    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, known=known)
                 for j in chosen(loglik, kinds[stage], 1, 2)), key=lambda run: run.loglik)
 
 
@@ -1010,12 +1013,16 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress
             progress(j + 1)
     runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
     best = max(runs, key=lambda run: run.loglik)
-    if previous is not None and previous.theta.shape[0] < K:
-        grown = previous
+    if previous is not None and previous.theta.shape[0] < K and best.loglik < previous.loglik:
+        grown = previous                         # the fresh search ended below the last K: grow it
         while grown.theta.shape[0] < K:
             grown = _grow(stats, coefficients, grown, tol, max_iter)
         best = max(best, grown, key=lambda run: run.loglik)
+    second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - 1e-6]
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
+    if second:                                   # a near tie: moves from the other maximum too
+        other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), tol, max_iter)
+        best = max(best, other, key=lambda run: run.loglik)
     fit = _canonical(stats, _polish(stats, best))
     _warn_about(fit, "Estimate")
     return fit
