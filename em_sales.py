@@ -690,26 +690,34 @@ def _kmeanspp_start(stats, coefficients, K, rng):
     return coefficients[chosen].copy(), np.full(K, 1.0 / K), _fixed_sigma(stats, K)
 
 
-def _split(stats, coefficients, fit, drop, split):
-    """Start that removes segment `drop` (none: drop=None, a start with one segment more) and
-    splits segment `split` in two (split-and-merge EM, Ueda et al. 2000): the two halves sit one
-    standard deviation either side of theta_split along the main axis of its stores'
-    coefficients, measured in the likelihood's metric. None where the segment is empty or its
-    stores do not identify theta (their summed X_i'X_i is singular)."""
-    K, P = fit.theta.shape
+def _axis(stats, coefficients, fit, split):
+    """One standard deviation along the main axis of segment `split`'s stores' coefficients,
+    measured in the likelihood's metric (P,); None where the segment is empty or its stores do
+    not identify theta (their summed X_i'X_i is singular)."""
+    P = fit.theta.shape[1]
     w = fit.W[:, split]
     if not w.sum() > 0:
         return None
-    centre = fit.theta[split]
     information = (w @ stats.XtX).reshape(P, P) / w.sum()       # mean X_i'X_i of the segment
-    gap = coefficients - centre
+    gap = coefficients - fit.theta[split]
     spread = np.einsum("n,np,nq->pq", w, gap, gap) / w.sum()
     try:
         root = np.linalg.cholesky(information)                    # whiten, take the main axis
-    except np.linalg.LinAlgError:                                 # its stores cannot tell theta:
-        return None                                               # no split of this segment
+    except np.linalg.LinAlgError:
+        return None
     values, vectors = np.linalg.eigh(root.T @ spread @ root)
-    axis = np.linalg.solve(root.T, vectors[:, -1]) * math.sqrt(max(values[-1], 0.0))
+    return np.linalg.solve(root.T, vectors[:, -1]) * math.sqrt(max(values[-1], 0.0))
+
+
+def _split(fit, axes, drop, split):
+    """Start that removes segment `drop` (none: drop=None, a start with one segment more) and
+    splits segment `split` in two (split-and-merge EM, Ueda et al. 2000): the two halves sit one
+    standard deviation either side of theta_split along its main axis (axes[split], _axis).
+    None where the segment has no axis."""
+    if axes[split] is None:
+        return None
+    K = fit.theta.shape[0]
+    centre, axis = fit.theta[split], axes[split]
     keep = [c for c in range(K) if c not in (drop, split)]
     theta = np.vstack([fit.theta[keep], centre + axis, centre - axis])
     pi = np.append(fit.pi[keep], [fit.pi[split] / 2, fit.pi[split] / 2])
@@ -732,16 +740,16 @@ def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
         yield (np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum(), np.append(fit.sigma[keep], dropped))
 
 
-def _split_tail(stats, coefficients, fit, drop, split):
+def _split_tail(fit, axes, drop, split):
     """Starts that remove segment `drop` and carve a small segment off one tail of segment
     `split`: a tenth of its weight, two standard deviations out along the main axis of its
     stores' coefficients (either side). An equal split does not reach a segment of a few stores
     at the edge of a large one (a maximum 0.008 above the other on a 500-store panel)."""
-    start = _split(stats, coefficients, fit, drop, split)
+    start = _split(fit, axes, drop, split)
     if start is None:
         return []
     theta, pi, sigma = start
-    centre, axis = fit.theta[split], theta[-2] - fit.theta[split]
+    centre, axis = fit.theta[split], axes[split]
     weight = pi[-2] + pi[-1]
     small = np.concatenate([pi[:-2], [0.9 * weight, 0.1 * weight]])
     return [(np.vstack([theta[:-2], centre, centre + side * 2 * axis]), small, sigma) for side in (1, -1)]
@@ -792,14 +800,15 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
     K = fit.theta.shape[0]
     while K > 1:                                 # an empty segment too: dropping it is a move
         distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
-        splits = [start for start in (_split(stats, coefficients, fit, drop, split)
+        axes = [_axis(stats, coefficients, fit, c) for c in range(K)]
+        splits = [start for start in (_split(fit, axes, drop, split)
                                       for drop in range(K) for split in range(K) if split != drop) if start is not None]
         news = [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
         moves = _store_moves(stats, fit)
         noises = [start for start in (_split_noise(stats, fit, drop, split)
                                       for drop in range(K) for split in range(K) if split != drop) if start is not None]
         tails = [start for drop in range(K) for split in range(K) if split != drop
-                 for start in _split_tail(stats, coefficients, fit, drop, split)]
+                 for start in _split_tail(fit, axes, drop, split)]
         kinds = np.repeat([0, 1, 2, 3, 4], [len(splits), len(news), len(moves), len(noises), len(tails)])
         candidate = _tournament(stats, splits + news + moves + noises + tails, kinds, tol, max_iter, trial_iterations,
                                 known=[fit] if fit.converged else [])
@@ -843,7 +852,8 @@ def _grow(stats, coefficients, fit, tol, max_iter):
     Never below fit: where nothing is better, fit with an empty segment (the same likelihood)."""
     K = fit.theta.shape[0]
     distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
-    starts = [start for start in (_split(stats, coefficients, fit, None, c) for c in range(K)) if start is not None]
+    axes = [_axis(stats, coefficients, fit, c) for c in range(K)]
+    starts = [start for start in (_split(fit, axes, None, c) for c in range(K)) if start is not None]
     starts += list(_new_at_outliers(coefficients, distance, fit, None, how_many=4))
     starts += [start for start in (_split_noise(stats, fit, None, c) for c in range(K)) if start is not None]
     grown = _best_of(stats, starts, tol, max_iter, keep=3)
