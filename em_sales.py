@@ -1372,8 +1372,8 @@ def _check_first_column(path, price, name):
     counting = T > 2 and (np.array_equal(price, np.arange(1, T + 1)) or np.array_equal(price, np.arange(T)))
     if name.strip().lower() in INDEX_NAMES or counting:
         what = f"'{name}'" if name else "it"
-        looks = "counts 1, 2, 3, ..." if counting and price[0] == 1 else "counts 0, 1, 2, ..." if counting \
-            else "is named like a week, date or index"
+        looks = (f"holds the numbers {int(price[0])} to {int(price[-1])} in order (week numbers or an index)"
+                 if counting else "is named like a week, date or index")
         raise InputError(f"{path}: the first column must be the price; {what} {looks}. Put the price "
                          "first, then one column a store; or give a long file (one row a store and week "
                          "with columns store, week, sales, price)")

@@ -958,10 +958,10 @@ class NoSilentMisreading(CommandLineCase):
                                   "line 3, column 'Price': '3,37' is not a number: a decimal comma\\?"),
             "short.csv": ("Price,A,B\n2.5,10,20\n3.0,11\n4.0,12,19\n", "line 3 has 2 cells, fewer than the header's 3"),
             "quote.csv": ('Price,A,B\n2.5,10,20\n3.0,"2"39,21\n', "line 3: a quote .* closes in the middle of a cell"),
-            "weeks.csv": ("Week,A,B\n1,10,20\n2,11,21\n3,12,19\n", "the first column must be the price; 'Week'"),
+            "weeks.csv": ("Week,A,B\n1,10,20\n2,11,21\n3,12,19\n", "the first column must be the price; 'Week' holds the numbers 1 to 3 in order"),
             "index.csv": (",A,B\n0,10,20\n1,11,21\n2,12,19\n3,11,20\n",
-                          "the first column must be the price; 'column 1' counts 0, 1, 2"),
-            "counting.csv": ("P,A,B\n1,10,20\n2,11,21\n3,12,19\n4,11,20\n", "the first column must be the price; 'P' counts 1, 2, 3"),
+                          "the first column must be the price; 'column 1' holds the numbers 0 to 3 in order"),
+            "counting.csv": ("P,A,B\n1,10,20\n2,11,21\n3,12,19\n4,11,20\n", "the first column must be the price; 'P' holds the numbers 1 to 4 in order"),
             "dates.csv": ("Day2,A,B\n2024-01-05,10,20\n2024-01-12,11,21\n", "'2024-01-05' is not a number: a date\\?"),
         }
         for name, (text, pattern) in cases.items():
