@@ -53,8 +53,20 @@ SIGMA_MODES = ("common", "segment")
 NEAR_TIE = 2.0         # a second maximum this close to the best gets split-and-merge moves too
 
 
+MAX_STARTS = 10_000    # n_init above this is refused: 10 to 100 starts are plenty
+
+
 class ConvergenceWarning(UserWarning):
     """EM stopped at max_iter before its convergence rule was met."""
+
+
+def _warn(message, category=UserWarning):
+    """warnings.warn pointing at the first caller outside this file (the user's line)."""
+    import sys
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,12 +192,14 @@ LOG_SALES_LIMIT = 100.0   # |log S| above this is no log of a real quantity (e^1
 def _check_scale(y, X):
     """ValueError for values whose squares overflow (nothing can be estimated from them); a
     warning where y cannot be log sales (raw sales passed by mistake give nonsense segments)."""
+    tops = {}
     for name, values in (("y", y), ("X", X)):
-        top = np.nanmax(np.abs(np.where(np.isfinite(values), values, np.nan))) if np.isfinite(values).any() else 0.0
+        finite = np.isfinite(values)
+        tops[name] = top = np.abs(values[finite]).max() if finite.any() else 0.0
         if top > 1e100:
             raise ValueError(f"{name} has values as large as {top:.3g}: too large to estimate from "
                              "(y is log sales, X holds 1, log price, ...)")
-    top = np.nanmax(np.abs(y)) if np.isfinite(y).any() else 0.0
+    top = tops["y"]
     if top > LOG_SALES_LIMIT:
         _warn(f"y has values as large as {top:.6g}: y must be log sales, and no log of a real quantity "
               f"exceeds {LOG_SALES_LIMIT:g} (e^{LOG_SALES_LIMIT:g} = 2.7e43). Raw sales? Pass np.log(sales)",
@@ -292,8 +306,8 @@ def _rss(stats, theta):
 
 
 def _log_density(stats, theta, sigma):
-    """(..., K, N) array of log f(y_i | C_i = c) = offset_i - (m_i/2) log(2 pi sigma_c^2)
-    - R_ic / (2 sigma_c^2), for theta (..., K, P) and sigma (..., K)."""
+    """(..., K, N) array of log f(y_i | C_i = c) = const_i - m_i log sigma_c - R_ic / (2 sigma_c^2),
+    for theta (..., K, P) and sigma (..., K) (const_i: see Stats)."""
     log_f = _rss(stats, theta)
     log_f *= (-0.5 / (sigma * sigma))[..., None]
     if sigma.ndim == 1 and stats.sigma != "segment":   # one sigma (fixed or common): per store
@@ -447,16 +461,14 @@ def _score_hessian(stats, theta, pi, sigma, W):
     H[K * Q:, :K * Q] = H[:K * Q, K * Q:].T
     m = W.sum(axis=0)[:K - 1]                                     # expected segment sizes
     H[K * Q:, K * Q:] += np.diag(m - N * p) - np.outer(m, p) - np.outer(p, m) + 2 * N * np.outer(p, p)
-    if Q == P + 1 and nt == K:                                    # reorder: all theta, then tau
-        order = np.concatenate([blocks[:, :P].ravel(), blocks[:, P], np.arange(K * Q, K * Q + K - 1)])
-        return G.sum(axis=0)[order], H[np.ix_(order, order)]
-    if nt == 1:                                                   # one common tau: sum the K
-        to = np.concatenate([np.arange(KP).reshape(K, P), np.full((K, 1), KP)], axis=1).ravel()
-        to = np.concatenate([to, KP + 1 + np.arange(K - 1)])
-        M = np.zeros((len(to), KP + K))
-        M[np.arange(len(to)), to] = 1.0
-        return G.sum(axis=0) @ M, M.T @ H @ M
-    return G.sum(axis=0), H
+    # where each expanded parameter goes in psi: theta_c, then tau_c (all K into one if common)
+    to = np.arange(KP).reshape(K, P)
+    if nt:
+        to = np.column_stack([to, KP + (np.arange(K) if nt == K else np.zeros(K, dtype=int))])
+    to = np.concatenate([to.ravel(), KP + nt + np.arange(K - 1)])
+    M = np.zeros((len(to), KP + nt + K - 1))
+    M[np.arange(len(to)), to] = 1.0
+    return G.sum(axis=0) @ M, M.T @ H @ M
 
 
 FLAT = 1e-8     # a curvature below FLAT times the largest one is flat: a ridge, not a saddle
@@ -502,7 +514,7 @@ def _moved(stats, theta, pi, sigma, step):
 
 def _newton_step(stats, theta, pi, sigma, W, loglik):
     """A Newton step (see _newton_direction), halved until the likelihood rises; None where no
-    step applies or none goes uphill. Returns (theta, pi, sigma, W, loglik, decrement)."""
+    step applies or none goes uphill. Returns (theta, pi, sigma, W, loglik, decrement, flat)."""
     direction = _newton_direction(stats, theta, pi, sigma, W)
     if direction is None:
         return None
@@ -1027,10 +1039,11 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress
     """Estimate's work on a panel's Stats (see sufficient_statistics), returning the whole Fit:
     theta, pi, sigma, loglik, W, n_iter, converged. progress(done), if given, is called after
     each start's run. previous: a Fit of the same panel with fewer segments (a sweep's last K);
-    it is grown to K segments as one more start, so that the log-likelihood never falls as K grows."""
+    where the fresh search ends below it, it is grown to K segments (_grow), so that the
+    log-likelihood never falls as K grows."""
     _check_K(K, stats.n.size)
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or not 1 <= n_init <= 10_000:
-        raise ValueError(f"n_init must be a whole number from 1 to 10,000; got {n_init!r}")
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or not 1 <= n_init <= MAX_STARTS:
+        raise ValueError(f"n_init must be a whole number from 1 to {MAX_STARTS:,}; got {n_init!r}")
     _check_settings(tol, max_iter)
     rng = _random(seed)
     if K == 1:                             # one maximum (pooled least squares): one run finds it
@@ -1575,6 +1588,36 @@ def long_sums(panel):
     return _grouped_sums(panel.store, np.log(panel.sales), X, len(panel.stores))
 
 
+class Loaded(NamedTuple):
+    """A file reduced to what the models need: store names, weeks, per-store Sums, the names of
+    X's columns, its layout ("wide" or "long") and the range of log price (for the picture)."""
+    stores: list
+    weeks: int
+    sums: Sums
+    coefficients: list
+    layout: str
+    price_range: tuple = (0.0, 0.0)
+
+
+def load(path, columns=None, x=()):
+    """Read a wide or a long CSV file (a long one has a 'store' column, or columns named by
+    `columns`, a dict with keys store, week, sales, price) into a Loaded. x: further regressors
+    of a long file. X = [1, log price, x]; y = log sales."""
+    columns = {role: name for role, name in (columns or {}).items() if name}
+    parsed = _header(path, _read_text(path))
+    if is_long(parsed[3], columns):
+        panel = _read_long(path, parsed, columns, x)
+        return Loaded(panel.stores, panel.weeks, long_sums(panel), ["intercept", "log price"] + panel.x_names,
+                      "long", (float(np.log(panel.price.min())), float(np.log(panel.price.max()))))
+    if x:
+        raise InputError(f"{path}: --x needs a long file (one row a store and week, with a 'store' column); "
+                         "this one is wide (first column the price, a column a store)")
+    price, sales, stores = read_panel(path)
+    y, X = panel_arrays(price, sales)
+    return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide",
+                  (float(X[:, 1].min()), float(X[:, 1].max())))
+
+
 # ---------------------------------------------------------------------------------------------
 # Model comparison, results.json and the report
 # ---------------------------------------------------------------------------------------------
@@ -1754,36 +1797,6 @@ def report(results):
     return "\n".join(lines)
 
 
-class Loaded(NamedTuple):
-    """A file reduced to what the models need: store names, weeks, per-store Sums, the names of
-    X's columns, its layout ("wide" or "long") and the range of log price (for the picture)."""
-    stores: list
-    weeks: int
-    sums: Sums
-    coefficients: list
-    layout: str
-    price_range: tuple = (0.0, 0.0)
-
-
-def load(path, columns=None, x=()):
-    """Read a wide or a long CSV file (a long one has a 'store' column, or columns named by
-    `columns`, a dict with keys store, week, sales, price) into a Loaded. x: further regressors
-    of a long file. X = [1, log price, x]; y = log sales."""
-    columns = {role: name for role, name in (columns or {}).items() if name}
-    parsed = _header(path, _read_text(path))
-    if is_long(parsed[3], columns):
-        panel = _read_long(path, parsed, columns, x)
-        return Loaded(panel.stores, panel.weeks, long_sums(panel), ["intercept", "log price"] + panel.x_names,
-                      "long", (float(np.log(panel.price.min())), float(np.log(panel.price.max()))))
-    if x:
-        raise InputError(f"{path}: --x needs a long file (one row a store and week, with a 'store' column); "
-                         "this one is wide (first column the price, a column a store)")
-    price, sales, stores = read_panel(path)
-    y, X = panel_arrays(price, sales)
-    return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide",
-                  (float(X[:, 1].min()), float(X[:, 1].max())))
-
-
 LR_CRITICAL = 10.83    # chi-square(1) at 0.1%: the sigma check's test
 SIGMA_MARGIN = 0.10    # ... and the estimate must be more than 10% away from the fixed sigma
 
@@ -1940,18 +1953,6 @@ def plot(results, fits, data):
 # ---------------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------------
-
-MAX_STARTS = 10_000     # n_init above this is refused: 10 to 100 starts are plenty
-
-
-def _warn(message, category=UserWarning):
-    """warnings.warn pointing at the first caller outside this file (the user's line)."""
-    import sys
-    level, frame = 2, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
-
 
 def _parser():
     import argparse
