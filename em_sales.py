@@ -553,15 +553,19 @@ def _em_step(stats, W):
 def _plain_em(stats, starts, iterations):
     """`iterations` plain EM steps from each of B starts, (theta (K, P), pi (K,), sigma (K,))
     triples, all at once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
-    Returns theta (B, K, P), pi (B, K), sigma (B, K) and loglik (B,) at the end."""
+    Returns theta (B, K, P), pi (B, K), sigma (B, K), loglik (B,) at the end and gain (B,), what
+    the last iteration added to the log-likelihood."""
     batch = [np.stack([start[j] for start in starts]) for j in range(3)]
     chunk = max(1, 2_000_000 // (batch[0].shape[1] * len(stats.n)))
     parts = []
     for first in range(0, len(batch[0]), chunk):
         params = tuple(part[first:first + chunk] for part in batch)
+        before = np.full(len(params[0]), -np.inf)
         for _ in range(iterations):
-            params = _m_step(stats, _e_step(stats, *params)[0])
-        parts.append(params + (_e_step(stats, *params)[1],))
+            W, before = _e_step(stats, *params)
+            params = _m_step(stats, W)
+        loglik = _e_step(stats, *params)[1]
+        parts.append(params + (loglik, loglik - before))
     return tuple(np.concatenate(part) for part in zip(*parts))
 
 
@@ -595,7 +599,7 @@ def _squarem_step(stats, theta, pi, sigma, W, loglik):
     return th2, pi2, s2, W2, ll2
 
 
-def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True, known=()):
+def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True, known=(), gain=math.inf):
     """EM from (theta, pi, sigma) until converged; returns a Fit.
 
     Converged means: no posterior probability moved by more than tol in the last iteration, the
@@ -604,10 +608,10 @@ def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True, 
     accelerate=False runs plain EM, one M-step and one E-step an iteration. Accelerated runs take
     Newton steps once the gains are small (SQUAREM steps before), so the last test comes with the
     step. See _polish for the last digits. known: converged Fits of earlier runs; a run that
-    reaches one of them (_same_point) ends there, as that maximum is certified already.
+    reaches one of them (_same_point) ends there, as that maximum is certified already. gain: what
+    the plain EM iteration that led to (theta, pi, sigma) added, if any (small: try Newton at once).
     """
     W, loglik = _e_step(stats, theta, pi, sigma)
-    gain = np.inf
     for iteration in range(1, max_iter + 1):
         if gain < NEWTON_GAIN:
             for fit in known:
@@ -637,10 +641,14 @@ def _run_em(stats, theta, pi, sigma, tol=1e-8, max_iter=10000, accelerate=True, 
 
 
 def _same_point(fit, W, loglik):
-    """True where (W, loglik) is the converged fit's point: the same log-likelihood up to
-    rounding and every posterior probability within 1e-6 (the M-step of W gives its theta)."""
-    return (abs(loglik - fit.loglik) <= 1e-9 * max(1.0, abs(loglik)) and fit.converged
-            and np.abs(W - fit.W).max() <= 1e-6)
+    """True where (W, loglik) is the converged fit's point, whatever the segments' order: the
+    same log-likelihood up to rounding and every posterior probability within 1e-6 of the fit's
+    in the matching segment (the M-step of W gives its theta)."""
+    if not (abs(loglik - fit.loglik) <= 1e-9 * max(1.0, abs(loglik)) and fit.converged):
+        return False
+    gaps = np.abs(W[:, :, None] - fit.W[:, None, :]).max(axis=0)      # (K, K): segment a vs b
+    match = gaps.argmin(axis=1)
+    return len(set(match.tolist())) == len(match) and gaps[np.arange(len(match)), match].max() <= 1e-6
 
 
 def _polish(stats, fit):
@@ -800,7 +808,7 @@ def _store_moves(stats, fit, how_many=8):
     return list(zip(*_m_step(stats, W)))
 
 
-def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5):
+def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5, explored=()):
     """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop one
     segment and either split another in two (_split), carve a small segment off its tail
     (_split_tail), open one at a badly fitted store (_new_at_outliers) or, with sigma per segment,
@@ -808,9 +816,11 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
     All such starts compete in a _tournament of batched plain EM iterations; the best of its
     converged finalists is kept if the likelihood rose; repeat until no move helps. This is what
     finds the maxima that random starts reach only rarely (README, "Starting values, convergence,
-    and the global maximum")."""
+    and the global maximum"). explored: converged fits whose moves were tried already; reaching
+    one ends the search, as its moves would be tried again."""
     K = fit.theta.shape[0]
-    while K > 1:                                 # an empty segment too: dropping it is a move
+    explored = [done for done in explored if done.converged]
+    while K > 1 and not any(_same_point(done, fit.W, fit.loglik) for done in explored):
         distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
         axes = [_axis(stats, coefficients, fit, c) for c in range(K)]
         splits = [start for start in (_split(fit, axes, drop, split)
@@ -823,7 +833,7 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
                  for start in _split_tail(fit, axes, drop, split)]
         kinds = np.repeat([0, 1, 2, 3, 4], [len(splits), len(news), len(moves), len(noises), len(tails)])
         candidate = _tournament(stats, splits + news + moves + noises + tails, kinds, tol, max_iter, trial_iterations,
-                                known=[fit] if fit.converged else [])
+                                known=([fit] if fit.converged else []) + explored)
         if candidate.loglik <= fit.loglik + tol:
             break
         fit = candidate._replace(n_iter=fit.n_iter + candidate.n_iter)
@@ -843,18 +853,18 @@ def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kin
             mine = np.flatnonzero(kinds == kind)
             picked |= set(mine[np.argsort(-loglik[mine], kind="stable")[:each]].tolist())
         return sorted(picked)
-    theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
+    theta, pi, sigma, loglik, _ = _plain_em(stats, starts, trial_iterations)
     stage = chosen(loglik, kinds, per_kind, 4)
-    theta, pi, sigma, loglik = _plain_em(stats, [(theta[j], pi[j], sigma[j]) for j in stage], longer)
-    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, known=known)
+    theta, pi, sigma, loglik, gain = _plain_em(stats, [(theta[j], pi[j], sigma[j]) for j in stage], longer)
+    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, known=known, gain=gain[j])
                 for j in chosen(loglik, kinds[stage], 1, 2)), key=lambda run: run.loglik)
 
 
 def _best_of(stats, starts, tol, max_iter, trial_iterations=5, keep=2):
     """A few plain EM iterations from every start, together (a batch); the `keep` most promising
     run to convergence; the best of them."""
-    theta, pi, sigma, loglik = _plain_em(stats, starts, trial_iterations)
-    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter)
+    theta, pi, sigma, loglik, gain = _plain_em(stats, starts, trial_iterations)
+    return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, gain=gain[j])
                 for j in np.argsort(-loglik)[:keep]), key=lambda run: run.loglik)
 
 
@@ -1053,11 +1063,11 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress
     starts = [_kmeanspp_start(stats, coefficients, K, rng) for _ in range(n_init)]
     # the runs' first, plain iterations together (far from a maximum they need no acceleration)
     warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, max_iter - 1)
-    theta, pi, sigma, _ = _plain_em(stats, starts, warm_up)
+    theta, pi, sigma, _, gain = _plain_em(stats, starts, warm_up)
     runs = []
     for j in range(n_init):
         runs.append(_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter - warm_up,
-                            known=[run for run in runs if run.converged]))
+                            known=[run for run in runs if run.converged], gain=gain[j]))
         if progress:
             progress(j + 1)
     runs = [run._replace(n_iter=run.n_iter + warm_up) for run in runs]
@@ -1070,7 +1080,8 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress
     second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - 1e-6]
     best = _split_and_merge(stats, coefficients, best, tol, max_iter)
     if second:                                   # a near tie: moves from the other maximum too
-        other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), tol, max_iter)
+        other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), tol, max_iter,
+                                 explored=[best])
         best = max(best, other, key=lambda run: run.loglik)
     fit = _canonical(stats, _polish(stats, best))
     _warn_about(fit, "Estimate")

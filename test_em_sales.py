@@ -1167,6 +1167,24 @@ class SearchAtAnyK(unittest.TestCase):
                         self.assertGreaterEqual(fit.loglik, previous.loglik - 1e-9 * abs(fit.loglik), (r, K, sigma))
                     previous = fit
 
+    def test_a_maximum_is_recognised_whatever_the_segments_order(self):
+        """Runs stop where they reach a certified maximum (_same_point), and a split-and-merge
+        search stops where it reaches one already searched: in any labelling of the segments,
+        but not one posterior probability 1e-4 away."""
+        panel, _ = small_panel(5, N=40, T=12, K=3, missing=0.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = E.fit_mixture(3, panel.y, panel.X, seed=0)
+        for order in itertools.permutations(range(3)):
+            self.assertTrue(E._same_point(fit, fit.W[:, list(order)], fit.loglik), order)
+        moved = fit.W.copy()
+        i = int(np.argmax(fit.W.min(axis=1) < 0.5))
+        c = int(np.argmax(moved[i]))
+        moved[i, c] -= 1e-4
+        moved[i, (c + 1) % 3] += 1e-4
+        self.assertFalse(E._same_point(fit, moved[:, [2, 0, 1]], fit.loglik))
+        self.assertFalse(E._same_point(fit, fit.W, fit.loglik - 1e-3))
+
     def test_runs_on_flat_ridges_end(self):
         """Over-fitted K (two equal segments: a flat direction) used to crawl to max_iter; a zero
         gradient with no negative curvature ends the run now."""
