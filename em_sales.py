@@ -44,7 +44,7 @@ __all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "fit_mi
 
 LOG_2PI = math.log(2.0 * math.pi)
 NEWTON_GAIN = 1.0      # EM tries Newton steps once an iteration gains less log-likelihood than this
-ROUNDING = 1e-14       # relative rounding error of a log-likelihood: changes below it are noise
+ROUNDING = 1e-13       # relative rounding error of a log-likelihood: changes below it are noise
 WARM_UP = 30           # Estimate's runs start with this many plain EM iterations, all in one batch,
 WARM_UP_LARGE = 10     # ... or this many when starts x K x stores > BATCH_LARGE (there the work,
 BATCH_LARGE = 1_000_000  # not numpy's per-call overhead, is the cost, and SQUAREM does it faster)
@@ -98,6 +98,9 @@ class Stats(NamedTuple):
     price           the column of the price coefficient: the first column of X that varies
     columns         the columns of X that the statistics keep (all, or all but the intercept)
     pooled_s2       residual variance of pooled least squares (K = 1): the scale of sigma^2
+    Z (N, P*P+P+4)  [X_i'X_i, X_i'y_i, y_i'y_i, m_i, const_i, 1] side by side: the kernel's one
+                    matrix product with it gives all log densities (E-step) or all of a segment's
+                    weighted sums (M-step)
     """
     n: np.ndarray
     m: np.ndarray
@@ -110,6 +113,7 @@ class Stats(NamedTuple):
     columns: tuple
     pooled_s2: float
     store_effects: bool
+    Z: np.ndarray
 
     @property
     def P(self):
@@ -274,8 +278,9 @@ def model_statistics(sums, sigma=1.0, store_effects=False, names=None):
     pooled_s2 = max(yty.sum() - theta @ Xty.sum(axis=0), 0.0) / max(m.sum(), 1.0)
     if isinstance(sigma, str) and not pooled_s2 > 0:
         raise ValueError("every observation is fitted exactly: sigma cannot be estimated")
-    return Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, sigma, price, columns, pooled_s2,
-                 bool(store_effects))
+    const = offset - 0.5 * LOG_2PI * m
+    return Stats(n, m, const, XtX, Xty, yty, sigma, price, columns, pooled_s2, bool(store_effects),
+                 np.column_stack([XtX, Xty, yty, m, const, np.ones(N)]))
 
 
 def sufficient_statistics(y, X, sigma=1.0, store_effects=False):
@@ -305,18 +310,23 @@ def _rss(stats, theta):
     return rss.reshape(theta.shape[:-1] + (len(stats.yty),))
 
 
-def _log_density(stats, theta, sigma):
+def _log_density(stats, theta, sigma, pi=None):
     """(..., K, N) array of log f(y_i | C_i = c) = const_i - m_i log sigma_c - R_ic / (2 sigma_c^2),
-    for theta (..., K, P) and sigma (..., K) (const_i: see Stats)."""
-    log_f = _rss(stats, theta)
-    log_f *= (-0.5 / (sigma * sigma))[..., None]
-    if sigma.ndim == 1 and stats.sigma != "segment":   # one sigma (fixed or common): per store
-        log_sigma = math.log(float(sigma[0]))
-        log_f += stats.const - log_sigma * stats.m if log_sigma else stats.const
-    else:
-        log_f -= np.log(sigma)[..., None] * stats.m
-        log_f += stats.const
-    return log_f
+    for theta (..., K, P) and sigma (..., K) (const_i: see Stats); with pi (..., K), log pi_c f_ic.
+    As R_ic = y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c, this is phi_c . Z_i with
+        phi_c = (a_c theta_c theta_c', -2 a_c theta_c, a_c, -log sigma_c, 1, log pi_c),
+    a_c = -1 / (2 sigma_c^2): one matrix product for all segments, stores and parameter sets."""
+    P = theta.shape[-1]
+    a = -0.5 / (sigma * sigma)
+    outer = (theta[..., :, None] * theta[..., None, :]).reshape(theta.shape[:-1] + (P * P,))
+    phi = np.empty(theta.shape[:-1] + (P * P + P + 4,))
+    np.multiply(outer, a[..., None], out=phi[..., :P * P])
+    np.multiply(theta, -2 * a[..., None], out=phi[..., P * P:P * P + P])
+    phi[..., -4] = a
+    phi[..., -3] = -np.log(sigma)
+    phi[..., -2] = 1.0
+    phi[..., -1] = 0.0 if pi is None else np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)
+    return (phi.reshape(-1, phi.shape[-1]) @ stats.Z.T).reshape(theta.shape[:-1] + (len(stats.Z),))
 
 
 def _e_step(stats, theta, pi, sigma):
@@ -325,8 +335,7 @@ def _e_step(stats, theta, pi, sigma):
     written out because this is the innermost loop (and twice as fast so).
     An empty segment (pi_c = 0) gets log pi_c = -inf and so W[:, c] = 0, without a NaN.
     """
-    log_joint = _log_density(stats, theta, sigma)
-    log_joint += np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)[..., None]   # + log pi_c
+    log_joint = _log_density(stats, theta, sigma, pi)
     top = log_joint.max(axis=-2)
     log_joint -= top[..., None, :]
     joint = np.exp(log_joint, out=log_joint)
@@ -370,10 +379,12 @@ def _m_step(stats, W):
     theta and sigma, so that nothing downstream sees a NaN.
     """
     P = stats.P
-    pi = W.mean(axis=-2)
     weights = W.swapaxes(-1, -2)                                        # (..., K, N)
-    A = (weights @ stats.XtX).reshape(weights.shape[:-1] + (P, P))
-    b = weights @ stats.Xty
+    sums = weights @ stats.Z          # (..., K, P*P+P+4): sum_i w_ic [X'X, X'y, y'y, m, const, 1]_i
+    A = sums[..., :P * P].reshape(sums.shape[:-1] + (P, P))
+    b = sums[..., P * P:P * P + P]
+    yy, weeks = sums[..., P * P + P], sums[..., P * P + P + 1]
+    pi = sums[..., -1] / len(stats.Z)
     # a singular system (an empty segment in one start of a batch) would make the batch's solve
     # fail: find them first (determinant against the matrix's scale) and solve the rest at once
     singular = np.zeros(A.shape[:-2], dtype=bool)
@@ -394,20 +405,20 @@ def _m_step(stats, W):
     theta[singular] = np.nan
     ok = np.isfinite(theta).all(axis=-1) & (pi > 0)
     if stats.sigma == "segment":
-        ok &= ~_thin(stats, W)
+        ok &= ~(weeks < P + 1)                                          # _thin
     if not ok.all():
         theta[~ok] = _pooled_theta(stats)
         pi = np.where(ok, pi, 0.0)
         pi = pi / pi.sum(axis=-1, keepdims=True)
     if not stats.estimates_sigma:
         return theta, pi, np.full(pi.shape, stats.sigma)
-    rss = weights @ stats.yty - (theta * b).sum(axis=-1)     # sum_i w_ic R_ic, as A_c theta_c = b_c
+    rss = yy - (theta * b).sum(axis=-1)                      # sum_i w_ic R_ic, as A_c theta_c = b_c
     if not ok.all():                                         # not so for the pooled theta
         rss += (theta * ((A @ theta[..., None])[..., 0] - b)).sum(axis=-1)
     if stats.sigma == "common":
         s2 = np.repeat(rss.sum(axis=-1, keepdims=True) / stats.m.sum(), pi.shape[-1], axis=-1)
     else:
-        s2 = np.where(ok, rss / np.maximum(weights @ stats.m, 1e-300), stats.pooled_s2)
+        s2 = np.where(ok, rss / np.maximum(weeks, 1e-300), stats.pooled_s2)
     return theta, pi, np.sqrt(np.maximum(s2, VARIANCE_FLOOR * stats.pooled_s2))
 
 
