@@ -385,14 +385,11 @@ def _m_step(stats, W):
     b = sums[..., P * P:P * P + P]
     yy, weeks = sums[..., P * P + P], sums[..., P * P + P + 1]
     pi = sums[..., -1] / len(stats.Z)
-    # a singular system (an empty segment in one start of a batch) would make the batch's solve
-    # fail: find them first (determinant against the matrix's scale) and solve the rest at once
-    singular = np.zeros(A.shape[:-2], dtype=bool)
-    if A.ndim > 3:                               # a batch: one singular system is likely
-        scale = (np.trace(A, axis1=-2, axis2=-1) / P) ** P
-        singular = ~(np.abs(np.linalg.det(A)) > 1e-12 * scale)
-        if singular.any():
-            A = np.where(singular[..., None, None], np.eye(P), A)
+    # an empty segment (no weight: A = 0) would make the whole batch's solve fail: set those
+    # aside and solve the rest at once; a singular system with weight is rarer (solved one by one)
+    singular = ~(sums[..., -1] > 0)
+    if singular.any():
+        A = np.where(singular[..., None, None], np.eye(P), A)
     try:
         theta = np.linalg.solve(A, b[..., None])[..., 0]
     except np.linalg.LinAlgError:                # singular after all: solve one by one

@@ -290,6 +290,32 @@ class Degenerate(unittest.TestCase):
         np.testing.assert_array_equal(W[:, 1], 0.0)
         self.assertTrue(math.isfinite(E.LogL(theta, pi, panel.y, panel.X)))
 
+    def test_a_batch_with_empty_and_singular_segments(self):
+        """The batched M-step (many starts at once) sets empty segments aside and solves a
+        singular one alone: every start gets what its own M-step gives, with no NaN."""
+        panel, rng = small_panel(6, N=20, T=10, K=3)
+        y = panel.y.copy()
+        y[:, 0] = np.nan
+        y[0, 0] = 10.0                                      # store 0 has one week: X_0'X_0 singular
+        for sigma in (1.0, "segment"):
+            stats = E.sufficient_statistics(y, panel.X, sigma)
+            W = rng.dirichlet(np.ones(3), size=(4, 20))
+            W[1, :, 2] = 0.0                                 # start 1: segment 3 empty
+            W[2] = 0.0
+            W[2, :, 0] = 1.0                                 # start 2: two segments empty
+            W[3, :, 1] = 0.0
+            W[3, 0] = [0.0, 0.0, 1.0]                        # start 3: segment 3 only store 0 ...
+            W[3, 1:, 2] = 0.0                                # ... a singular system with weight
+            W[3] /= W[3].sum(axis=1, keepdims=True)
+            batch = E._m_step(stats, W)
+            for j in range(4):
+                alone = E._m_step(stats, W[j])
+                for got, want in zip(batch, alone):
+                    np.testing.assert_allclose(got[j], want, rtol=1e-10, atol=1e-12)
+                self.assertTrue(all(np.all(np.isfinite(part[j])) for part in batch))
+            self.assertEqual(batch[1][1, 2], 0.0)
+            self.assertEqual(batch[1][3, 2], 0.0)
+
     def test_more_segments_than_the_data_hold(self):
         """Three segments for six stores of one segment: EM must end without NaN or a crash; six
         segments for six stores is refused up front, saying why."""
