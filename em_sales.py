@@ -558,12 +558,17 @@ def _em_step(stats, W):
     return params + _e_step(stats, *params)
 
 
-def _plain_em(stats, starts, iterations):
-    """`iterations` plain EM steps from each of B starts, (theta (K, P), pi (K,), sigma (K,))
-    triples, all at once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
+def _stacked(starts):
+    """A list of (theta (K, P), pi (K,), sigma (K,)) starts as one batch: theta (B, K, P),
+    pi (B, K), sigma (B, K)."""
+    return tuple(np.stack([start[j] for start in starts]) for j in range(3))
+
+
+def _plain_em(stats, batch, iterations):
+    """`iterations` plain EM steps from each of B starts, batch = (theta (B, K, P), pi (B, K),
+    sigma (B, K)), all at once, in chunks that keep the (chunk, K, N) arrays near 16 MB.
     Returns theta (B, K, P), pi (B, K), sigma (B, K), loglik (B,) at the end and gain (B,), what
     the last iteration added to the log-likelihood."""
-    batch = [np.stack([start[j] for start in starts]) for j in range(3)]
     chunk = max(1, 2_000_000 // (batch[0].shape[1] * len(stats.n)))
     parts = []
     for first in range(0, len(batch[0]), chunk):
@@ -702,20 +707,26 @@ def _distances(stats, coefficients, centres):
     return np.einsum("nkp,npq,nkq->nk", gap, stats.XtX.reshape(-1, P, P), gap)
 
 
-def _kmeanspp_start(stats, coefficients, K, rng):
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) on the stores' own coefficients, in the
-    likelihood's own metric: K stores' b_i, each drawn with probability proportional to its
-    distance (b_i - theta)' X_i'X_i (b_i - theta) to the nearest one drawn before. pi uniform,
-    sigma fixed or the pooled residual sd."""
-    N = len(coefficients)
-    chosen = [rng.randrange(N)]
-    nearest = np.full(N, np.inf)
-    for _ in range(K - 1):
-        nearest = np.minimum(nearest, _distances(stats, coefficients, coefficients[chosen[-1:]])[:, 0])
-        total = nearest.sum()
-        draw = int(np.searchsorted(np.cumsum(nearest), rng.random() * total, side="right")) if total > 0 else N
-        chosen.append(draw if draw < N else rng.randrange(N))
-    return coefficients[chosen].copy(), np.full(K, 1.0 / K), _fixed_sigma(stats, K)
+def _kmeanspp_starts(stats, coefficients, K, rng, count):
+    """`count` k-means++ seedings (Arthur & Vassilvitskii 2007) on the stores' own coefficients,
+    in the likelihood's own metric, all at once: K stores' b_i each, each drawn with probability
+    proportional to its distance (b_i - theta)' X_i'X_i (b_i - theta) to the nearest one drawn
+    before. pi uniform, sigma fixed or the pooled residual sd. Returns theta (count, K, P),
+    pi (count, K), sigma (count, K). Each start's draws come from rng in turn, as one by one."""
+    N, P = coefficients.shape
+    draws = [[rng.randrange(N)] + [rng.random() for _ in range(K - 1)] for _ in range(count)]
+    chosen = np.array([[first] for first, *_ in draws], dtype=int)              # (count, 1)
+    nearest = np.full((count, N), np.inf)
+    XtX = stats.XtX.reshape(N, P, P)
+    for k in range(1, K):
+        gap = coefficients[None] - coefficients[chosen[:, -1]][:, None]          # (count, N, P)
+        nearest = np.minimum(nearest, np.einsum("snp,npq,snq->sn", gap, XtX, gap))
+        total = nearest.sum(axis=1)
+        point = np.array([start[k] for start in draws])
+        draw = (np.cumsum(nearest, axis=1) <= (point * total)[:, None]).sum(axis=1)
+        fallback = (point * N).astype(int)                    # every store drawn already: any
+        chosen = np.column_stack([chosen, np.where((total > 0) & (draw < N), draw, fallback)])
+    return coefficients[chosen], np.full((count, K), 1.0 / K), np.tile(_fixed_sigma(stats, K), (count, 1))
 
 
 def _axis(stats, coefficients, fit, split):
@@ -861,9 +872,9 @@ def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kin
             mine = np.flatnonzero(kinds == kind)
             picked |= set(mine[np.argsort(-loglik[mine], kind="stable")[:each]].tolist())
         return sorted(picked)
-    theta, pi, sigma, loglik, _ = _plain_em(stats, starts, trial_iterations)
+    theta, pi, sigma, loglik, _ = _plain_em(stats, _stacked(starts), trial_iterations)
     stage = chosen(loglik, kinds, per_kind, 4)
-    theta, pi, sigma, loglik, gain = _plain_em(stats, [(theta[j], pi[j], sigma[j]) for j in stage], longer)
+    theta, pi, sigma, loglik, gain = _plain_em(stats, (theta[stage], pi[stage], sigma[stage]), longer)
     return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, known=known, gain=gain[j])
                 for j in chosen(loglik, kinds[stage], 1, 2)), key=lambda run: run.loglik)
 
@@ -871,7 +882,7 @@ def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kin
 def _best_of(stats, starts, tol, max_iter, trial_iterations=5, keep=2):
     """A few plain EM iterations from every start, together (a batch); the `keep` most promising
     run to convergence; the best of them."""
-    theta, pi, sigma, loglik, gain = _plain_em(stats, starts, trial_iterations)
+    theta, pi, sigma, loglik, gain = _plain_em(stats, _stacked(starts), trial_iterations)
     return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, gain=gain[j])
                 for j in np.argsort(-loglik)[:keep]), key=lambda run: run.loglik)
 
@@ -1037,7 +1048,7 @@ def EM(K, y, X, tol=1e-8, max_iter=10000, seed=None, accelerate=True, sigma=1.0,
     _check_K(K, stats.n.size)
     _check_settings(tol, max_iter)
     rng = _random(seed)
-    start = _kmeanspp_start(stats, _store_coefficients(stats), K, rng)
+    start = [part[0] for part in _kmeanspp_starts(stats, _store_coefficients(stats), K, rng, 1)]
     fit = _run_em(stats, *start, tol=tol, max_iter=max_iter, accelerate=accelerate)
     fit = _canonical(stats, _polish(stats, fit) if accelerate else fit)
     _warn_about(fit, "EM")
@@ -1068,7 +1079,7 @@ def fit_stats(stats, K, n_init=10, seed=None, tol=1e-8, max_iter=10000, progress
         start = _pooled_theta(stats)[None], np.ones(1), _fixed_sigma(stats, 1)
         return _canonical(stats, _polish(stats, _run_em(stats, *start, tol=tol, max_iter=max_iter)))
     coefficients = _store_coefficients(stats)
-    starts = [_kmeanspp_start(stats, coefficients, K, rng) for _ in range(n_init)]
+    starts = _kmeanspp_starts(stats, coefficients, K, rng, n_init)
     # the runs' first, plain iterations together (far from a maximum they need no acceleration)
     warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, max_iter - 1)
     theta, pi, sigma, _, gain = _plain_em(stats, starts, warm_up)

@@ -273,7 +273,7 @@ class Invariances(unittest.TestCase):
         stats = E.sufficient_statistics(self.panel.y, self.panel.X)
         coefficients = E._store_coefficients(stats)
         rng = E._random(0)
-        starts = [E._kmeanspp_start(stats, coefficients, 3, rng)[0] for _ in range(10)]
+        starts = E._kmeanspp_starts(stats, coefficients, 3, rng, 10)[0]
         distinct = {tuple(np.round(s.ravel(), 12)) for s in starts}
         self.assertGreaterEqual(len(distinct), 9)
 
