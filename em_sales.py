@@ -748,19 +748,42 @@ def _axis(stats, coefficients, fit, split):
     return np.linalg.solve(root.T, vectors[:, -1]) * math.sqrt(max(values[-1], 0.0))
 
 
-def _split(fit, axes, drop, split):
-    """Start that removes segment `drop` (none: drop=None, a start with one segment more) and
-    splits segment `split` in two (split-and-merge EM, Ueda et al. 2000): the two halves sit one
-    standard deviation either side of theta_split along its main axis (axes[split], _axis).
-    None where the segment has no axis."""
-    if axes[split] is None:
-        return None
-    K = fit.theta.shape[0]
-    centre, axis = fit.theta[split], axes[split]
-    keep = [c for c in range(K) if c not in (drop, split)]
-    theta = np.vstack([fit.theta[keep], centre + axis, centre - axis])
-    pi = np.append(fit.pi[keep], [fit.pi[split] / 2, fit.pi[split] / 2])
-    return theta, pi / pi.sum(), np.append(fit.sigma[keep], [fit.sigma[split]] * 2)
+def _pair_moves(stats, fit, axes, drops):
+    """Starts that remove one segment, `drop`, and replace another, `split`, by two, for every
+    ordered pair with drop among `drops` (None: remove none, a start with one segment more) and
+    split != drop. Three kinds, each a batch (theta (B, K', P), pi (B, K'), sigma (B, K')):
+      split  the two halves one standard deviation either side of theta_split along the main
+             axis of its stores' coefficients (split-and-merge EM, Ueda et al. 2000; axes: _axis);
+      tail   a small segment carved off one tail of `split`: a tenth of its weight, two standard
+             deviations out along that axis, either side. An equal split does not reach a segment
+             of a few stores at the edge of a large one (a maximum 0.008 above the other on a
+             500-store panel);
+      noise  with sigma per segment, the same theta twice with sigma x 0.5 and x 1.5: segments can
+             differ in noise rather than in coefficients (a quiet group of stores), which
+             k-means++ on the stores' coefficients and coefficient splits cannot see.
+    Splits and tails only where the segment has an axis; noise only where it has weight."""
+    K, P = fit.theta.shape
+    pairs = [(drop, split) for drop in drops for split in range(K) if split != drop]
+    keep = np.array([[c for c in range(K) if c not in pair] for pair in pairs], dtype=int).reshape(len(pairs), -1)
+    split = np.array([pair[1] for pair in pairs], dtype=int)
+    has_axis = np.array([axes[c] is not None for c in split], dtype=bool)
+    axis = np.array([axes[c] if axes[c] is not None else np.zeros(P) for c in split]).reshape(-1, P)
+    centre, half, sd = fit.theta[split][:, None], fit.pi[split][:, None] / 2, fit.sigma[split][:, None]
+    theta_keep, sigma_keep = fit.theta[keep], fit.sigma[keep]
+    pi = np.concatenate([fit.pi[keep], half, half], axis=1)
+    pi /= pi.sum(axis=1, keepdims=True)
+    twice = np.concatenate([sigma_keep, sd, sd], axis=1)
+    halves = np.concatenate([theta_keep, centre + axis[:, None], centre - axis[:, None]], axis=1)
+    weight = pi[:, -2:-1] + pi[:, -1:]
+    small = np.concatenate([pi[:, :-2], 0.9 * weight, 0.1 * weight], axis=1)
+    tail_theta = np.stack([np.concatenate([theta_keep, centre, centre + side * 2 * axis[:, None]], axis=1)
+                           for side in (1, -1)], axis=1)                   # (pairs, 2 sides, K', P)
+    noisy = (fit.pi[split] > 0) & (stats.sigma == "segment")
+    return {"split": (halves[has_axis], pi[has_axis], twice[has_axis]),
+            "tail": (tail_theta[has_axis].reshape((-1,) + halves.shape[1:]),
+                     np.repeat(small[has_axis], 2, axis=0), np.repeat(twice[has_axis], 2, axis=0)),
+            "noise": (np.concatenate([theta_keep, centre, centre], axis=1)[noisy], pi[noisy],
+                      np.concatenate([sigma_keep, sd * 0.5, sd * 1.5], axis=1)[noisy])}
 
 
 def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
@@ -768,54 +791,26 @@ def _new_at_outliers(coefficients, distance, fit, drop, how_many=2):
     badly (greedy EM, Vlassis & Likas 2002): a store far from every segment can be worth a
     segment of its own, a maximum that splitting existing segments does not reach. The stores:
     the `how_many` farthest from all segments, and those farthest from the segments that remain.
-    distance[i, c] = (b_i - theta_c)' X_i'X_i (b_i - theta_c) / sigma_c^2."""
+    distance[i, c] = (b_i - theta_c)' X_i'X_i (b_i - theta_c) / sigma_c^2. A list of starts."""
     K = fit.theta.shape[0]
     keep = [c for c in range(K) if c != drop]
     farthest = [np.argsort(-distance[:, columns].min(axis=1), kind="stable")[:how_many]
                 for columns in (list(range(K)), keep)]
     dropped = fit.sigma[drop] if drop is not None else fit.sigma[np.argmax(fit.pi)]
+    starts = []
     for store in dict.fromkeys(np.concatenate(farthest).tolist()):
         pi = np.append(fit.pi[keep], 1.0 / len(coefficients))
-        yield (np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum(), np.append(fit.sigma[keep], dropped))
-
-
-def _split_tail(fit, axes, drop, split):
-    """Starts that remove segment `drop` and carve a small segment off one tail of segment
-    `split`: a tenth of its weight, two standard deviations out along the main axis of its
-    stores' coefficients (either side). An equal split does not reach a segment of a few stores
-    at the edge of a large one (a maximum 0.008 above the other on a 500-store panel)."""
-    start = _split(fit, axes, drop, split)
-    if start is None:
-        return []
-    theta, pi, sigma = start
-    centre, axis = fit.theta[split], axes[split]
-    weight = pi[-2] + pi[-1]
-    small = np.concatenate([pi[:-2], [0.9 * weight, 0.1 * weight]])
-    return [(np.vstack([theta[:-2], centre, centre + side * 2 * axis]), small, sigma) for side in (1, -1)]
-
-
-def _split_noise(stats, fit, drop, split):
-    """With sigma per segment, a start that removes segment `drop` (none: drop=None) and splits
-    segment `split` by noise: the same theta twice, with sigma x 0.5 and x 1.5. Segments can
-    differ in noise rather than in coefficients (a quiet group of stores), which k-means++ on
-    the stores' coefficients and coefficient splits cannot see. None with sigma fixed or common."""
-    if stats.sigma != "segment" or not fit.pi[split] > 0:
-        return None
-    K = fit.theta.shape[0]
-    keep = [c for c in range(K) if c not in (drop, split)]
-    pi = np.append(fit.pi[keep], [fit.pi[split] / 2] * 2)
-    return (np.vstack([fit.theta[keep], fit.theta[split], fit.theta[split]]), pi / pi.sum(),
-            np.append(fit.sigma[keep], fit.sigma[split] * np.array([0.5, 1.5])))
+        starts.append((np.vstack([fit.theta[keep], coefficients[store]]), pi / pi.sum(),
+                       np.append(fit.sigma[keep], dropped)))
+    return starts
 
 
 def _store_moves(stats, fit, how_many=8):
     """Starts that move one store to its second most likely segment: the `how_many` stores
     whose two best segments are closest in log pi_c f_ic. With many weeks a store's posterior is
     0 or 1, so EM cannot move it by itself, and two maxima can differ by one store's segment
-    (as on the orange-juice panel); each start is the M-step after such a move."""
+    (as on the orange-juice panel); each start is the M-step after such a move. A batch."""
     log_joint = _log_density(stats, fit.theta, fit.sigma).T + np.log(np.maximum(fit.pi, 1e-300))
-    if log_joint.shape[1] < 2:
-        return []
     order = np.argsort(-log_joint, axis=1, kind="stable")[:, :2]
     best, second = order[:, 0], order[:, 1]
     rows = np.arange(len(best))
@@ -824,14 +819,19 @@ def _store_moves(stats, fit, how_many=8):
     W = np.repeat(fit.W[None], len(stores), axis=0)
     W[np.arange(len(stores)), stores] = 0.0
     W[np.arange(len(stores)), stores, second[stores]] = 1.0
-    return list(zip(*_m_step(stats, W)))
+    return _m_step(stats, W)
+
+
+def _joined(batches):
+    """Batches (theta, pi, sigma) as one, and how many starts each gave."""
+    return tuple(np.concatenate(parts) for parts in zip(*batches)), [len(batch[0]) for batch in batches]
 
 
 def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5, explored=()):
     """Improve a converged fit by moving a segment (split-and-merge EM, Ueda et al. 2000): drop one
-    segment and either split another in two (_split), carve a small segment off its tail
-    (_split_tail), open one at a badly fitted store (_new_at_outliers) or, with sigma per segment,
-    split another by noise (_split_noise); or move one store to another segment (_store_moves).
+    segment and either split another in two, carve a small segment off its tail or, with sigma
+    per segment, split another by noise (_pair_moves), or open one at a badly fitted store
+    (_new_at_outliers); or move one store to another segment (_store_moves).
     All such starts compete in a _tournament of batched plain EM iterations; the best of its
     converged finalists is kept if the likelihood rose; repeat until no move helps. This is what
     finds the maxima that random starts reach only rarely (README, "Starting values, convergence,
@@ -841,17 +841,11 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
     explored = [done for done in explored if done.converged]
     while K > 1 and not any(_same_point(done, fit.W, fit.loglik) for done in explored):
         distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
-        axes = [_axis(stats, coefficients, fit, c) for c in range(K)]
-        splits = [start for start in (_split(fit, axes, drop, split)
-                                      for drop in range(K) for split in range(K) if split != drop) if start is not None]
+        pairs = _pair_moves(stats, fit, [_axis(stats, coefficients, fit, c) for c in range(K)], range(K))
         news = [start for drop in range(K) for start in _new_at_outliers(coefficients, distance, fit, drop)]
-        moves = _store_moves(stats, fit)
-        noises = [start for start in (_split_noise(stats, fit, drop, split)
-                                      for drop in range(K) for split in range(K) if split != drop) if start is not None]
-        tails = [start for drop in range(K) for split in range(K) if split != drop
-                 for start in _split_tail(fit, axes, drop, split)]
-        kinds = np.repeat([0, 1, 2, 3, 4], [len(splits), len(news), len(moves), len(noises), len(tails)])
-        candidate = _tournament(stats, splits + news + moves + noises + tails, kinds, tol, max_iter, trial_iterations,
+        starts, sizes = _joined([pairs["split"], _stacked(news), _store_moves(stats, fit), pairs["noise"],
+                                 pairs["tail"]])
+        candidate = _tournament(stats, starts, np.repeat(np.arange(5), sizes), tol, max_iter, trial_iterations,
                                 known=([fit] if fit.converged else []) + explored)
         if candidate.loglik <= fit.loglik + tol:
             break
@@ -860,7 +854,7 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
 
 
 def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kind=2, longer=10, known=()):
-    """The best converged run among the starts, found cheaply: every start gets trial_iterations
+    """The best converged run among the starts (a batch), found cheaply: every start gets trial_iterations
     plain EM iterations, together; the `per_kind` best of each kind (and the 4 best overall) get
     `longer` more (after 5 iterations a good move can still rank 7th of 33: N = 3000, T = 8); then
     the best of each kind and the 2 best overall run to convergence. Ranks are taken within each
@@ -872,7 +866,7 @@ def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kin
             mine = np.flatnonzero(kinds == kind)
             picked |= set(mine[np.argsort(-loglik[mine], kind="stable")[:each]].tolist())
         return sorted(picked)
-    theta, pi, sigma, loglik, _ = _plain_em(stats, _stacked(starts), trial_iterations)
+    theta, pi, sigma, loglik, _ = _plain_em(stats, starts, trial_iterations)
     stage = chosen(loglik, kinds, per_kind, 4)
     theta, pi, sigma, loglik, gain = _plain_em(stats, (theta[stage], pi[stage], sigma[stage]), longer)
     return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, known=known, gain=gain[j])
@@ -880,9 +874,9 @@ def _tournament(stats, starts, kinds, tol, max_iter, trial_iterations=5, per_kin
 
 
 def _best_of(stats, starts, tol, max_iter, trial_iterations=5, keep=2):
-    """A few plain EM iterations from every start, together (a batch); the `keep` most promising
-    run to convergence; the best of them."""
-    theta, pi, sigma, loglik, gain = _plain_em(stats, _stacked(starts), trial_iterations)
+    """A few plain EM iterations from every start of the batch, together; the `keep` most
+    promising run to convergence; the best of them."""
+    theta, pi, sigma, loglik, gain = _plain_em(stats, starts, trial_iterations)
     return max((_run_em(stats, theta[j], pi[j], sigma[j], tol=tol, max_iter=max_iter, gain=gain[j])
                 for j in np.argsort(-loglik)[:keep]), key=lambda run: run.loglik)
 
@@ -893,10 +887,9 @@ def _grow(stats, coefficients, fit, tol, max_iter):
     Never below fit: where nothing is better, fit with an empty segment (the same likelihood)."""
     K = fit.theta.shape[0]
     distance = _distances(stats, coefficients, fit.theta) / fit.sigma ** 2
-    axes = [_axis(stats, coefficients, fit, c) for c in range(K)]
-    starts = [start for start in (_split(fit, axes, None, c) for c in range(K)) if start is not None]
-    starts += list(_new_at_outliers(coefficients, distance, fit, None, how_many=4))
-    starts += [start for start in (_split_noise(stats, fit, None, c) for c in range(K)) if start is not None]
+    pairs = _pair_moves(stats, fit, [_axis(stats, coefficients, fit, c) for c in range(K)], [None])
+    starts, _ = _joined([pairs["split"], _stacked(_new_at_outliers(coefficients, distance, fit, None, how_many=4)),
+                         pairs["noise"]])
     grown = _best_of(stats, starts, tol, max_iter, keep=3)
     return grown if grown.loglik >= fit.loglik else _embedded(stats, fit)
 
