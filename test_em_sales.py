@@ -201,6 +201,21 @@ class GlobalMaximum(unittest.TestCase):
         for seed in range(3):
             self.assertAlmostEqual(E.Estimate(3, panel.y, panel.X, seed=seed)[2], reference.loglik, delta=1e-7)
 
+    def test_a_quiet_group_inside_a_noisy_segment(self):
+        """Six quiet stores (sigma 0.3) whose coefficients lie inside a large noisy segment
+        (sigma 0.8): at K = 4 with sigma per segment the maximum gives them a segment of their
+        own. They are not far from that segment, so only greedy EM's criterion (what a quiet
+        new segment at a store would add, _misfits) opens one there; 5 seeds of 6 missed it."""
+        N = 600
+        panel = S.simulate(N, 8, [(10.7, -2.1), (11.3, -1.9), (8.3, -0.7)], [0.75, 0.25 - 6 / N, 6 / N],
+                           seed=6, sigma=(0.8, 0.3, 0.3))
+        stats = E.sufficient_statistics(panel.y, panel.X, "segment")
+        fits = [E.fit_stats(stats, 4, seed=seed) for seed in range(4)]
+        best = max(fits, key=lambda fit: fit.loglik)
+        self.assertTrue(any(4 <= w <= 8 for w in best.W.sum(axis=0)))       # the quiet group
+        for fit in fits:
+            self.assertAlmostEqual(fit.loglik, best.loglik, delta=1e-7)
+
 
 class Invariances(unittest.TestCase):
     def setUp(self):
