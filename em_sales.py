@@ -666,13 +666,16 @@ def _same_point(fit, W, loglik):
 
 def _polish(stats, fit):
     """Up to two more Newton steps from a converged fit: Newton converges quadratically there, so
-    the estimate becomes the maximum to machine precision, not merely within tol of it."""
+    the estimate becomes the maximum to machine precision, not merely within tol of it. The
+    second only where the first had more to gain than rounding (its decrement)."""
     for _ in range(2):
         step = (_newton_step(stats, fit.theta, fit.pi, fit.sigma, fit.W, fit.loglik)
                 if fit.converged else None)
         if step is None:
             break
         fit = fit._replace(theta=step[0], pi=step[1], sigma=step[2], W=step[3], loglik=step[4])
+        if step[5] <= ROUNDING * abs(fit.loglik):
+            break
     return fit
 
 
