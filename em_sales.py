@@ -356,18 +356,17 @@ def _fixed_sigma(stats, K):
     return np.full(K, stats.sigma if not stats.estimates_sigma else math.sqrt(stats.pooled_s2))
 
 
-def _thin(stats, W):
+def _thin(stats, weeks):
     """(..., K) True for a segment too thin to estimate its own sigma: it holds fewer than P + 1
-    observed weeks (weighted by W), so that sigma_c -> 0 and an unbounded likelihood are in reach.
-    Only with sigma per segment; a common sigma is bounded away from 0 by the other segments."""
-    if stats.sigma != "segment":
-        return np.zeros(W.shape[:-2] + W.shape[-1:], dtype=bool)
-    return W.swapaxes(-1, -2) @ stats.m < stats.P + 1
+    observed weeks, weeks (..., K) = sum_i w_ic m_i, so that sigma_c -> 0 and an unbounded
+    likelihood are in reach. Only with sigma per segment; a common sigma is bounded away from 0 by
+    the other segments."""
+    return weeks < stats.P + 1 if stats.sigma == "segment" else np.zeros(weeks.shape, dtype=bool)
 
 
 def _admissible(stats, W):
-    """False where a segment of W is _thin (only sigma per segment can have one)."""
-    return stats.sigma != "segment" or not _thin(stats, W).any()
+    """False where a segment of W (..., N, K) is _thin (only sigma per segment can have one)."""
+    return stats.sigma != "segment" or not _thin(stats, W.swapaxes(-1, -2) @ stats.m).any()
 
 
 def _m_step(stats, W):
@@ -400,9 +399,7 @@ def _m_step(stats, W):
             except np.linalg.LinAlgError:
                 pass
     theta[singular] = np.nan
-    ok = np.isfinite(theta).all(axis=-1) & (pi > 0)
-    if stats.sigma == "segment":
-        ok &= ~(weeks < P + 1)                                          # _thin
+    ok = np.isfinite(theta).all(axis=-1) & (pi > 0) & ~_thin(stats, weeks)
     if not ok.all():
         theta[~ok] = _pooled_theta(stats)
         pi = np.where(ok, pi, 0.0)
@@ -751,12 +748,12 @@ def _axis(stats, coefficients, fit, split):
     return np.linalg.solve(root.T, vectors[:, -1]) * math.sqrt(max(values[-1], 0.0))
 
 
-def _pair_moves(stats, fit, axes, drops):
+def _pair_moves(stats, coefficients, fit, drops):
     """Starts that remove one segment, `drop`, and replace another, `split`, by two, for every
     ordered pair with drop among `drops` (None: remove none, a start with one segment more) and
     split != drop. Three kinds, each a batch (theta (B, K', P), pi (B, K'), sigma (B, K')):
       split  the two halves one standard deviation either side of theta_split along the main
-             axis of its stores' coefficients (split-and-merge EM, Ueda et al. 2000; axes: _axis);
+             axis of its stores' coefficients (split-and-merge EM, Ueda et al. 2000; _axis);
       tail   a small segment carved off one tail of `split`: a tenth of its weight, two standard
              deviations out along that axis, either side. An equal split does not reach a segment
              of a few stores at the edge of a large one (a maximum 0.008 above the other on a
@@ -766,6 +763,7 @@ def _pair_moves(stats, fit, axes, drops):
              k-means++ on the stores' coefficients and coefficient splits cannot see.
     Splits and tails only where the segment has an axis; noise only where it has weight."""
     K, P = fit.theta.shape
+    axes = [_axis(stats, coefficients, fit, c) for c in range(K)]
     pairs = [(drop, split) for drop in drops for split in range(K) if split != drop]
     keep = np.array([[c for c in range(K) if c not in pair] for pair in pairs], dtype=int).reshape(len(pairs), -1)
     split = np.array([pair[1] for pair in pairs], dtype=int)
@@ -875,7 +873,7 @@ def _split_and_merge(stats, coefficients, fit, tol, max_iter, trial_iterations=5
     explored = [done for done in explored if done.converged]
     while K > 1 and not any(_same_point(done, fit.W, fit.loglik) for done in explored):
         misfits = _misfits(stats, coefficients, fit)
-        pairs = _pair_moves(stats, fit, [_axis(stats, coefficients, fit, c) for c in range(K)], range(K))
+        pairs = _pair_moves(stats, coefficients, fit, range(K))
         news = [start for drop in range(K) for start in _new_at_outliers(coefficients, misfits, fit, drop)]
         starts, sizes = _joined([pairs["split"], _stacked(news), _store_moves(stats, fit), pairs["noise"],
                                  pairs["tail"]])
@@ -927,11 +925,9 @@ def _grow(stats, coefficients, fit, tol, max_iter):
     """The best fit with one segment more, from starts that keep every segment of `fit` and add
     one: each segment split in two, or a small segment at each of the stores fit explains worst.
     Never below fit: where nothing is better, fit with an empty segment (the same likelihood)."""
-    K = fit.theta.shape[0]
-    pairs = _pair_moves(stats, fit, [_axis(stats, coefficients, fit, c) for c in range(K)], [None])
+    pairs = _pair_moves(stats, coefficients, fit, [None])
     outliers = _new_at_outliers(coefficients, _misfits(stats, coefficients, fit), fit, None, how_many=4)
-    starts, _ = _joined([pairs["split"], _stacked(outliers),
-                         pairs["noise"]])
+    starts, _ = _joined([pairs["split"], _stacked(outliers), pairs["noise"]])
     grown = _best_of(stats, starts, tol, max_iter, keep=3)
     return grown if grown.loglik >= fit.loglik else _embedded(stats, fit)
 
