@@ -560,7 +560,8 @@ def _statistics(sums, model, names=None):
     constant = [j for j in range(P) if not varies[j]]
     if len(constant) > 1:                        # one constant column is the intercept
         raise ValueError(f"{name(constant[-1])} is constant (or varies too little to tell from a "
-                         "constant): a price that never changes cannot identify a price effect")
+                         "constant), so its effect cannot be estimated: a price that never changes cannot "
+                         "identify a price effect")
     columns, m, offset = tuple(range(P)), n, np.zeros(N)
     if model.store_effects:
         columns = tuple(j for j in range(P) if varies[j])

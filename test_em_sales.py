@@ -1131,8 +1131,11 @@ class BoundedRuns(CommandLineCase):
 
     def test_progress_is_reported_within_a_K(self):
         seen = []
-        E.analyse(self.write("sales.csv", GOOD), Ks=(1, 2), n_init=3, progress=lambda *call: seen.append(call))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            E.analyse(self.write("sales.csv", GOOD), Ks=(1, 2), n_init=3, progress=lambda *call: seen.append(call))
         self.assertEqual(seen, [(2, 1, 3), (2, 2, 3), (2, 3, 3)])       # K = 1 is one run
+        self.assertTrue(any("the data reject sigma = 1" in str(w.message) for w in caught))
 
 
 class ReportAndOutputs(CommandLineCase):
@@ -1255,9 +1258,9 @@ class SearchAtAnyK(unittest.TestCase):
         """K = 8 for two true segments of 150 stores each: some segments duplicate others or hold
         almost no store. The notes, the warning and the report say so, with n/a standard errors."""
         panel = S.simulate(N=300, T=52, theta=[(10, -1), (11, -2)], pi=[0.5, 0.5], seed=0)
-        folder = __import__("tempfile").mkdtemp()
-        S.write_csv(os.path.join(folder, "p.csv"), panel.price, panel.sales)
-        with warnings.catch_warnings(record=True) as caught:
+        import tempfile
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(record=True) as caught:
+            S.write_csv(os.path.join(folder, "p.csv"), panel.price, panel.sales)
             warnings.simplefilter("always")
             results = E.analyse(os.path.join(folder, "p.csv"), Ks=(2, 8), n_init=3)
         eight = results["models"][1]
@@ -1270,3 +1273,204 @@ class SearchAtAnyK(unittest.TestCase):
         self.assertTrue(any(note in str(w.message) for w in caught))
         self.assertIn(note + " (n/a: no standard error means anything there)", E.report(results))
         self.assertEqual(results["models"][0]["unsupported"], {})
+
+
+class OneFitObject(unittest.TestCase):
+    """The redesign's contract: a Fit unpacks as the assignment's triple whatever the model, its
+    loglik is LogL of its own parameters (the same computation, so the same bits on any machine),
+    and plain EM stops by its own rule."""
+
+    def test_unpacks_as_the_assignment_and_loglik_is_logl(self):
+        panel, _ = small_panel(4, N=40, T=12, K=2)
+        for sigma, effects in ((1.0, False), ("common", False), ("segment", False), ("segment", True)):
+            with self.subTest(sigma=sigma, store_effects=effects):
+                fit = E.Estimate(2, panel.y, panel.X, n_init=3, seed=1, sigma=sigma, store_effects=effects)
+                theta, pi, ll = fit
+                self.assertEqual(len(fit), 3)
+                self.assertIs(fit[2], fit.loglik)
+                self.assertEqual(E.LogL(theta, pi, panel.y, panel.X, sigma=fit.sigma, store_effects=effects), ll)
+                np.testing.assert_array_equal(E.EStep(theta, pi, panel.y, panel.X, sigma=fit.sigma,
+                                                      store_effects=effects), fit.W)
+                self.assertEqual(fit.n_params, 2 * fit.theta.shape[1] + 1 + {1.0: 0, "common": 1, "segment": 2}[sigma])
+                self.assertAlmostEqual(fit.bic, fit.n_params * math.log(fit.n_obs) - 2 * ll, places=9)
+                se_theta, se_pi = E.StandardErrors(fit)
+                self.assertEqual(se_theta.shape, theta.shape)
+                self.assertEqual(np.isnan(E.StandardErrors(fit).sigma).all(), sigma == 1.0)
+                self.assertIn("segment", fit.summary())
+                step = E.MStep(panel.y, panel.X, fit.W, sigma=sigma, store_effects=effects)
+                self.assertEqual(len(tuple(step)), 2)
+                np.testing.assert_allclose(step.theta, theta, rtol=1e-6, atol=1e-6)   # a fixed point
+
+    def test_the_assignments_standard_errors_are_the_fits(self):
+        panel, _ = small_panel(6, N=40, T=12, K=2)
+        fit = E.Estimate(2, panel.y, panel.X, n_init=3, seed=0)
+        se_theta, se_pi = E.StandardErrors(fit.theta, fit.pi, panel.y, panel.X)
+        np.testing.assert_allclose(se_theta, fit.se.theta, rtol=1e-8)
+        np.testing.assert_allclose(se_pi, fit.se.pi, rtol=1e-8)
+
+    def test_plain_em_stops_by_its_own_rule(self):
+        """On a ridge where plain EM crawls (an over-fitted K), it stops by the relative-gain rule
+        long before max_iter, without a ConvergenceWarning, never above the searched maximum."""
+        panel = S.simulate(N=200, T=30, theta=[(10, -1), (11, -2)], pi=[0.5, 0.5], seed=3)
+        best = E.Estimate(4, panel.y, panel.X, n_init=3, seed=0).loglik
+        for seed in range(3):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit = E.EM(4, panel.y, panel.X, seed=seed, accelerate=False)
+            self.assertTrue(fit.converged, seed)
+            self.assertLess(fit.n_iter, 2000, seed)
+            self.assertFalse([w for w in caught if issubclass(w.category, E.ConvergenceWarning)])
+            self.assertLessEqual(fit.loglik, best + 1e-6)
+
+
+class ReferenceSearch(unittest.TestCase):
+    """A slow, simple search as the oracle on small panels: 60 k-means++ starts, every one run to
+    convergence by plain EM then polished; the default search must reach its best maximum."""
+
+    def test_the_search_reaches_the_oracles_maximum(self):
+        for seed, (sigma, effects) in enumerate(((1.0, False), ("common", False), ("segment", False), ("segment", True))):
+            with self.subTest(sigma=sigma, store_effects=effects):
+                panel, _ = real_panel(seed, N=40, T=10, store_sd=0.5)
+                stats = stats_of(panel.y, panel.X, sigma, effects)
+                starts = E._kmeanspp_starts(stats, E._store_coefficients(stats), 3, E._random(seed), 60)
+                oracle = -math.inf
+                for j in range(60):
+                    run = E._run_em(stats, (starts[0][j], starts[1][j], starts[2][j]), 1e-10, 5000)
+                    oracle = max(oracle, E._polish(stats, run._replace(converged=True)).loglik)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fit = E.Estimate(3, panel.y, panel.X, seed=seed, sigma=sigma, store_effects=effects)
+                self.assertGreaterEqual(fit.loglik, oracle - 1e-6 * abs(oracle))
+
+
+class NothingMisread(CommandLineCase):
+    """Every input either read exactly or refused in one line naming the file, line and column."""
+
+    LONG = "store,week,sales,price,deal\n"
+    REFUSED = {    # name: (text, extra arguments, the message)
+        "extra_cell.csv": (LONG + "a,1,10,2,0\na,2,11,3,1,9\nb,1,12,2,0\nb,2,9,3,1\n", ["--x", "deal"],
+                           "line 3 has 6 cells, more than the header's 5"),
+        "decimal_last.csv": ("store,week,sales,price\na,1,10,2\na,2,11,0,5\n", [],
+                             "line 3 has 5 cells, more than the header's 4 \\(a decimal comma or a thousands"),
+        "decimal_x.csv": (LONG + "a,1,10,2,0\na,2,11,3,0,5\n", ["--x", "deal"], "line 3 has 6 cells"),
+        "thousands.csv": ("store,week,sales,price\na,1,12,345,2\na,2,11,3\n", [], "line 2 has 5 cells"),
+        "quoted_thousands.csv": ('store,week,sales,price\na,1,"12,345",2\na,2,11,3\n', [],
+                                 "line 2, column 'sales': '12,345' is not a number: a decimal comma"),
+        "midquote.csv": ('store,week,sales,price\na,1,"2"39,2\na,2,11,3\n', [],
+                         "line 2: a quote .* closes in the middle of a cell"),
+        "twoprice.csv": ("store,week,sales,price,price\na,1,10,2,2\na,2,11,3,3\n", [],
+                         "line 1: the column name 'price' appears twice"),
+        "store_id.csv": ("store_id,week,sales,price\n1,1,10,2\n1,2,11,3\n2,1,12,2\n2,2,9,3\n", [],
+                         "looks like a long file .* --store store_id"),
+        "shop.csv": ("shop,size,week,sales,price\n1,3,1,10,2\n1,3,2,11,3\n2,4,1,12,2\n2,4,2,9,3\n", [],
+                     "looks like a long file .* --store shop"),
+        "retailer.csv": ("retailer,week,sales,price\nLA - LUCKY,1,10,2\nLA - LUCKY,2,11,3\nB,1,12,2\n", [],
+                         "looks like a long file .* --store retailer"),
+        "text_first.csv": ("Outlet name,A,B\nNorth,10,20\nSouth,11,21\n", [],
+                           "line 2, column 'Outlet name': 'North' is not a number: the first column must be the price .*--store"),
+        "blocks.csv": ("s,w,sales\n1,1,10\n1,2,11\n2,1,12\n2,2,9\n3,1,5\n3,2,6\n", [],
+                       "'s' holds whole numbers that repeat in blocks .* --store s"),
+        "huge_x.csv": (LONG + "a,1,10,2,0\na,2,11,3,1e160\nb,1,12,2,0\nb,2,9,3,1\n", ["--x", "deal"],
+                       "line 3, column 'deal': is infinite \\(or a number too large\\)"),
+        "tiny_x.csv": (LONG + "a,1,10,2,0\na,2,11,3,1e-200\nb,1,12,2,0\nb,2,9,3,0\nc,1,12,2,0\nc,2,9,3,0\n",
+                       ["--x", "deal", "--store-effects"], "'deal' is constant \\(or varies too little"),
+        "ulp.csv": ("Price,A,B,C\n" + "".join(f"{1.0 if t % 2 else 1.0000000000000002!r},{10 + t % 3},{11 + t % 2},"
+                                              f"{9 + t % 4}\n" for t in range(20)), [], "'log price' is constant"),
+        "all_one.csv": ("Price,A,B,C\n2,1,1,1\n3,1,1,1\n4,1,1,1\n", [],
+                        "every observation is fitted exactly"),
+        "constant_y.csv": ("Price,A,B,C,D\n2,5,5,5,5\n3,5,5,5,5\n4,5,5,5,5\n2.5,5,5,5,5\n", ["--K", "2"],
+                           "every observation is fitted exactly"),
+    }
+
+    def test_refused_with_the_place(self):
+        for name, (text, extra, pattern) in self.REFUSED.items():
+            with self.subTest(name):
+                self.assert_refused(f"{name}: .*{pattern}", self.write(name, text), "--K", "1", *extra)
+
+    def test_read_as_written(self):
+        """Labels are text (0002, 2 and 02 are three stores; 20-digit ids stay apart), quotes are
+        CSV-standard, and a separator inside quotes is part of the label."""
+        cases = {
+            "zeros.csv": ("store,week,sales,price\n0002,1,10,2\n0002,2,11,3\n2,1,12,2\n2,2,9,3\n02,1,5,2\n02,2,6,3\n",
+                          ["0002", "2", "02"]),
+            "long_ids.csv": ("store,week,sales,price\n" + "".join(f"{10 ** 19 + s},{t},{10 + s + t},{2 + t % 2}\n"
+                                                                 for s in range(3) for t in range(3)),
+                             [str(10 ** 19 + s) for s in range(3)]),
+            "north.csv": ('store,week,sales,price\n"Store, North",1,10,2\n"Store, North",2,11,3\nB,1,12,2\nB,2,9,3\n',
+                          ["Store, North", "B"]),
+            "chicago.csv": ('store;week;sales;price\n"Chicago, IL #2";1;10;2,5\n"Chicago, IL #2";2;11;3\nB;1;12;2\nB;2;9;3\n',
+                            ["Chicago, IL #2", "B"]),
+            "quoted_header.csv": ('"Price","Sales ""seven""",B\n2,10,20\n3,11,21\n4,12,19\n', ['Sales "seven"', "B"]),
+            "tab_quoted.csv": ('Price\t"A b"\t"C"\n2\t10\t20\n3\t11\t21\n4\t12\t19\n', ["A b", "C"]),
+        }
+        for name, (text, stores) in cases.items():
+            with self.subTest(name):
+                code, _, err = self.run_main(self.write(name, text), "--K", "1", "--sigma", "common",
+                                             "--segments", self.path("segments.csv"))
+                self.assertEqual(code, 0, err)
+                self.assertEqual([s["store"] for s in self.results()["store_segments"]], stores)
+                import csv
+                with open(self.path("segments.csv"), newline="") as handle:
+                    self.assertEqual([row["store"] for row in csv.DictReader(handle)], stores)
+
+    def test_a_pipe_is_read_once(self):
+        import subprocess
+        import sys
+        path = self.write("sales.csv", GOOD)
+        done = subprocess.run(["bash", "-c", f'"{sys.executable}" "{os.path.join(HERE, "em_sales.py")}" '
+                               f'<(cat "{path}") --K 1 --sigma common --quiet --output "{self.output}"'],
+                              capture_output=True, text=True)
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        self.assertEqual(self.results()["stores"], 4)
+
+    def test_outputs_and_names(self):
+        path = self.write("sales.csv", GOOD)
+        self.assert_refused("--segments needs a file name", path, "--K", "1", "--segments", "")
+        self.assert_refused("--plot needs a file name", path, "--K", "1", "--plot", "")
+        self.assert_refused("--tol: tol must be a number from 1e-12", path, "--tol", "1e-300")
+        odd = self.write("two\nlines.csv", "Price,A\n2,x\n")
+        code, _, err = self.run_main(odd, "--K", "1")
+        self.assertEqual((code, len(err.splitlines())), (2, 1))
+        self.assertIn("two\\nlines.csv", err)
+
+    def test_full_standard_output_touches_no_file(self):
+        """All outputs are replaced together after the report is out, or none is."""
+        import subprocess
+        import sys
+        if not os.path.exists("/dev/full"):
+            self.skipTest("no /dev/full")
+        path = self.write("sales.csv", GOOD)
+        segments, picture = self.write("segments.csv", "old\n"), self.write("picture.png", "old\n")
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, os.path.join(HERE, "em_sales.py"), path, "--K", "1",
+                                   "--sigma", "common", "--output", self.output, "--segments", segments],
+                                  stdout=full, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(done.returncode, 2)
+        for name in (self.output, segments, picture):
+            with open(name) as handle:
+                self.assertIn(handle.read(), ("earlier results\n", "old\n"))
+        self.assertFalse([name for name in os.listdir(self.folder.name) if name.endswith(".tmp")])
+
+    def test_the_api_refuses_what_it_cannot_compute(self):
+        panel, _ = small_panel(5, N=10, T=8, K=2, missing=0)
+        y, X, theta, pi = panel.y, panel.X, panel.theta, panel.pi
+        for call, pattern in (
+                (lambda: E.Estimate(2, y, X, store_effects="False"), "store_effects must be True or False"),
+                (lambda: E.Estimate(2, y, X, store_effects=2), "store_effects must be True or False"),
+                (lambda: E.EM(2, y, X, accelerate="no"), "accelerate must be True or False"),
+                (lambda: E.Estimate(2, y, X, sigma=1e-300), "sigma must be .* from 1e-100"),
+                (lambda: E.Estimate(2, y, X, sigma="fixed"), "sigma must be 'common', 'segment' or a number"),
+                (lambda: E.LogL(theta * 1e160, pi, y, X), "theta must be finite numbers no larger than 1e\\+100"),
+                (lambda: E.LogL(theta, pi, y, X, sigma=1e200), "sigma must be one number or K = 2 numbers"),
+                (lambda: E.EM(2, y, X, tol=1e-300), "tol must be a number from 1e-12"),
+                (lambda: E.LogL(theta, pi, np.full_like(y, 2.0), X), "every observation is fitted exactly")):
+            with self.subTest(pattern):
+                with self.assertRaisesRegex(ValueError, pattern):
+                    call()
+
+    def test_a_column_list_given_as_one_string_is_one_name(self):
+        path = self.write("long.csv", self.LONG + "".join(f"{s},{t},{10 + ord(s) % 5 + t % 3},{2 + t % 2},{t % 2}\n"
+                                                          for s in "abcd" for t in range(6)))
+        self.assertEqual(E.load(path, x="deal").coefficients, ["intercept", "log price", "deal"])
+        with self.assertRaisesRegex(ValueError, "x must be column names"):
+            E.load(path, x=[3])
