@@ -21,7 +21,7 @@ the model, keyword arguments of every function: sigma (a number: fixed at it, th
 "common": one estimated for all segments; "segment": one per segment), store_effects (each store
 its own intercept, by the within-store likelihood), and X of T x N x P (each store its own prices
 and regressors). Everything runs on per-store sufficient statistics (n_i, X_i'X_i, X_i'y_i,
-y_i'y_i); README.md derives every formula.
+y_i'y_i); README.md and docs/derivations.md derive every formula.
 
 Run as a program, `python em_sales.py data.csv` estimates K = 2, 3, 4, prints a report and writes
 results.json (python em_sales.py --help).
@@ -35,7 +35,8 @@ import numpy as np
 __version__ = "1.0.0"
 __all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model",
            "analyse", "load", "read_panel", "read_long", "panel_arrays", "report", "results_json",
-           "segments_csv", "plot", "main", "InputError", "ConvergenceWarning", "__version__"]
+           "segments_csv", "plot", "overfitted", "main", "Loaded", "LongPanel", "Sums", "InputError",
+           "ConvergenceWarning", "__version__"]
 
 # ---------------------------------------------------------------------------------------------
 # The rules, each in one place
@@ -90,8 +91,9 @@ LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
 SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
 LR_DECIMALS = 6            # a difference of log-likelihoods keeps their absolute noise (1e-9)
 BIC_STRENGTH = ((10, "very strong"), (6, "strong"), (2, "positive"), (0, "weak"))  # Kass-Raftery
-JSON_DIGITS = 8             # significant digits in results.json: rounding noise (up to 2e-11, relative, between
-                           # machines and BLAS kernels) is left out
+JSON_DIGITS = 8            # significant digits in results.json: rounding noise (up to 2e-11, relative, between
+                           # machines and BLAS kernels) is left out ...
+JSON_DIGITS_LOGLIK = 10    # ... and for log-likelihoods and criteria, whose noise is 1e-14 relative
 
 
 class ConvergenceWarning(UserWarning):
@@ -125,8 +127,9 @@ class Model(NamedTuple):
 
 class SigmaMode(NamedTuple):
     """One way of treating sigma: how many sigmas it estimates for K segments, which of them is
-    segment c's (the Hessian's map), its variance update in the M-step, whether a segment
-    must hold more than P weeks (else sigma_c -> 0 and the likelihood is unbounded), its words."""
+    segment c's (the Hessian's map), its variance update in the M-step, whether a segment must
+    hold at least P + 1 weighted weeks (else sigma_c -> 0 and the likelihood is unbounded: _thin),
+    its words."""
     count: object            # K -> number of sigma parameters
     index: object            # K -> (K,) the sigma parameter of each segment
     variance: object         # (stats, rss (..., K), weeks (..., K), ok) -> sigma^2 (..., K)
@@ -197,8 +200,8 @@ class Fit(_Unpacks):
     def __init__(self, run, stats, names=None):
         self.theta, self.pi, self.sigma, self.loglik, self.W, self.n_iter, self.converged = run
         self._stats, self.model = stats, stats.model
-        self.names = list(names) if names else [f"x{j}" for j in range(stats.P)]
-        self._se = None
+        self.names = list(names) if names else [f"x{j}" for j in stats.columns]      # X's columns
+        self._se, self.search = None, None
 
     K = property(lambda self: len(self.pi))
     n_obs = property(lambda self: int(self._stats.n.sum()))
@@ -996,36 +999,69 @@ def _one_blas_thread(N):
 def _search(stats, K, n_init=N_INIT, seed=None, tol=TOL, max_iter=MAX_ITER, names=None, previous=None,
             progress=None):
     """The maximum likelihood Fit with K segments (steps above). previous: the Fit with fewer
-    segments of a sweep; progress(done) is called after each start's run."""
+    segments of a sweep; progress(done) is called after each start's run, progress(None) at each
+    round of split-and-merge moves.
+
+    More starts are never worse: the first N_INIT starts (the same draws whatever n_init is)
+    are searched exactly as n_init = N_INIT searches them, then the rest, and the better end
+    is kept. The Fit's .search records the work: the distinct maxima where the starts' runs
+    ended, how many ended at each, and how many at the returned maximum."""
     K = _check_K(K, len(stats.n))
     _check_run(tol, max_iter, n_init, seed)
     with _one_blas_thread(len(stats.n)):
         if K == 1:                        # one maximum, pooled least squares: one run finds it
             start = _pooled_theta(stats)[None], np.ones(1), _start_sigma(stats, 1)
             best = _polish(stats, _run_em(stats, start, tol, max_iter))
-            return _finished(stats, best, "Estimate", names, {"runs": [best.loglik]})
+            return _finished(stats, best, "Estimate", names, _search_record([best], best))
         coefficients = _store_coefficients(stats)
-        runs = _runs(stats, _kmeanspp_starts(stats, coefficients, K, _random(seed), n_init), tol, max_iter,
-                     progress)
-        best = max(runs, key=lambda run: run.loglik)
-        if previous is not None and previous.K < K and best.loglik < previous.loglik:
-            grown = _run_of(previous)             # the fresh search ended below the last K: grow it
-            while grown.theta.shape[0] < K:
-                grown = _grow(stats, coefficients, grown, tol, max_iter)
-            best = max(best, grown, key=lambda run: run.loglik)
-        second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - 1e-6]
-        best = _split_and_merge(stats, coefficients, best, tol, max_iter)
-        if second:                                # a near tie: moves from the other maximum too
-            other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), tol, max_iter,
-                                     explored=[best])
-            best = max(best, other, key=lambda run: run.loglik)
+        starts = _kmeanspp_starts(stats, coefficients, K, _random(seed), n_init)
+        runs, best = [], None
+        for part in (slice(0, N_INIT), slice(N_INIT, n_init)) if n_init > N_INIT else (slice(0, n_init),):
+            more = _runs(stats, tuple(each[part] for each in starts), tol, max_iter, progress, len(runs))
+            found = _climb(stats, coefficients, more, tol, max_iter, previous if best is None else None,
+                           [best] if best is not None else [], progress)
+            runs += more
+            best = found if best is None or found.loglik > best.loglik else best
         best = _polish(stats, best)
-    return _finished(stats, best, "Estimate", names, {"runs": [run.loglik for run in runs]})
+    return _finished(stats, best, "Estimate", names, _search_record(runs, best))
 
 
-def _runs(stats, starts, tol, max_iter, progress=None):
+def _climb(stats, coefficients, runs, tol, max_iter, previous=None, explored=(), progress=None):
+    """Steps 3 and 4 from the best of some runs: grown from `previous` where it ends below it,
+    then split-and-merge, from a near tie too."""
+    K = runs[0].theta.shape[0]
+    best = max(runs, key=lambda run: run.loglik)
+    if previous is not None and previous.K < K and best.loglik < previous.loglik:
+        grown = _run_of(previous)             # the fresh search ended below the last K: grow it
+        while grown.theta.shape[0] < K:
+            grown = _grow(stats, coefficients, grown, tol, max_iter)
+        best = max(best, grown, key=lambda run: run.loglik)
+    second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - 1e-6]
+    best = _split_and_merge(stats, coefficients, best, tol, max_iter, explored, progress)
+    if second:                                # a near tie: moves from the other maximum too
+        other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), tol, max_iter,
+                                 list(explored) + [best], progress)
+        best = max(best, other, key=lambda run: run.loglik)
+    return best
+
+
+def _search_record(runs, best):
+    """What the search did: {"starts", "maxima": [[loglik, starts that ended there], ...] best
+    first, "at_best": starts whose run ended at the returned maximum}. Log-likelihoods within
+    SAME_LOGLIK (relative) are one maximum."""
+    maxima = []
+    for loglik in sorted((run.loglik for run in runs), reverse=True):
+        if maxima and abs(loglik - maxima[-1][0]) <= SAME_LOGLIK * max(1.0, abs(loglik)):
+            maxima[-1][1] += 1
+        else:
+            maxima.append([loglik, 1])
+    at_best = sum(count for loglik, count in maxima if abs(loglik - best.loglik) <= 1e-6 * max(1.0, abs(loglik)))
+    return {"starts": len(runs), "maxima": maxima, "at_best": at_best}
+
+
+def _runs(stats, starts, tol, max_iter, progress=None, done=0):
     """Step 2: the starts' first, plain iterations together (far from a maximum they need no
-    acceleration), then each run to its end; a list of _Run."""
+    acceleration), then each run to its end; a list of _Run. done: starts run before these."""
     n_init, K = starts[0].shape[:2]
     warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, max_iter - 1)
     theta, pi, sigma, _, gain = _plain_em(stats, starts, warm_up)
@@ -1035,7 +1071,7 @@ def _runs(stats, starts, tol, max_iter, progress=None):
                       known=[run for run in runs if run.converged], gain=gain[j])
         runs.append(run._replace(n_iter=run.n_iter + warm_up))
         if progress:
-            progress(j + 1)
+            progress(done + j + 1)
     return runs
 
 
@@ -1241,13 +1277,15 @@ def _store_moves(stats, run):
     return _m_step(stats, W)
 
 
-def _split_and_merge(stats, coefficients, run, tol, max_iter, explored=()):
+def _split_and_merge(stats, coefficients, run, tol, max_iter, explored=(), progress=None):
     """Step 3: all _moves from the run compete in a _tournament; the winner replaces the run
     where it gains more than tol; repeat until no move helps. explored: converged runs whose
-    moves were tried already; reaching one ends the search."""
+    moves were tried already; reaching one ends the search. progress(None) at each round."""
     K = run.theta.shape[0]
     explored = [done for done in explored if done.converged]
     while K > 1 and not any(_same_point(done, run.W, run.loglik) for done in explored):
+        if progress:
+            progress(None)
         moves = _moves(stats, coefficients, run)
         starts = tuple(np.concatenate([moves[kind][j] for kind in MOVES]) for j in range(3))
         kinds = np.repeat(np.arange(len(MOVES)), [len(moves[kind][0]) for kind in MOVES])
@@ -1469,8 +1507,8 @@ def _table(path, text):
     if all(_number(name, sep) is not None for name in header):
         raise InputError(f"{shown}: line {line} is numbers, not a header: the first line must name the "
                          "columns (the price, then one name a store; or store, week, sales, price)")
-    named = [name for name in header if name]
-    twice = next((name for name in named if named.count(name) > 1), None)
+    seen = set()
+    twice = next((name for name in header if name and (name in seen or seen.add(name))), None)
     if twice is not None:
         raise InputError(f"{shown}: line {line}: the column name '{_shown(twice)}' appears twice in the "
                          "header: every column needs its own name")
@@ -1789,7 +1827,8 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
     """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
     dictionary, whose "data" is `name` (default: the path). Warns when the data reject a fixed
     sigma, when BIC picks the largest K tried and when a segment is not supported.
-    progress(K, done, n_init), if given, is called after each start."""
+    progress(K, done, n_init), if given, is called after each start, and progress(K, None,
+    n_init) at each round of split-and-merge moves."""
     return _analyse(path, Ks, n_init, seed, tol, progress, name, _model(sigma, store_effects), columns, x)[0]
 
 
@@ -1879,7 +1918,7 @@ def _model_summary(fit):
             "entropy": fit.entropy, "iterations": fit.n_iter, "converged": fit.converged,
             "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
             "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
-            "supported_K": fit.K - len(unsupported)}
+            "supported_K": fit.K - len(unsupported), "search": fit.search}
 
 
 def overfitted(fit):
@@ -1906,15 +1945,18 @@ def _store_segments(stores, W):
             for i, store in enumerate(stores)]
 
 
-def _tidy(value):
-    """Floats to JSON_DIGITS significant digits (rounding noise, which differs between machines,
-    left out), NaN to null."""
+LOGLIK_KEYS = ("loglik", "aic", "bic", "icl", "maxima")
+
+
+def _tidy(value, digits=JSON_DIGITS):
+    """Floats to `digits` significant digits (JSON_DIGITS_LOGLIK under LOGLIK_KEYS): rounding
+    noise, which differs between machines, left out; NaN to null."""
     if isinstance(value, float):
-        return None if not math.isfinite(value) else float(f"{value:.{JSON_DIGITS}g}")
+        return None if not math.isfinite(value) else float(f"{value:.{digits}g}")
     if isinstance(value, dict):
-        return {key: _tidy(item) for key, item in value.items()}
+        return {key: _tidy(item, JSON_DIGITS_LOGLIK if key in LOGLIK_KEYS else digits) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_tidy(item) for item in value]
+        return [_tidy(item, digits) for item in value]
     return value
 
 
@@ -1966,7 +2008,7 @@ def _fit_lines(model, sigma_estimated):
               else f"NOT converged after {model['iterations']} iterations")
     lines = [f"K = {model['K']}   log-likelihood {model['loglik']:.4f}   free parameters {model['n_params']}   {status}",
              f"        AIC {model['aic']:.2f}   BIC {model['bic']:.2f}   ICL {model['icl']:.2f}   "
-             f"entropy {model['entropy']:.3f}"]
+             f"entropy {model['entropy']:.3f}"] + _search_lines(model.get("search"))
     names = model["coefficients"]
     columns = [(name, [row[j] for row in model["theta"]], [row[j] for row in model["se"]["theta"]])
                for j, name in enumerate(names)]
@@ -1985,6 +2027,19 @@ def _fit_lines(model, sigma_estimated):
                      + f": the data support at most {model['supported_K']} segments (n/a: no standard "
                      "error means anything there)")
     return lines
+
+
+def _search_lines(search):
+    """One line on the search's work, so that "the global maximum" can be audited."""
+    if not search or search["starts"] < 2:
+        return []
+    starts, maxima = search["starts"], search["maxima"]
+    if search["at_best"]:
+        lower = len(maxima) - 1
+        return [f"        search: {search['at_best']} of {starts} starts ended at this maximum"
+                + (f", the others at {lower} lower maxim{'um' if lower == 1 else 'a'}" if lower else "")]
+    return [f"        search: no start ended here: split-and-merge moves climbed above the best start's "
+            f"{maxima[0][0]:.4f} ({len(maxima)} maxima among {starts} starts)"]
 
 
 def _guide(settings, names):
@@ -2373,20 +2428,25 @@ def _say(text):
 
 def _progress(quiet):
     """progress(K, done, total) for a sweep: a line on stderr every 2 s once a run is slow, with
-    the time left in this K at the pace so far."""
+    the time left for this K's starts at the pace so far (done None: a round of moves)."""
     import sys
     import time
     start = last = time.perf_counter()
-    first = {}                                   # K: (time, starts done) at its first report
+    first, rounds = {}, {}                       # K: (time, starts done) at its first report
 
     def progress(K, done, total):
         nonlocal last
         now = time.perf_counter()
-        since, before = first.setdefault(K, (now, done))
+        if done is None:
+            rounds[K] = rounds.get(K, 0) + 1
+            what = f"split-and-merge moves, round {rounds[K]}"
+        else:
+            since, before = first.setdefault(K, (now, done))
+            left = (f", about {(now - since) / (done - before) * (total - done):.0f} s left for its starts"
+                    if before < done < total else "")
+            what = f"{done} of {total} starts done{left}"
         if not quiet and now - start > 2 and (now - last > 2 or done == total):
-            left = (f", about {(now - since) / (done - before) * (total - done):.0f} s left in K = {K}"
-                    if done > before and done < total else "")
-            print(f"K = {K}: {done} of {total} starts done, {now - start:.1f} s{left}", file=sys.stderr, flush=True)
+            print(f"K = {K}: {what}, {now - start:.1f} s", file=sys.stderr, flush=True)
             last = now
     return progress
 
