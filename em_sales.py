@@ -761,7 +761,10 @@ def _score_hessian(stats, theta, pi, sigma, W):
     if nt:
         to = np.column_stack([to, KP + mode.index(K)])
     to = np.concatenate([to.ravel(), KP + nt + np.arange(K - 1)])
-    M = np.zeros((len(to), KP + nt + K - 1))
+    if len(to) == KP + nt + K - 1:                                # a permutation: no sums needed
+        order = np.argsort(to)
+        return G.sum(axis=0)[order], H[np.ix_(order, order)]
+    M = np.zeros((len(to), KP + nt + K - 1))                      # a common sigma: K into one
     M[np.arange(len(to)), to] = 1.0
     return G.sum(axis=0) @ M, M.T @ H @ M
 
