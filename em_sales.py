@@ -69,11 +69,11 @@ WARM_UP_LARGE = 10       # ... or this many when starts x K x stores exceed BATC
 BATCH_LARGE = 1_000_000
 BATCH_CELLS = 2_000_000  # a batch's (starts, K, N) arrays are cut into chunks of about this size
 NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own
-TOURNAMENT = ((5, 2, 4), (10, 1, 2))  # stages: (plain EM iterations, best kept of each kind,
+TOURNAMENT = ((5, 2, 4), (10, 2, 2))  # stages: (plain EM iterations, best kept of each kind,
                                        # best kept overall); the last stage's are run to the end
 GROW_STAGES = ((5, 0, 3),)  # growing a fit by one segment: 5 iterations, the 3 best run to the end
-BACK_AT_KNOWN = 1e-6     # a move this close (relative) to a known maximum is back there: it
-                         # ranks last in its kind at every stage
+COPY_TOLERANCE = 1e-3    # starts whose segments agree to this (relative) are copies: one place
+PROJECTION_RATE = 0.9    # moves are ranked where they head at EM's rate, at most this
 TAIL_SHARE = 0.1         # a tail move carves this share of a segment's weight ...
 TAIL_DISTANCE = 2.0      # ... this many standard deviations out along its main axis
 NOISE_FACTORS = (0.5, 1.5)   # a noise move splits a segment into these multiples of its sigma
@@ -1058,7 +1058,7 @@ def _search_record(runs, best):
             maxima[-1][1] += 1
         else:
             maxima.append([loglik, 1])
-    at_best = sum(count for loglik, count in maxima if abs(loglik - best.loglik) <= 1e-6 * max(1.0, abs(loglik)))
+    at_best = sum(count for loglik, count in maxima if abs(loglik - best.loglik) <= SAME_LOGLIK * max(1.0, abs(loglik)))
     return {"starts": len(runs), "maxima": maxima, "at_best": at_best}
 
 
@@ -1067,7 +1067,7 @@ def _runs(stats, starts, tol, max_iter, progress=None, done=0):
     acceleration), then each run to its end; a list of _Run. done: starts run before these."""
     n_init, K = starts[0].shape[:2]
     warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, max_iter - 1)
-    theta, pi, sigma, _, gain = _plain_em(stats, starts, warm_up)
+    theta, pi, sigma, _, gain, _ = _plain_em(stats, starts, warm_up)
     runs = []
     for j in range(n_init):
         run = _run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter - warm_up,
@@ -1086,17 +1086,23 @@ def _first(batch):
 def _plain_em(stats, batch, iterations):
     """`iterations` plain EM steps from each of B starts, batch = (theta (B, K, P), pi (B, K),
     sigma (B, K)), all at once, in chunks of about BATCH_CELLS cells. Returns theta, pi, sigma,
-    loglik (B,) at the end and gain (B,), what the last iteration added."""
+    loglik (B,) at the end, gain (B,), what the last iteration added, and projected (B,), where
+    the run is heading: loglik + gain r / (1 - r), with r = gain / the gain before it (EM's
+    linear rate, capped at PROJECTION_RATE), the sum of the gains still to come at that rate."""
     chunk = max(1, BATCH_CELLS // (batch[0].shape[1] * len(stats.n)))
     parts = []
     for first in range(0, len(batch[0]), chunk):
         params = tuple(part[first:first + chunk] for part in batch)
-        before = np.full(len(params[0]), -np.inf)
+        lagged = np.full((2, len(params[0])), -np.inf)        # the log-likelihood 2 and 1 steps back
         for _ in range(iterations):
-            W, before = _e_step(stats, *params)
+            W, loglik = _e_step(stats, *params)
+            lagged = np.stack([lagged[1], loglik])
             params = _m_step(stats, W)
         loglik = _e_step(stats, *params)[1]
-        parts.append(params + (loglik, loglik - before))
+        gain, before = loglik - lagged[1], lagged[1] - lagged[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.clip(np.where(before > 0, gain / before, 0.0), 0.0, PROJECTION_RATE)
+        parts.append(params + (loglik, gain, loglik + np.maximum(gain, 0.0) * rate / (1 - rate)))
     return tuple(np.concatenate(part) for part in zip(*parts))
 
 
@@ -1306,24 +1312,47 @@ def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
     together; the `per_kind` best of each kind and the `overall` best stay in. Ranks are taken
     within each kind because a move that hardly changes the fit (one store) always looks best
     early and would crowd out the moves that change more; a start already back at a known
-    maximum (within BACK_AT_KNOWN) ranks last in its kind, at every stage. The
+    maximum, or a copy of another start (_copies), ranks last and takes no place of its kind, at
+    every stage. Starts
+    are ranked by where they are heading (_plain_em's projected), not where they are: after a
+    few iterations a move that climbs fast but from further down is the better bet. The
     last stage's survivors run to convergence; the best of them is returned."""
     theta, pi, sigma = starts
     gain = None
     for iterations, per_kind, overall in stages:
-        theta, pi, sigma, loglik, gain = _plain_em(stats, (theta, pi, sigma), iterations)
-        back = np.zeros(len(loglik), dtype=bool)
-        for run in known:
-            back |= np.abs(loglik - run.loglik) <= BACK_AT_KNOWN * abs(run.loglik)
-        picked = set(np.argsort(-loglik, kind="stable")[:overall].tolist())
-        ranking = np.where(back, -np.inf, loglik)
+        theta, pi, sigma, loglik, gain, projected = _plain_em(stats, (theta, pi, sigma), iterations)
+        copies = _copies(np.concatenate([theta, [run.theta for run in known]]) if known else theta,
+                         np.concatenate([pi, [run.pi for run in known]]) if known else pi,
+                         np.concatenate([sigma, [run.sigma for run in known]]) if known else sigma,
+                         np.concatenate([-projected, np.full(len(known), -np.inf)]))[:len(theta)]
+        ranking = np.where(copies, -np.inf, projected)
+        picked = set(np.argsort(-ranking, kind="stable")[:overall].tolist())
         for kind in np.unique(kinds):
-            mine = np.flatnonzero(kinds == kind)
+            mine = np.flatnonzero((kinds == kind) & np.isfinite(ranking))
             picked |= set(mine[np.argsort(-ranking[mine], kind="stable")[:per_kind]].tolist())
         kept = sorted(picked)
         theta, pi, sigma, gain, kinds = theta[kept], pi[kept], sigma[kept], gain[kept], kinds[kept]
-    return max((_run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter, known=known, gain=gain[j])
-                for j in range(len(theta))), key=lambda run: run.loglik)
+    ends = list(known)                           # a finalist that reaches another's end stops there
+    for j in np.argsort(-ranking[kept] if len(kept) else [], kind="stable"):
+        ends.append(_run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter, known=ends, gain=gain[j]))
+    return max(ends[len(known):], key=lambda run: run.loglik)
+
+
+def _copies(theta, pi, sigma, order):
+    """(B,) True for a start that is a copy of a start earlier in `order`: the same segments, in
+    any order, to COPY_TOLERANCE (dropping either of two equal segments gives two such starts, and
+    many moves fall back to the maximum they came from, put first in `order`); copies would take
+    places that distinct moves need."""
+    key = np.concatenate([theta, pi[..., None], sigma[..., None]], axis=-1)          # (B, K, P + 2)
+    key = np.take_along_axis(key, np.argsort(key[..., 0], axis=-1)[..., None], axis=1).reshape(len(key), -1)
+    copy = np.zeros(len(key), dtype=bool)
+    kept = []
+    for j in np.argsort(order, kind="stable"):
+        scale = COPY_TOLERANCE * (1 + np.abs(key[j]))
+        copy[j] = any(np.all(np.abs(key[j] - key[k]) <= scale) for k in kept)
+        if not copy[j]:
+            kept.append(j)
+    return copy
 
 
 def _grow(stats, coefficients, run, tol, max_iter):

@@ -146,7 +146,7 @@ class Monotone(unittest.TestCase):
     def test_em_iterations_never_lower_the_likelihood(self):
         """EM's own path, plain and accelerated: stopping after m iterations, for m = 1, 2, ...,
         on varied small panels (where an unguarded SQUAREM or Newton step does go downhill)."""
-        for seed in range(40):
+        for seed in range(16):
             rng = np.random.default_rng(seed)
             K = int(rng.integers(2, 5))
             theta = np.column_stack([rng.uniform(9, 12, K), rng.uniform(-2.5, -0.5, K)])
@@ -156,7 +156,7 @@ class Monotone(unittest.TestCase):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     path = [E.EM(K, panel.y, panel.X, max_iter=m, seed=seed, accelerate=accelerate)[2]
-                            for m in range(1, 30)]
+                            for m in range(1, 24)]
                 self.assertTrue(np.all(np.diff(path) >= -1e-9 * abs(path[0])), (seed, accelerate))
 
 
@@ -224,6 +224,23 @@ class GlobalMaximum(unittest.TestCase):
         self.assertTrue(any(4 <= w <= 8 for w in best.W.sum(axis=0)))       # the quiet group
         for fit in fits:
             self.assertAlmostEqual(fit.loglik, best.loglik, delta=1e-7)
+
+
+class TournamentRanks(unittest.TestCase):
+    def test_a_tiny_segment_beyond_a_ridge(self):
+        """3,000 stores x 8 weeks, common sigma, store effects, K = 4 (the battery's 'big' panel):
+        the starts end on a ridge (the K = 3 maximum with a segment split in two) 0.0049 below a
+        maximum with a segment of 1.5 stores' weight. The moves that reach it rank below copies
+        of each other and moves already back at the ridge after 5 and 15 iterations; seeds 1 and
+        4 missed it while copies and returning moves took the places."""
+        theta = [[10.432412, -1.504377], [11.334336, -1.853479], [10.758453, -2.183488], [10.528235, -1.930637]]
+        pi = np.array([0.131692, 0.13186, 0.49287, 0.243578])
+        panel = S.simulate(3000, 8, theta, pi / pi.sum(), sigma=0.5, store_sd=1.0, seed=8)
+        stats = stats_of(panel.y, panel.X, "common", True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = [E._search(stats, 4, seed=seed).loglik for seed in (1, 4)]
+        self.assertTrue(all(value > -18441.1221 for value in values), values)
 
 
 class Invariances(unittest.TestCase):
@@ -776,7 +793,7 @@ class ModelsMonotone(unittest.TestCase):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     path = [E.EM(3, panel.y, panel.X, max_iter=m, seed=seed, sigma=sigma, store_effects=effects).loglik
-                            for m in range(1, 25)]
+                            for m in range(1, 20)]
                 self.assertTrue(np.all(np.diff(path) >= -1e-9 * abs(path[0])), (seed, sigma, effects))
 
 
@@ -1100,8 +1117,8 @@ class NoTraceback(CommandLineCase):
                             self.write("cell.csv", "Price,A\n2,10\n3," + "x" * 200_000 + "\n"), "--K", "1")
         self.assert_refused("garbage.csv: line 2 has 11 cells", self.write("garbage.csv", "Price,A\n" + "1;2,3\"" * 10
                                                                     + "z" * 5_000_000 + "\n"), "--K", "1")
-        self.assert_refused("garbage.csv: line 2, column 'Price': 'z{40}\\.\\.\\. \\(50,000,000 characters\\)' is not",
-                            self.write("garbage.csv", "Price,A\n" + "z" * 50_000_000 + ",1\n3,4\n"), "--K", "1")
+        self.assert_refused("garbage.csv: line 2, column 'Price': 'z{40}\\.\\.\\. \\(5,000,000 characters\\)' is not",
+                            self.write("garbage.csv", "Price,A\n" + "z" * 5_000_000 + ",1\n3,4\n"), "--K", "1")
         if os.path.exists("/dev/zero"):
             self.assert_refused("/dev/zero: is not a text file", "/dev/zero", "--K", "1")
 
@@ -1210,7 +1227,7 @@ class SearchAtAnyK(unittest.TestCase):
     def test_the_loglikelihood_never_falls_as_K_grows(self):
         """In a sweep each K also grows the last K's solution by one segment, so the maximum found
         can only rise with K: on varied panels, for sigma fixed, common and per segment."""
-        for r in range(9):
+        for r in range(6):
             rng = np.random.default_rng(300 + r)
             k = int(rng.integers(2, 5))
             theta = np.column_stack([rng.uniform(9.5, 11.5, k), rng.uniform(-2, -0.8, k)])
@@ -1222,7 +1239,7 @@ class SearchAtAnyK(unittest.TestCase):
             previous = None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                for K in range(1, 7):
+                for K in range(1, 6):
                     fit = E._search(stats, K, n_init=3, seed=r, previous=previous)
                     if previous is not None:
                         self.assertGreaterEqual(fit.loglik, previous.loglik - 1e-9 * abs(fit.loglik), (r, K, sigma))
