@@ -243,6 +243,19 @@ class TournamentRanks(unittest.TestCase):
         self.assertTrue(all(value > -18441.1221 for value in values), values)
 
 
+    def test_more_starts_are_never_worse(self):
+        """The first 10 starts of any n_init are searched as n_init = 10 searches them: the same
+        first draws, the same maximum or a higher one."""
+        panel, _ = real_panel(11, N=60, T=10, store_sd=0.5)
+        stats = stats_of(panel.y, panel.X, "segment")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for seed in range(3):
+                ten, more = E._search(stats, 4, n_init=10, seed=seed), E._search(stats, 4, n_init=25, seed=seed)
+                self.assertGreaterEqual(more.loglik, ten.loglik - 1e-9 * abs(ten.loglik), seed)
+                self.assertEqual(more.search["starts"], 25)
+
+
 class Invariances(unittest.TestCase):
     def setUp(self):
         self.panel, self.rng = small_panel(21, N=150, T=30, K=3, missing=0.1)
@@ -734,7 +747,9 @@ class ModelsAgainstBruteForce(unittest.TestCase):
         np.testing.assert_allclose(W, np.exp(joint - logsumexp(joint, axis=1, keepdims=True)), atol=1e-12)
         for mode in ("common", "segment"):
             got = E.MStep(y, X, W, sigma=mode, store_effects=store_effects)
-            for a, b in zip(got, brute_m_step_sigma(y, X, W, mode, store_effects)):
+            want = brute_m_step_sigma(y, X, W, mode, store_effects)
+            self.assertEqual(len(want), 3)
+            for a, b in zip((got.theta, got.pi, got.sigma), want):
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
     def test_sigma_and_store_prices(self):
@@ -775,26 +790,28 @@ class ModelsMonotone(unittest.TestCase):
         for seed in range(6):
             panel, rng = real_panel(seed, N=60, T=15, store_sd=1.0)
             for sigma, effects in (("common", False), ("segment", False), ("segment", True), ("common", True)):
-                theta = (panel.theta[:, 1:] if effects else panel.theta) + rng.normal(0, 0.5, (3, 2 - effects))
-                pi, s = np.full(3, 1 / 3), np.ones(3)
-                previous = E.LogL(theta, pi, panel.y, panel.X, sigma=s, store_effects=effects)
-                for _ in range(40):
-                    W = E.EStep(theta, pi, panel.y, panel.X, sigma=s, store_effects=effects)
-                    step = E.MStep(panel.y, panel.X, W, sigma=sigma, store_effects=effects)
-                    theta, pi, s = step.theta, step.pi, step.sigma
-                    current = E.LogL(theta, pi, panel.y, panel.X, sigma=s, store_effects=effects)
-                    self.assertGreaterEqual(current, previous - 1e-9 * abs(previous), (seed, sigma, effects))
-                    previous = current
+                with self.subTest(sigma=sigma, store_effects=effects):
+                    theta = (panel.theta[:, 1:] if effects else panel.theta) + rng.normal(0, 0.5, (3, 2 - effects))
+                    pi, s = np.full(3, 1 / 3), np.ones(3)
+                    previous = E.LogL(theta, pi, panel.y, panel.X, sigma=s, store_effects=effects)
+                    for _ in range(40):
+                        W = E.EStep(theta, pi, panel.y, panel.X, sigma=s, store_effects=effects)
+                        step = E.MStep(panel.y, panel.X, W, sigma=sigma, store_effects=effects)
+                        theta, pi, s = step.theta, step.pi, step.sigma
+                        current = E.LogL(theta, pi, panel.y, panel.X, sigma=s, store_effects=effects)
+                        self.assertGreaterEqual(current, previous - 1e-9 * abs(previous), (seed, sigma, effects))
+                        previous = current
 
     def test_em_iterations_never_lower_the_likelihood(self):
         for seed in range(8):
             panel, rng = real_panel(seed, N=int(40 + 20 * seed), T=10 + seed, store_sd=1.0)
             for sigma, effects in (("common", False), ("segment", False), ("segment", True)):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    path = [E.EM(3, panel.y, panel.X, max_iter=m, seed=seed, sigma=sigma, store_effects=effects).loglik
-                            for m in range(1, 20)]
-                self.assertTrue(np.all(np.diff(path) >= -1e-9 * abs(path[0])), (seed, sigma, effects))
+                with self.subTest(sigma=sigma, store_effects=effects):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        path = [E.EM(3, panel.y, panel.X, max_iter=m, seed=seed, sigma=sigma, store_effects=effects).loglik
+                                for m in range(1, 20)]
+                    self.assertTrue(np.all(np.diff(path) >= -1e-9 * abs(path[0])), (seed, sigma, effects))
 
 
 class ModelsRecovery(unittest.TestCase):
@@ -803,23 +820,24 @@ class ModelsRecovery(unittest.TestCase):
         4 standard errors, and BIC picks K = 3; a common sigma likewise without store effects."""
         panel, _ = real_panel(11, N=400, T=40, sigma=(0.3, 0.5, 0.8), store_sd=1.0, missing=0.1)
         for sigma, effects in (("segment", True), ("common", False)):
-            y = panel.y if effects else panel.y - panel.store_effect
-            truth_sigma = panel.sigma if sigma == "segment" else None
-            bic = {}
-            for K in (2, 3, 4):
-                stats = stats_of(y, panel.X, sigma, effects)
-                fit = E._search(stats, K, seed=1)
-                k = K * stats.P + K - 1 + stats.model.mode.count(K)
-                bic[K] = k * math.log(stats.n.sum()) - 2 * fit.loglik
-                if K == 3:
-                    se_theta, se_pi, se_sigma = fit.se.theta, fit.se.pi, fit.se.sigma
-                    truth = panel.theta[:, 1:] if effects else panel.theta
-                    np.testing.assert_array_less(np.abs(fit.theta - truth), 4 * se_theta)
-                    np.testing.assert_array_less(np.abs(fit.pi - panel.pi), 4 * se_pi)
-                    if truth_sigma is not None:
-                        np.testing.assert_array_less(np.abs(fit.sigma - truth_sigma), 4 * se_sigma)
-            if sigma == "segment":
-                self.assertEqual(min(bic, key=bic.get), 3, bic)
+            with self.subTest(sigma=sigma, store_effects=effects):
+                y = panel.y if effects else panel.y - panel.store_effect
+                truth_sigma = panel.sigma if sigma == "segment" else None
+                bic = {}
+                for K in (2, 3, 4):
+                    stats = stats_of(y, panel.X, sigma, effects)
+                    fit = E._search(stats, K, seed=1)
+                    k = K * stats.P + K - 1 + stats.model.mode.count(K)
+                    bic[K] = k * math.log(stats.n.sum()) - 2 * fit.loglik
+                    if K == 3:
+                        se_theta, se_pi, se_sigma = fit.se.theta, fit.se.pi, fit.se.sigma
+                        truth = panel.theta[:, 1:] if effects else panel.theta
+                        np.testing.assert_array_less(np.abs(fit.theta - truth), 4 * se_theta)
+                        np.testing.assert_array_less(np.abs(fit.pi - panel.pi), 4 * se_pi)
+                        if truth_sigma is not None:
+                            np.testing.assert_array_less(np.abs(fit.sigma - truth_sigma), 4 * se_sigma)
+                if sigma == "segment":
+                    self.assertEqual(min(bic, key=bic.get), 3, bic)
 
     def test_sigma_standard_errors_match_the_spread(self):
         estimates, errors = [], []
