@@ -1626,7 +1626,8 @@ def _check_values(table, name, values, lines, positive, missing=False, what=""):
     column = name[column] if isinstance(name, list) else name
     reason = ("is empty: every row needs sales, a price and its regressors (leave out a week without an "
               "observation)" if np.isnan(value) else
-              "is infinite (or a number too large)" if abs(value) > VALUE_LIMIT else
+              "is infinite (or a number too large to read)" if np.isinf(value) else
+              f"is {value:g}: larger than {VALUE_LIMIT:g}, too large to estimate from" if abs(value) > VALUE_LIMIT else
               f"must be positive to take its log; got {value:g}")
     raise InputError(f"{table.path}: line {lines[row]}, column '{column}': {what}{reason}")
 

@@ -1408,7 +1408,7 @@ class NothingMisread(CommandLineCase):
         "blocks.csv": ("s,w,sales\n1,1,10\n1,2,11\n2,1,12\n2,2,9\n3,1,5\n3,2,6\n", [],
                        "'s' holds whole numbers that repeat in blocks .* --store s"),
         "huge_x.csv": (LONG + "a,1,10,2,0\na,2,11,3,1e160\nb,1,12,2,0\nb,2,9,3,1\n", ["--x", "deal"],
-                       "line 3, column 'deal': is infinite \\(or a number too large\\)"),
+                       "line 3, column 'deal': is 1e\\+160: larger than 1e\\+100"),
         "tiny_x.csv": (LONG + "a,1,10,2,0\na,2,11,3,1e-200\nb,1,12,2,0\nb,2,9,3,0\nc,1,12,2,0\nc,2,9,3,0\n",
                        ["--x", "deal", "--store-effects"], "'deal' is constant \\(or varies too little"),
         "ulp.csv": ("Price,A,B,C\n" + "".join(f"{1.0 if t % 2 else 1.0000000000000002!r},{10 + t % 3},{11 + t % 2},"
