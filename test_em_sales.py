@@ -256,6 +256,20 @@ class TournamentRanks(unittest.TestCase):
                 self.assertEqual(more.search["starts"], 25)
 
 
+    def test_a_tiny_segment_beyond_a_ridge_with_store_effects_and_missing_cells(self):
+        """300 stores x 40 weeks, 30% missing, sigma fixed, store effects, K = 5 (the battery's
+        'missing30'): seeds 4 and 6 ended on a ridge (two equal segments) 0.0034 below a maximum
+        that only one move in 85 reaches; from the fit without its copy, growing it by every
+        split, tail and new segment, each run to its end, reaches it."""
+        theta = [(10.0, -0.5), (11.0, -1.0), (9.5, -1.8), (12.0, -2.5)]
+        panel = S.simulate(300, 40, theta, [.3, .2, .25, .25], missing=0.3, seed=5, store_sd=1.0)
+        stats = stats_of(panel.y, panel.X, 1.0, True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = [E._search(stats, 5, seed=seed).loglik for seed in (4, 6)]
+        self.assertTrue(all(value > -12302.0794 for value in values), values)
+
+
 class Invariances(unittest.TestCase):
     def setUp(self):
         self.panel, self.rng = small_panel(21, N=150, T=30, K=3, missing=0.1)
