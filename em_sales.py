@@ -73,7 +73,6 @@ TOURNAMENT = ((5, 2, 4), (10, 1, 2))  # stages: (plain EM iterations, best kept 
                                        # best kept overall); the last stage's are run to the end
 GROW_STAGES = ((5, 0, 3),)  # growing a fit by one segment: 5 iterations, the 3 best run to the end
 COPY_TOLERANCE = 1e-3    # starts whose segments agree to this (relative) are copies: one place
-PROJECTION_RATE = 0.9    # moves are ranked where they head at EM's rate, at most this
 TAIL_SHARE = 0.1         # a tail move carves this share of a segment's weight ...
 TAIL_DISTANCE = 2.0      # ... this many standard deviations out along its main axis
 NOISE_FACTORS = (0.5, 1.5)   # a noise move splits a segment into these multiples of its sigma
@@ -1067,7 +1066,7 @@ def _runs(stats, starts, tol, max_iter, progress=None, done=0):
     acceleration), then each run to its end; a list of _Run. done: starts run before these."""
     n_init, K = starts[0].shape[:2]
     warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, max_iter - 1)
-    theta, pi, sigma, _, gain, _ = _plain_em(stats, starts, warm_up)
+    theta, pi, sigma, _, gain = _plain_em(stats, starts, warm_up)
     runs = []
     for j in range(n_init):
         run = _run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter - warm_up,
@@ -1086,23 +1085,17 @@ def _first(batch):
 def _plain_em(stats, batch, iterations):
     """`iterations` plain EM steps from each of B starts, batch = (theta (B, K, P), pi (B, K),
     sigma (B, K)), all at once, in chunks of about BATCH_CELLS cells. Returns theta, pi, sigma,
-    loglik (B,) at the end, gain (B,), what the last iteration added, and projected (B,), where
-    the run is heading: loglik + gain r / (1 - r), with r = gain / the gain before it (EM's
-    linear rate, capped at PROJECTION_RATE), the sum of the gains still to come at that rate."""
+    loglik (B,) at the end and gain (B,), what the last iteration added."""
     chunk = max(1, BATCH_CELLS // (batch[0].shape[1] * len(stats.n)))
     parts = []
     for first in range(0, len(batch[0]), chunk):
         params = tuple(part[first:first + chunk] for part in batch)
-        lagged = np.full((2, len(params[0])), -np.inf)        # the log-likelihood 2 and 1 steps back
+        before = np.full(len(params[0]), -np.inf)
         for _ in range(iterations):
-            W, loglik = _e_step(stats, *params)
-            lagged = np.stack([lagged[1], loglik])
+            W, before = _e_step(stats, *params)
             params = _m_step(stats, W)
         loglik = _e_step(stats, *params)[1]
-        gain, before = loglik - lagged[1], lagged[1] - lagged[0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate = np.clip(np.where(before > 0, gain / before, 0.0), 0.0, PROJECTION_RATE)
-        parts.append(params + (loglik, gain, loglik + np.maximum(gain, 0.0) * rate / (1 - rate)))
+        parts.append(params + (loglik, loglik - before))
     return tuple(np.concatenate(part) for part in zip(*parts))
 
 
@@ -1353,19 +1346,17 @@ def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
     within each kind because a move that hardly changes the fit (one store) always looks best
     early and would crowd out the moves that change more; a start already back at a known
     maximum, or a copy of another start (_copies), ranks last and takes no place of its kind, at
-    every stage. Without stages, every start runs to its end (a ridge: _split_and_merge). Starts
-    are ranked by where they are heading (_plain_em's projected), not where they are: after a
-    few iterations a move that climbs fast but from further down is the better bet. The
+    every stage. Without stages, every start runs to its end (a ridge: _split_and_merge). The
     last stage's survivors run to convergence; the best of them is returned."""
     theta, pi, sigma = starts
     gain, ranking = np.full(len(theta), math.inf), np.zeros(len(theta))    # no stages: all run
     for iterations, per_kind, overall in stages:
-        theta, pi, sigma, loglik, gain, projected = _plain_em(stats, (theta, pi, sigma), iterations)
+        theta, pi, sigma, loglik, gain = _plain_em(stats, (theta, pi, sigma), iterations)
         copies = _copies(np.concatenate([theta, [run.theta for run in known]]) if known else theta,
                          np.concatenate([pi, [run.pi for run in known]]) if known else pi,
                          np.concatenate([sigma, [run.sigma for run in known]]) if known else sigma,
-                         np.concatenate([-projected, np.full(len(known), -np.inf)]))[:len(theta)]
-        ranking = np.where(copies, -np.inf, projected)
+                         np.concatenate([-loglik, np.full(len(known), -np.inf)]))[:len(theta)]
+        ranking = np.where(copies, -np.inf, loglik)
         picked = set(np.argsort(-ranking, kind="stable")[:overall].tolist())
         for kind in np.unique(kinds):
             mine = np.flatnonzero((kinds == kind) & np.isfinite(ranking))
