@@ -1376,13 +1376,11 @@ def _copies(theta, pi, sigma, order):
     places that distinct moves need."""
     key = np.concatenate([theta, pi[..., None], sigma[..., None]], axis=-1)          # (B, K, P + 2)
     key = np.take_along_axis(key, np.argsort(key[..., 0], axis=-1)[..., None], axis=1).reshape(len(key), -1)
-    copy = np.zeros(len(key), dtype=bool)
-    kept = []
-    for j in np.argsort(order, kind="stable"):
-        scale = COPY_TOLERANCE * (1 + np.abs(key[j]))
-        copy[j] = any(np.all(np.abs(key[j] - key[k]) <= scale) for k in kept)
-        if not copy[j]:
-            kept.append(j)
+    close = (np.abs(key[:, None] - key[None]) <= COPY_TOLERANCE * (1 + np.abs(key[:, None]))).all(axis=-1)
+    copy, kept = np.zeros(len(key), dtype=bool), np.zeros(len(key), dtype=bool)
+    for j in np.argsort(order, kind="stable"):               # close[j, k]: j is a copy of k
+        copy[j] = (close[j] & kept).any()
+        kept[j] = not copy[j]
     return copy
 
 
@@ -1556,7 +1554,7 @@ def _table(path, text):
                 where = "opens a cell that never closes" if "end of data" in str(problem) else \
                     "closes in the middle of a cell (write a quote inside a quoted cell as \"\")"
                 raise InputError(f"{shown}: line {start}: a quote (\") {where}") from None
-            if any(cell.strip() for cell in cells):
+            if "".join(cells).strip():
                 yield offset + reader.line_num, cells
 
     records = rows()
@@ -1767,13 +1765,15 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
     numbers = [where["sales"], where["price"]] + where["x"]
     labels = ({}, {})
     codes, values, lines = ([], []), [], []
+    width, at = len(table.header), (where["store"], where["week"])
     for line, cells in table.rows:
-        cells = _cells(table, line, cells)
-        for k, role in enumerate(("store", "week")):
-            label = cells[where[role]].strip()
+        if len(cells) != width:
+            cells = _cells(table, line, cells)
+        for k in (0, 1):
+            label = cells[at[k]].strip()
             if not label:
-                raise InputError(f"{table.path}: line {line}, column '{table.header[where[role]]}': "
-                                 f"the {role} is missing")
+                raise InputError(f"{table.path}: line {line}, column '{table.header[at[k]]}': "
+                                 f"the {('store', 'week')[k]} is missing")
             codes[k].append(labels[k].setdefault(label, len(labels[k])))
         values.append(_row_numbers(table, line, cells, numbers))
         lines.append(line)
