@@ -1763,8 +1763,9 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
     table = _table(path, _read_text(path) if text is None else text)
     where = _long_columns(table, dict(store=store, week=week, sales=sales, price=price), _names(x, "x"))
     numbers = [where["sales"], where["price"]] + where["x"]
+    from array import array                      # 8 bytes a number, not a Python float each
     labels = ({}, {})
-    codes, values, lines = ([], []), [], []
+    codes, values, lines = (array("q"), array("q")), array("d"), array("q")
     width, at = len(table.header), (where["store"], where["week"])
     for line, cells in table.rows:
         if len(cells) != width:
@@ -1775,16 +1776,16 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
                 raise InputError(f"{table.path}: line {line}, column '{table.header[at[k]]}': "
                                  f"the {('store', 'week')[k]} is missing")
             codes[k].append(labels[k].setdefault(label, len(labels[k])))
-        values.append(_row_numbers(table, line, cells, numbers))
+        values.extend(_row_numbers(table, line, cells, numbers))
         lines.append(line)
     if not lines:
         raise InputError(f"{table.path}: has a header but no data rows")
-    values = np.array(values, dtype=float)
+    values = np.frombuffer(values, dtype=float).reshape(len(lines), len(numbers)).copy()
     names = [table.header[j] for j in numbers]
-    lines = np.array(lines)
+    lines = np.frombuffer(lines, dtype=np.int64).copy()
     _check_values(table, names[:2], values[:, :2], lines, positive=True)
     _check_values(table, names[2:], values[:, 2:], lines, positive=False)
-    store, week = (np.array(code) for code in codes)
+    store, week = (np.frombuffer(code, dtype=np.int64).copy() for code in codes)
     _refuse_repeats(table, labels, store, week, lines)
     for k, name in enumerate(names[1:], 1):
         if np.ptp(values[:, k]) == 0:
