@@ -69,9 +69,9 @@ WARM_UP_LARGE = 10       # ... or this many when starts x K x stores exceed BATC
 BATCH_LARGE = 1_000_000
 BATCH_CELLS = 2_000_000  # a batch's (starts, K, N) arrays are cut into chunks of about this size
 NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own
-TOURNAMENT = ((5, 2, 4), (10, 1, 2))  # stages: (plain EM iterations, best kept of each kind,
-                                       # best kept overall); the last stage's are run to the end
-GROW_STAGES = ((5, 0, 3),)  # growing a fit by one segment: 5 iterations, the 3 best run to the end
+TOURNAMENT = ((3, 2, 4), (5, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
+                                     # of each kind, best kept overall); the last stage's run to the end
+GROW_STAGES = ((3, 0, 3),)  # growing a fit by one segment: 3 steps, the 3 best run to the end
 COPY_TOLERANCE = 1e-3    # starts whose segments agree to this (relative) are copies: one place
 TAIL_SHARE = 0.1         # a tail move carves this share of a segment's weight ...
 TAIL_DISTANCE = 2.0      # ... this many standard deviations out along its main axis
@@ -1099,6 +1099,43 @@ def _plain_em(stats, batch, iterations):
     return tuple(np.concatenate(part) for part in zip(*parts))
 
 
+def _squarem_em(stats, batch, iterations):
+    """`iterations` SQUAREM steps (_squarem_step) from each of B starts, all at once: a batch as
+    _plain_em takes and returns it. Where a start's extrapolation is not a valid parameter, or
+    does not beat its two plain steps, it takes the two plain steps. A few such steps tell where
+    a move leads much better than as many plain ones: a move that crawls on a plateau under
+    plain EM (0.9 below the fit it came from after 100 plain iterations) and climbs 2.8 above
+    it once accelerated ranked 25th of 154 after 5 plain iterations and first after 5 of these."""
+    chunk = max(1, BATCH_CELLS // (batch[0].shape[1] * len(stats.n)))
+    parts = []
+    for first in range(0, len(batch[0]), chunk):
+        params = tuple(part[first:first + chunk] for part in batch)
+        W, loglik = _e_step(stats, *params)
+        before = np.full(len(loglik), -np.inf)
+        for _ in range(iterations):
+            before = loglik
+            one = _m_step(stats, W)
+            two = _m_step(stats, _e_step(stats, *one)[0])
+            W2, loglik2 = _e_step(stats, *two)
+            x0, x1, x2 = (np.concatenate([p[0].reshape(len(p[0]), -1), p[1], p[2]], axis=1) for p in (params, one, two))
+            r, v = x1 - x0, x2 - 2 * x1 + x0
+            norm_v = np.sqrt((v * v).sum(axis=1))
+            alpha = np.where(norm_v > 0, np.minimum(-np.sqrt((r * r).sum(axis=1)) / np.maximum(norm_v, 1e-300), -1.0), -1.0)
+            x = x0 - 2 * alpha[:, None] * r + (alpha * alpha)[:, None] * v
+            KP, K = x1.shape[1] - 2 * two[1].shape[1], two[1].shape[1]
+            new = (x[:, :KP].reshape(two[0].shape), x[:, KP:KP + K], x[:, KP + K:])
+            valid = (new[1] >= 0).all(axis=1) & (new[2] > 0).all(axis=1) & np.isfinite(x).all(axis=1)
+            safe = tuple(np.where(valid.reshape((-1,) + (1,) * (n.ndim - 1)), n, t) for n, t in zip(new, two))
+            W_new, loglik_new = _e_step(stats, *safe)
+            weeks = W_new.swapaxes(-1, -2) @ stats.m
+            ok = valid & (loglik_new >= loglik2) & ~_thin(stats, weeks).any(axis=1)
+            params = tuple(np.where(ok.reshape((-1,) + (1,) * (n.ndim - 1)), n, t) for n, t in zip(safe, two))
+            W = np.where(ok[:, None, None], W_new, W2)
+            loglik = np.where(ok, loglik_new, loglik2)
+        parts.append(params + (loglik, loglik - before))
+    return tuple(np.concatenate(part) for part in zip(*parts))
+
+
 def _store_coefficients(stats):
     """Each store's own least-squares coefficients b_i (N, P), the sufficient statistic of
     store i for theta: R_ic = R_i + (b_i - theta_c)' X_i'X_i (b_i - theta_c).
@@ -1341,8 +1378,8 @@ def _growth(stats, coefficients, run, outliers):
 
 def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
     """The best converged run among a batch of starts, found cheaply. At each stage
-    (iterations, per_kind, overall) every start still in gets that many plain EM iterations,
-    together; the `per_kind` best of each kind and the `overall` best stay in. Ranks are taken
+    (iterations, per_kind, overall) every start still in gets that many SQUAREM steps, together
+    (_squarem_em); the `per_kind` best of each kind and the `overall` best stay in. Ranks are taken
     within each kind because a move that hardly changes the fit (one store) always looks best
     early and would crowd out the moves that change more; a start already back at a known
     maximum, or a copy of another start (_copies), ranks last and takes no place of its kind, at
@@ -1351,7 +1388,7 @@ def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
     theta, pi, sigma = starts
     gain, ranking = np.full(len(theta), math.inf), np.zeros(len(theta))    # no stages: all run
     for iterations, per_kind, overall in stages:
-        theta, pi, sigma, loglik, gain = _plain_em(stats, (theta, pi, sigma), iterations)
+        theta, pi, sigma, loglik, gain = _squarem_em(stats, (theta, pi, sigma), iterations)
         copies = _copies(np.concatenate([theta, [run.theta for run in known]]) if known else theta,
                          np.concatenate([pi, [run.pi for run in known]]) if known else pi,
                          np.concatenate([sigma, [run.sigma for run in known]]) if known else sigma,
