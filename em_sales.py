@@ -61,6 +61,7 @@ SIGMA_RANGE = (1e-100, 1e100)   # a fixed sigma outside this range cannot be com
 LOG_SALES_LIMIT = 100.0  # |log S| above this is no log of a real quantity (e^100 = 2.7e43)
 SPREAD_FLOOR = 1e-5      # a regressor whose sd is below this x max(1, |mean|) is a constant
 COLLINEAR = 1e-12        # smallest eigenvalue of X'X in correlation form: below it, collinear
+EXACT_FIT = 1e-12        # pooled residual variance below this x mean y^2: fitted exactly (to rounding)
 # The search (Estimate): starts, then split-and-merge moves ranked in a tournament
 N_INIT = 10              # default starts (k-means++ on the stores' own coefficients)
 MAX_STARTS = 10_000      # n_init above this is refused: 10 to 100 starts are plenty
@@ -592,7 +593,7 @@ def _statistics(sums, model, names=None):
                          "changes too little to tell from a constant, cannot identify a price effect")
     theta = np.linalg.solve(A, Xty.sum(axis=0))
     pooled_s2 = max(yty.sum() - theta @ Xty.sum(axis=0), 0.0) / max(m.sum(), 1.0)
-    if not pooled_s2 > 1e-20 * max(yty.sum() / max(m.sum(), 1.0), 1e-300):
+    if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), 1e-300):
         raise ValueError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
     return Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model)
