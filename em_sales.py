@@ -1327,6 +1327,8 @@ def _split_and_merge(stats, coefficients, run, tol, max_iter, explored=(), progr
         if progress:
             progress(None)
         redundant = _redundant(run)
+        if redundant is not None and _redundant(_without(run, *redundant)) is not None:
+            redundant = None                     # more than one segment past a maximum: the usual moves
         if redundant is None:
             moves = _moves(stats, coefficients, run, range(K))
             starts = tuple(np.concatenate([moves[kind][j] for kind in MOVES]) for j in range(3))
@@ -1399,10 +1401,13 @@ def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
             picked |= set(mine[np.argsort(-ranking[mine], kind="stable")[:per_kind]].tolist())
         kept = sorted(picked)
         theta, pi, sigma, gain, kinds = theta[kept], pi[kept], sigma[kept], gain[kept], kinds[kept]
-    ends = list(known)                           # a finalist that reaches another's end stops there
+    ends, best = list(known), None               # a finalist that reaches another's end stops there
     for j in np.argsort(-ranking[kept] if stages else ranking, kind="stable"):
-        ends.append(_run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter, known=ends, gain=gain[j]))
-    return max(ends[len(known):], key=lambda run: run.loglik)
+        end = _run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter, known=ends, gain=gain[j])
+        if not any(_same_point(other, end.W, end.loglik) for other in ends):    # each maximum once
+            ends.append(end)
+        best = end if best is None or end.loglik > best.loglik else best
+    return best
 
 
 def _copies(theta, pi, sigma, order):
