@@ -95,6 +95,17 @@ JSON_DIGITS = 8            # significant digits in results.json: rounding noise 
                            # machines and BLAS kernels) is left out ...
 JSON_DIGITS_LOGLIK = 10    # ... and for log-likelihoods and criteria, whose noise is 1e-14 relative
 
+# Reading files
+MISSING = ("", "NA", "NaN", "nan")            # cells that mean "no observation this week"
+MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused, not read into memory
+CELL_SHOWN = 40          # a cell in a message is cut to this many characters
+LONG_COLUMNS = ("store", "week", "sales", "price")  # a long file's columns, found by name
+INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
+               "unnamed: 0", "month", "year")          # a first column so named is no price
+STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr", "store_no", "shop",
+               "shop_id", "outlet", "outlet_id", "retailer", "retailer_id", "id", "branch", "location",
+               "customer", "account", "site")          # ... and one so named is a long file's
+
 
 class ConvergenceWarning(UserWarning):
     """EM stopped at max_iter before its stopping rule was met."""
@@ -1483,17 +1494,6 @@ def _standard_errors(stats, run):
 # wide: first column the price, every other column a store, one row a week;
 # long: one row a store and week, columns store, week, sales, price and further regressors.
 # Every error is an InputError naming the file, the line and the column.
-
-MISSING = ("", "NA", "NaN", "nan")            # cells that mean "no observation this week"
-MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused, not read into memory
-CELL_SHOWN = 40          # a cell in a message is cut to this many characters
-LONG_COLUMNS = ("store", "week", "sales", "price")
-INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
-               "unnamed: 0", "month", "year")          # a first column so named is no price
-STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr", "store_no", "shop",
-               "shop_id", "outlet", "outlet_id", "retailer", "retailer_id", "id", "branch", "location",
-               "customer", "account", "site")          # ... and one so named is a long file's
-
 
 class InputError(ValueError):
     """A file that cannot be used, with a message naming the file, where and what."""
