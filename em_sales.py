@@ -85,7 +85,8 @@ MISFIT_ITERATIONS = 10   # EM iterations on the new segment's weight in that cri
 BLAS_THREADS_FROM = 20_000  # fits of fewer stores hold numpy's BLAS to one thread (threadpoolctl)
 EXP_CAP = 700.0          # exp() arguments are capped here (exp(709) overflows)
 # What the report says
-UNSUPPORTED_WEIGHT = 0.5   # a segment with less posterior weight than half a store holds none
+UNSUPPORTED_WEIGHT = 0.5   # a segment with less posterior weight than half a store holds almost none ...
+EMPTY_WEIGHT = 0.005       # ... and with less than this, none (an empty segment: a flat ridge)
 EQUAL_SEGMENTS = 1e-3      # segments whose theta and sigma agree to this (relative) are one
 LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
 SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
@@ -1193,9 +1194,9 @@ def _kmeanspp_starts(stats, coefficients, K, rng, count):
 MOVES = ("split", "outlier", "store", "noise", "tail")
 
 
-def _moves(stats, coefficients, run, drops):
-    """Every move from a converged run, by kind (split-and-merge EM, Ueda et al. 2000, and greedy
-    EM, Vlassis & Likas 2002): drop one segment (of `drops`) and
+def _moves(stats, coefficients, run):
+    """Every move from a converged run, as a batch and each start's kind (split-and-merge EM, Ueda
+    et al. 2000, and greedy EM, Vlassis & Likas 2002): drop one segment and
       split    split another in two along the main axis of its stores' coefficients;
       tail     carve a small segment off another's tail (a few stores at a large one's edge);
       noise    with sigma per segment, split another by noise (a quiet group inside a noisy one);
@@ -1203,10 +1204,18 @@ def _moves(stats, coefficients, run, drops):
     or, without dropping,
       store    move one ambiguous store to its second segment (EM cannot move a store whose
                posterior is 0 or 1, and two maxima can differ by one store)."""
-    pairs = _pair_moves(stats, coefficients, run, drops)
+    drops = range(run.theta.shape[0])
     misfits = _misfits(stats, coefficients, run)
     outliers = [start for drop in drops for start in _new_at_outliers(coefficients, misfits, run, drop, OUTLIERS)]
-    return dict(pairs, outlier=_stacked(outliers), store=_store_moves(stats, run))
+    return _batch(dict(_pair_moves(stats, coefficients, run, drops), outlier=_stacked(outliers),
+                       store=_store_moves(stats, run)))
+
+
+def _batch(parts):
+    """{kind: batch} as one batch (theta, pi, sigma) and each start's kind (an index of MOVES)."""
+    kinds = [kind for kind in MOVES if kind in parts]
+    starts = tuple(np.concatenate([parts[kind][j] for kind in kinds]) for j in range(3))
+    return starts, np.repeat([MOVES.index(kind) for kind in kinds], [len(parts[kind][0]) for kind in kinds])
 
 
 def _stacked(starts):
@@ -1341,9 +1350,7 @@ def _split_and_merge(stats, coefficients, run, tol, max_iter, explored=(), progr
         if redundant is not None and _redundant(_without(run, *redundant)) is not None:
             redundant = None                     # more than one segment past a maximum: the usual moves
         if redundant is None:
-            moves = _moves(stats, coefficients, run, range(K))
-            starts = tuple(np.concatenate([moves[kind][j] for kind in MOVES]) for j in range(3))
-            kinds = np.repeat(np.arange(len(MOVES)), [len(moves[kind][0]) for kind in MOVES])
+            starts, kinds = _moves(stats, coefficients, run)
         else:
             starts, kinds = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
         known = ([run] if run.converged else []) + explored
@@ -1358,11 +1365,9 @@ def _redundant(run):
     """(c, d) where the fit is on a flat ridge: segment c holds no store (d None) or is a copy of
     segment d. Such a fit is a maximum with a segment fewer, and a few iterations tell nothing of
     where a move leads from it. None where there is no such segment."""
-    for c, why in overfitted(run).items():
-        if why == "holds no store":
-            return c, None
-        if why.startswith("is the same as segment "):
-            return c, int(why.rsplit(" ", 1)[1]) - 1
+    for c, (held, twin) in _unsupported(run).items():
+        if twin is not None or held < EMPTY_WEIGHT:            # a copy, or a segment holding no store
+            return c, twin
     return None
 
 
@@ -1383,9 +1388,7 @@ def _growth(stats, coefficients, run, outliers):
     segment), or a new segment at each of `outliers` badly explained stores per criterion."""
     pairs = _pair_moves(stats, coefficients, run, [None])
     found = _new_at_outliers(coefficients, _misfits(stats, coefficients, run), run, None, outliers)
-    parts = {"split": pairs["split"], "tail": pairs["tail"], "noise": pairs["noise"], "outlier": _stacked(found)}
-    starts = tuple(np.concatenate([parts[kind][j] for kind in MOVES if kind in parts]) for j in range(3))
-    return starts, np.repeat(np.arange(len(MOVES)), [len(parts[kind][0]) if kind in parts else 0 for kind in MOVES])
+    return _batch(dict(pairs, outlier=_stacked(found)))
 
 
 def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
@@ -2027,19 +2030,26 @@ def overfitted(fit):
     """{segment: why} for the segments of a fit that the data do not support: one with (almost) no
     store (less than UNSUPPORTED_WEIGHT of a store's posterior weight), or one equal to an earlier
     segment (theta and sigma within EQUAL_SEGMENTS, relative)."""
+    return {c: ("holds no store" if held < EMPTY_WEIGHT else f"holds almost no store ({held:.2f} of one store's weight)")
+            if twin is None else f"is the same as segment {twin + 1}" for c, (held, twin) in _unsupported(fit).items()}
+
+
+def _unsupported(fit):
+    """{segment: (the stores' weight it holds, the earlier segment it equals or None)} for the
+    segments overfitted names."""
     N = len(fit.W)
-    why = {}
+    found = {}
     for c in range(len(fit.pi)):
         held = fit.pi[c] * N
         if held < UNSUPPORTED_WEIGHT:
-            why[c] = "holds no store" if held < 0.005 else f"holds almost no store ({held:.2f} of one store's weight)"
+            found[c] = held, None
             continue
         for d in range(c):
-            if d not in why and np.all(np.abs(fit.theta[c] - fit.theta[d]) <= EQUAL_SEGMENTS * (1 + np.abs(fit.theta[d]))) \
+            if d not in found and np.all(np.abs(fit.theta[c] - fit.theta[d]) <= EQUAL_SEGMENTS * (1 + np.abs(fit.theta[d]))) \
                     and abs(fit.sigma[c] - fit.sigma[d]) <= EQUAL_SEGMENTS * fit.sigma[d]:
-                why[c] = f"is the same as segment {d + 1}"
+                found[c] = held, d
                 break
-    return why
+    return found
 
 
 def _store_segments(stores, W):
