@@ -34,7 +34,7 @@ import numpy as np
 
 __version__ = "1.0.0"
 __all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model",
-           "analyse", "load", "read_panel", "read_long", "panel_arrays", "report", "results_json",
+           "analyse", "load", "read_panel", "read_long", "read_stores", "panel_arrays", "report", "results_json",
            "segments_csv", "plot", "overfitted", "main", "Loaded", "LongPanel", "Sums", "InputError",
            "ConvergenceWarning", "__version__"]
 
@@ -84,6 +84,9 @@ MISFIT_POOL = 20         # stores scored by greedy EM's criterion for a quiet ne
 MISFIT_ITERATIONS = 10   # EM iterations on the new segment's weight in that criterion
 BLAS_THREADS_FROM = 20_000  # fits of fewer stores hold numpy's BLAS to one thread (threadpoolctl)
 EXP_CAP = 700.0          # exp() arguments are capped here (exp(709) overflows)
+GAMMA_LIMIT = 10.0       # |gamma| (membership log-odds against the largest segment, per sd of a covariate)
+                         # beyond this: the covariates separate the segment (no finite maximum; odds 22,000:1)
+GAMMA_STEPS = 100        # Newton iterations of the membership M-step (a weighted multinomial logit) at most
 # What the report says
 UNSUPPORTED_WEIGHT = 0.5   # a segment with less posterior weight than half a store holds almost none ...
 EMPTY_WEIGHT = 0.005       # ... and with less than this, none (an empty segment: a flat ridge)
@@ -127,10 +130,13 @@ def _warn(message, category=UserWarning):
 
 class Model(NamedTuple):
     """What is estimated. sigma: a key of SIGMA; fixed: sigma's value where it is fixed;
-    store_effects: each store its own intercept (the within-store likelihood)."""
+    store_effects: each store its own intercept (the within-store likelihood); covariates: the
+    names of the store covariates of membership, Pr[C_i = c | z_i] = softmax_c(z_i'gamma_c)
+    (none: pi_c for every store)."""
     sigma: str = "fixed"
     fixed: float = 1.0
     store_effects: bool = False
+    covariates: tuple = ()
 
     @property
     def mode(self):
@@ -189,12 +195,13 @@ class _Unpacks:
 
 
 class Params(_Unpacks):
-    """theta (K, P), pi (K,), sigma (K,): unpacks as (theta, pi). MStep returns it, and
-    StandardErrors returns their standard errors in the same form (NaN where not estimated)."""
+    """theta (K, P), pi (K,), sigma (K,) and, with covariates of membership, gamma (K, R): unpacks
+    as (theta, pi). MStep returns it, and StandardErrors returns their standard errors in the
+    same form (NaN where not estimated)."""
     _unpacks = ("theta", "pi")
 
-    def __init__(self, theta, pi, sigma):
-        self.theta, self.pi, self.sigma = theta, pi, sigma
+    def __init__(self, theta, pi, sigma, gamma=None):
+        self.theta, self.pi, self.sigma, self.gamma = theta, pi, sigma, gamma
 
     def __repr__(self):
         return f"Params(theta={self.theta.tolist()}, pi={self.pi.tolist()}, sigma={self.sigma.tolist()})"
@@ -210,14 +217,19 @@ class Fit(_Unpacks):
     _unpacks = ("theta", "pi", "loglik")
 
     def __init__(self, run, stats, names=None):
-        self.theta, self.pi, self.sigma, self.loglik, self.W, self.n_iter, self.converged = run
+        self.theta, self.membership, self.sigma, self.loglik, self.W, self.n_iter, self.converged = run
         self._stats, self.model = stats, stats.model
         self.names = list(names) if names else [f"x{j}" for j in stats.columns]      # X's columns
-        self._se, self.search = None, None
+        self._se, self.search, self.without_covariates = None, None, None
+        self.gamma = self.membership if stats.Z is not None else None
+        self.prior = np.exp(np.broadcast_to(_log_prior(stats, self.membership), (len(self.theta), len(self.W)))).T
+        self.pi = self.prior.mean(axis=0) if stats.Z is not None else self.membership
+        self.separated = {}                       # with covariates: {segment: covariates held at GAMMA_LIMIT}
 
     K = property(lambda self: len(self.pi))
     n_obs = property(lambda self: int(self._stats.n.sum()))
-    n_params = property(lambda self: self.K * self.theta.shape[1] + self.K - 1 + self.model.mode.count(self.K))
+    n_params = property(lambda self: self.K * self.theta.shape[1] + (self.K - 1) * self._R + self.model.mode.count(self.K))
+    _R = property(lambda self: 1 if self._stats.Z is None else self._stats.Z.shape[1])
     aic = property(lambda self: 2 * self.n_params - 2 * self.loglik)
     bic = property(lambda self: self.n_params * math.log(self.n_obs) - 2 * self.loglik)
     llf = property(lambda self: self.loglik)
@@ -357,17 +369,20 @@ def _check_run(tol, max_iter, n_init=1, seed=None):
         _whole(seed, "seed", 0)
 
 
-def _model(sigma=1.0, store_effects=False):
-    """The Model of the options sigma (a positive number, "common" or "segment") and
-    store_effects (True or False)."""
+def _model(sigma=1.0, store_effects=False, covariates=()):
+    """The Model of the options sigma (a positive number, "common" or "segment"),
+    store_effects (True or False) and covariates (names of covariates of membership)."""
     _check_flag(store_effects, "store_effects")
+    covariates = tuple(_names(covariates, "covariates"))
+    if len(set(covariates)) < len(covariates):
+        raise ValueError(f"covariates must be distinct names; got {list(covariates)}")
     if isinstance(sigma, str) and sigma in SIGMA and sigma != "fixed":
-        return Model(sigma, 1.0, bool(store_effects))
+        return Model(sigma, 1.0, bool(store_effects), covariates)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)) \
             or not SIGMA_RANGE[0] <= sigma <= SIGMA_RANGE[1]:
         raise ValueError(f"sigma must be 'common', 'segment' or a number from {SIGMA_RANGE[0]:g} to "
                          f"{SIGMA_RANGE[1]:g} (sigma fixed at it); got {sigma!r}")
-    return Model("fixed", float(sigma), bool(store_effects))
+    return Model("fixed", float(sigma), bool(store_effects), covariates)
 
 
 def _array(value, name):
@@ -461,6 +476,9 @@ class Stats(NamedTuple):
     columns     the columns of X that the statistics keep (all, or all but the intercept)
     pooled_s2   residual variance of pooled least squares (K = 1): the scale of sigma^2
     model       the Model
+    Z (N, R)    with covariates of membership: 1 and the standardised covariates, (z - mean) / sd;
+                None without
+    z_scale     (mean (Q,), sd (Q,)) of the covariates as given
     """
     n: np.ndarray
     m: np.ndarray
@@ -472,6 +490,8 @@ class Stats(NamedTuple):
     columns: tuple
     pooled_s2: float
     model: Model
+    Z: np.ndarray = None
+    z_scale: tuple = None
 
     P = property(lambda self: self.Xty.shape[1])
 
@@ -561,13 +581,14 @@ def _spread(sums):
     return np.sqrt(variance) >= SPREAD_FLOOR * np.maximum(1.0, np.abs(mean))
 
 
-def _statistics(sums, model, names=None):
+def _statistics(sums, model, names=None, covariates=None):
     """Stats of a model from a panel's Sums. With store effects, the within-store transform
     (README, "Store fixed effects"):
         X_i'X_i - s_i s_i'/n_i,  X_i'y_i - s_i t_i/n_i,  y_i'y_i - t_i^2/n_i,
     with s_i, t_i the store's sums of x and y; a column of X that is constant is the intercept
     and is dropped, one that is constant within every store (but not overall) is refused.
-    names: the columns' names, for messages (default: "column j of X")."""
+    names: the columns' names, for messages (default: "column j of X"). covariates (N, Q): the
+    stores' covariates of membership, in the order of model.covariates (_covariates)."""
     n, XtX, Xty, yty, sx, sy = sums
     N, P = Xty.shape
     name = (lambda j: repr(names[j])) if names else (lambda j: f"column {j} of X")
@@ -608,7 +629,31 @@ def _statistics(sums, model, names=None):
     if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), 1e-300):
         raise ValueError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
-    return Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model)
+    stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model)
+    return _covariates(stats, covariates) if model.covariates else stats
+
+
+def _covariates(stats, z):
+    """stats with Z = [1, (z - mean) / sd] for covariates of membership z (N, Q), or ValueError
+    naming a covariate that is missing, constant, or a combination of the others."""
+    names = stats.model.covariates
+    z = _array(z, "covariates")
+    N = len(stats.n)
+    if z.shape != (N, len(names)):
+        raise ValueError(f"covariates must be N x Q = {N} x {len(names)} (a row a store, a column each of "
+                         f"{', '.join(names)}); got shape {z.shape}")
+    for j, name in enumerate(names):
+        if not np.all(np.isfinite(z[:, j])):
+            raise ValueError(f"covariate {name!r} is missing (or not finite) for store {int(np.argmax(~np.isfinite(z[:, j])))}")
+    mean, sd = z.mean(axis=0), z.std(axis=0)
+    for j, name in enumerate(names):
+        if not sd[j] >= SPREAD_FLOOR * max(1.0, abs(mean[j])):
+            raise ValueError(f"covariate {name!r} is the same for every store: it cannot tell segments apart")
+    Z = np.column_stack([np.ones(N), (z - mean) / sd])
+    if np.linalg.eigvalsh(Z.T @ Z / N).min() < COLLINEAR:
+        raise ValueError(f"the covariates {', '.join(names)} are collinear (one is a combination of the "
+                         "others, or there are more covariates than stores): drop one")
+    return stats._replace(Z=Z, z_scale=(mean, sd))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,15 +673,23 @@ def _rss(stats, theta):
     return rss.reshape(theta.shape[:-1] + (len(stats.yty),))
 
 
-def _log_joint(stats, theta, pi, sigma):
-    """(..., K, N) log(pi_c f(y_i | c)) = log pi_c + const_i - m_i log sigma_c - R_ic / (2 sigma_c^2).
+def _log_prior(stats, pi):
+    """log Pr[C_i = c]: (..., K, 1) log pi_c, or with covariates of membership, where the pi slot
+    holds gamma (K, R), the (K, N) log pi_ic = z_i'gamma_c - log sum_k exp(z_i'gamma_k).
     An empty segment (pi_c = 0) gets -inf, so its posterior is 0 without a NaN."""
-    log_pi = np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)
+    if stats.Z is None:
+        return np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)[..., None]
+    eta = pi @ stats.Z.T
+    return eta - _log_normalise(eta)[1]
+
+
+def _log_joint(stats, theta, pi, sigma):
+    """(..., K, N) log(pi_ic f(y_i | c)) = log pi_ic + const_i - m_i log sigma_c - R_ic / (2 sigma_c^2)."""
     out = _rss(stats, theta)
     out *= (-0.5 / (sigma * sigma))[..., None]
     out += stats.const
     out -= np.log(sigma)[..., None] * stats.m
-    out += log_pi[..., None]
+    out += _log_prior(stats, pi)
     return out
 
 
@@ -704,7 +757,73 @@ def _m_step(stats, W):
     if not ok.all():                                         # not so for the pooled theta
         rss += (theta * ((A @ theta[..., None])[..., 0] - b)).sum(axis=-1)
     variance = stats.model.mode.variance(stats, rss, weeks, ok)
-    return theta, pi, np.sqrt(np.maximum(variance, VARIANCE_FLOOR * stats.pooled_s2))
+    member = pi if stats.Z is None else _gamma_step(stats, W)
+    return theta, member, np.sqrt(np.maximum(variance, VARIANCE_FLOOR * stats.pooled_s2))
+
+
+def _gamma_step(stats, W):
+    """With covariates of membership, gamma (..., K, R) maximising sum_i sum_c w_ic log pi_ic: a
+    multinomial logit of the posteriors on Z (fractional responses), by Newton's method from
+    gamma = 0, which the concave objective lets converge; the segment with the most weight is
+    the reference (its row 0). Where covariates separate a segment the maximum is at infinity:
+    gamma grows until a step gains less than rounding, and the Fit says so (Fit.separated)."""
+    if W.ndim > 2:
+        return np.stack([_gamma_step(stats, w) for w in W.reshape((-1,) + W.shape[-2:])]).reshape(
+            W.shape[:-2] + (W.shape[-1], stats.Z.shape[1]))
+    K, R = W.shape[1], stats.Z.shape[1]
+    gamma = np.zeros((K, R))
+    if K == 1:
+        return gamma
+    free_c = _others(K, int(np.argmax(W.sum(axis=0))))             # the reference: the most weight
+    value = float((W.T * _log_prior(stats, gamma)).sum())
+    for _ in range(GAMMA_STEPS):
+        p = np.exp(_log_prior(stats, gamma))[free_c].T                      # (N, K - 1)
+        grad = ((W[:, free_c] - p).T @ stats.Z).ravel()
+        step = np.linalg.lstsq(_multinomial_information(stats.Z, p), grad, rcond=None)[0]
+        if not grad @ step > ROUNDING * max(1.0, abs(value)):
+            break
+        for _ in range(NEWTON_HALVINGS):
+            new = gamma.copy()
+            new[free_c] = gamma[free_c] + step.reshape(K - 1, R)
+            new_value = float((W.T * _log_prior(stats, new)).sum())
+            if new_value >= value:
+                break
+            step = step / 2
+        else:
+            break
+        gamma, value = new, new_value
+    return gamma
+
+
+def _others(K, reference):
+    """The segments other than the reference one, whose log-odds against it are parameters."""
+    return np.array([c for c in range(K) if c != reference], dtype=int)
+
+
+def _reference(stats, pi):
+    """The segment against which log-odds are parameters: the last without covariates (pi_c =
+    softmax(eta, 0)); with covariates of membership, the largest (most stores a priori), so that
+    a small segment that covariates separate does not make every other coefficient infinite."""
+    if stats.Z is None:
+        return len(pi) - 1
+    return int(np.argmax(np.exp(_log_prior(stats, pi)).mean(axis=1)))
+
+
+def _multinomial_information(Z, p):
+    """(K-1)R x (K-1)R: sum_i (diag(p_i) - p_i p_i') kron z_i z_i', the information of a
+    multinomial logit with probabilities p (N, K - 1) of the free segments on Z (N, R)."""
+    return _kron_sum(p[:, :, None] * np.eye(p.shape[1]) - p[:, :, None] * p[:, None, :], Z)
+
+
+def _kron_sum(C, Z):
+    """sum_i C_i kron z_i z_i' for C (N, D, D) and Z (N, R): (D R, D R)."""
+    N, D, R = len(C), C.shape[1], Z.shape[1]
+    if R == 1:                                   # z_i = 1: without covariates
+        return C.sum(axis=0)
+    out = C.reshape(N, D * D).T @ (Z[:, :, None] * Z[:, None, :]).reshape(N, R * R)
+    return out.reshape(D, D, R, R).transpose(0, 2, 1, 3).reshape(D * R, D * R)
+
+
 
 
 def _solve(A, b, weighted):
@@ -737,7 +856,8 @@ def _score_hessian(stats, theta, pi, sigma, W):
     identity gives (README, "Standard errors")
         H = sum_i sum_c w_ic (d2 log(pi_c f_ic) + s_ic s_ic') - sum_i g_i g_i',
     where s_ic is v_ic = (u_ic / sigma_c^2, R_ic / sigma_c^2 - m_i) in segment c's block
-    (theta_c, tau_c), u_ic = X_i'y_i - X_i'X_i theta_c, and e_c - pi in the eta block. It is
+    (theta_c, tau_c), u_ic = X_i'y_i - X_i'X_i theta_c, and (e_c - pi_i) kron z_i in the eta
+    block (_membership_terms; with covariates of membership eta_c = gamma_c - gamma_ref). It is
     computed with each segment its own tau_c and then mapped into psi by SigmaMode.index (a
     common tau is the sum of the K segments' ones).
     """
@@ -753,32 +873,55 @@ def _score_hessian(stats, theta, pi, sigma, W):
         R = _rss(stats, theta).T                                  # (N, K)
         V[:, :, P] = R / s2 - stats.m[:, None]
     WV = W[:, :, None] * V
-    p = pi[:K - 1]
-    G = np.concatenate([WV.reshape(N, K * Q), W[:, :K - 1] - p], axis=1)      # g_i, per segment
+    g_eta, cross, eta = _membership_terms(stats, pi, W, WV)
+    D = g_eta.shape[1]                                            # membership parameters
+    G = np.concatenate([WV.reshape(N, K * Q), g_eta], axis=1)     # g_i, per segment
     H = -(G.T @ G)
     within = np.matmul(WV.transpose(1, 2, 0), V.transpose(1, 0, 2))            # sum_i w v v'
     within[:, :P, :P] -= (W.T @ stats.XtX).reshape(K, P, P) / s2[:, None, None]
     if nt:                                                        # second derivatives in tau_c
-        cross = 2 * np.einsum("nk,nkp->kp", W, u) / s2[:, None]
-        within[:, :P, P] -= cross
-        within[:, P, :P] -= cross
+        cross_tau = 2 * np.einsum("nk,nkp->kp", W, u) / s2[:, None]
+        within[:, :P, P] -= cross_tau
+        within[:, P, :P] -= cross_tau
         within[:, P, P] -= 2 * (W * R).sum(axis=0) / s2
     blocks = np.arange(K * Q).reshape(K, Q)
     H[blocks[:, :, None], blocks[:, None, :]] += within
-    H[:K * Q, K * Q:] += (WV.sum(axis=0)[:, :, None] * (np.eye(K)[:, :K - 1] - p)[:, None, :]).reshape(K * Q, K - 1)
+    H[:K * Q, K * Q:] += cross
     H[K * Q:, :K * Q] = H[:K * Q, K * Q:].T
-    m = W.sum(axis=0)[:K - 1]                                     # expected segment sizes
-    H[K * Q:, K * Q:] += np.diag(m - N * p) - np.outer(m, p) - np.outer(p, m) + 2 * N * np.outer(p, p)
+    H[K * Q:, K * Q:] += eta
     to = np.arange(KP).reshape(K, P)                              # each parameter's place in psi
     if nt:
         to = np.column_stack([to, KP + mode.index(K)])
-    to = np.concatenate([to.ravel(), KP + nt + np.arange(K - 1)])
-    if len(to) == KP + nt + K - 1:                                # a permutation: no sums needed
+    to = np.concatenate([to.ravel(), KP + nt + np.arange(D)])
+    if len(to) == KP + nt + D:                                    # a permutation: no sums needed
         order = np.argsort(to)
         return G.sum(axis=0)[order], H[np.ix_(order, order)]
-    M = np.zeros((len(to), KP + nt + K - 1))                      # a common sigma: K into one
+    M = np.zeros((len(to), KP + nt + D))                          # a common sigma: K into one
     M[np.arange(len(to)), to] = 1.0
     return G.sum(axis=0) @ M, M.T @ H @ M
+
+
+def _membership_terms(stats, pi, W, WV):
+    """_score_hessian's membership parts: each store's score in eta (N, D), and the Hessian's
+    (theta, tau)-eta block (K Q, D) and eta-eta block (D, D) before the - sum_i g_i g_i' term:
+        s_ic = (e_c - pi_i) kron z_i,   d2 log pi_ic = -(diag(pi_i) - pi_i pi_i') kron z_i z_i'
+    over the free segments (all but the _reference), summed with the weights w_ic. Without
+    covariates pi_i = pi and z_i = 1, and the sums over stores are closed forms."""
+    N, K = W.shape
+    free = _others(K, _reference(stats, pi))
+    w = W[:, free]
+    if stats.Z is None:
+        p, m = pi[free], w.sum(axis=0)                            # m: expected segment sizes
+        cross = WV.sum(axis=0)[:, :, None] * (np.eye(K)[:, free] - p)[:, None, :]
+        eta = np.diag(m - N * p) - np.outer(m, p) - np.outer(p, m) + 2 * N * np.outer(p, p)
+        return w - p, cross.reshape(K * WV.shape[2], K - 1), eta
+    Z, R = stats.Z, stats.Z.shape[1]
+    p = np.exp(_log_prior(stats, pi)).T[:, free]                 # (N, K - 1)
+    A = np.eye(K)[:, free] - p[:, None, :]                       # (N, K, K - 1): 1[c = d] - pi_id
+    cross = ((WV[:, :, :, None] * A[:, :, None, :]).reshape(N, -1).T @ Z).reshape(K * WV.shape[2], (K - 1) * R)
+    C = ((w - p)[:, :, None] * np.eye(K - 1) - w[:, :, None] * p[:, None, :] - p[:, :, None] * w[:, None, :]
+         + 2 * p[:, :, None] * p[:, None, :])
+    return ((w - p)[:, :, None] * Z[:, None, :]).reshape(N, -1), cross, _kron_sum(C, Z)
 
 
 def _newton_direction(stats, theta, pi, sigma, W):
@@ -793,7 +936,7 @@ def _newton_direction(stats, theta, pi, sigma, W):
     where -H has flat directions (an over-fitted model: two equal segments); there the posteriors
     are not unique.
     """
-    if pi.min() < 1e-12:
+    if stats.Z is None and pi.min() < 1e-12:
         return None
     grad, H = _score_hessian(stats, theta, pi, sigma, W)
     values, vectors = np.linalg.eigh(-H)
@@ -812,6 +955,12 @@ def _moved(stats, theta, pi, sigma, step):
     K, P = theta.shape
     KP, nt = K * P, stats.model.mode.count(K)
     new_sigma = sigma * np.exp(step[KP:KP + nt][stats.model.mode.index(K)]) if nt else sigma
+    if stats.Z is not None:                       # gamma, relative to the _reference segment
+        reference = _reference(stats, pi)
+        free = _others(K, reference)
+        new_gamma = np.zeros(pi.shape)
+        new_gamma[free] = pi[free] - pi[reference] + step[KP + nt:].reshape(K - 1, -1)
+        return theta + step[:KP].reshape(K, P), new_gamma, new_sigma
     logits = np.append(np.log(pi[:K - 1]) - np.log(pi[K - 1]) + step[KP + nt:], 0.0)
     new_pi = np.exp(logits - logits.max())
     return theta + step[:KP].reshape(K, P), new_pi / new_pi.sum(), new_sigma
@@ -888,7 +1037,7 @@ def _accelerated_step(stats, run, gain):
     """Near a maximum (the last gain below NEWTON_GAIN) a Newton step, else (or where Newton
     does not go uphill) a SQUAREM step: (theta, pi, sigma, W, loglik, decrement or None, flat)."""
     newton = _newton_step(stats, run) if gain < NEWTON_GAIN else None
-    return newton or _squarem_step(stats, run) + (None, False)
+    return newton or (_squarem_step(stats, run) if stats.Z is None else _em_step(stats, run.W)) + (None, False)
 
 
 def _stopped(stats, run, gain, moved, decrement, flat, tol, accelerate):
@@ -972,12 +1121,20 @@ def _finished(stats, run, what, names=None, search=None):
     others = [j for j in range(stats.P) if j != stats.price]
     order = np.lexsort(run.theta[:, others[::-1] + [stats.price]].T)
     theta, pi, sigma = run.theta[order], run.pi[order], run.sigma[order]
+    held = {}
+    if stats.Z is not None:                       # gamma relative to the _reference segment
+        pi = pi - pi[_reference(stats, pi)]
+        at = np.abs(pi) > GAMMA_LIMIT
+        held = {c: [(("intercept",) + stats.model.covariates)[r] for r in np.flatnonzero(at[c])]
+                for c in range(len(order)) if at[c].any()}
     W, loglik = _e_step(stats, theta, pi, sigma)
     fit = Fit(_Run(theta, pi, sigma, loglik, W, run.n_iter, run.converged), stats, names)
-    fit.search = search
+    fit.search, fit.separated = search, held
     if not fit.converged:
         _warn(f"{what} reached max_iter = {fit.n_iter} iterations before converging; "
               "the estimate may be short of the maximum", ConvergenceWarning)
+    if fit.separated:
+        _warn(f"{what}: {_separation_words(fit)}", RuntimeWarning)
     if fit.pi.min() == 0:
         _warn(f"{what} ended with an empty segment (pi_c = 0): the data support fewer "
               "segments from this start", RuntimeWarning)
@@ -985,7 +1142,7 @@ def _finished(stats, run, what, names=None, search=None):
 
 
 def _run_of(fit):
-    return _Run(fit.theta, fit.pi, fit.sigma, fit.loglik, fit.W, fit.n_iter, fit.converged)
+    return _Run(fit.theta, fit.membership, fit.sigma, fit.loglik, fit.W, fit.n_iter, fit.converged)
 
 
 def _one_blas_thread(N):
@@ -1023,6 +1180,8 @@ def _search(stats, K, n_init=N_INIT, seed=None, tol=TOL, max_iter=MAX_ITER, name
     ended, how many ended at each, and how many at the returned maximum."""
     K = _check_K(K, len(stats.n))
     _check_run(tol, max_iter, n_init, seed)
+    if stats.Z is not None:
+        return _search_covariates(stats, K, n_init, seed, tol, max_iter, names, previous, progress)
     with _one_blas_thread(len(stats.n)):
         if K == 1:                        # one maximum, pooled least squares: one run finds it
             start = _pooled_theta(stats)[None], np.ones(1), _start_sigma(stats, 1)
@@ -1038,7 +1197,33 @@ def _search(stats, K, n_init=N_INIT, seed=None, tol=TOL, max_iter=MAX_ITER, name
             runs += more
             best = found if best is None or found.loglik > best.loglik else best
         best = _polish(stats, best)
-    return _finished(stats, best, "Estimate", names, _search_record(runs, best))
+    fit = _finished(stats, best, "Estimate", names, _search_record(runs, best))
+    fit._ends = runs
+    return fit
+
+
+def _search_covariates(stats, K, n_init, seed, tol, max_iter, names, previous, progress):
+    """With covariates of membership: the model without them is searched as always, then EM with
+    them runs from each distinct maximum that search's starts reached and from its best (the
+    M-step of their posteriors: gamma the multinomial logit of W on Z); the best end, polished.
+    Its log-likelihood is never below the fit without covariates (Fit.without_covariates), as
+    the first M-step from it can only raise EM's objective."""
+    plain = stats._replace(Z=None, z_scale=None, model=stats.model._replace(covariates=()))
+    base = _search(plain, K, n_init, seed, tol, max_iter, names,
+                   previous.without_covariates if previous is not None else None, progress)
+    starts = [base]
+    for run in sorted(getattr(base, "_ends", []), key=lambda run: -run.loglik):
+        if all(abs(run.loglik - other.loglik) > SAME_LOGLIK * max(1.0, abs(run.loglik)) for other in starts):
+            starts.append(run)
+    best = None
+    with _one_blas_thread(len(stats.n)):
+        for start in starts:
+            run = _run_em(stats, _m_step(stats, start.W), tol, max_iter)
+            best = run if best is None or run.loglik > best.loglik else best
+        best = _polish(stats, best)
+    fit = _finished(stats, best, "Estimate", names, base.search)
+    fit.without_covariates = base
+    return fit
 
 
 def _climb(stats, coefficients, runs, tol, max_iter, previous=None, explored=(), progress=None):
@@ -1462,23 +1647,38 @@ def _covariance(stats, run):
     method: d sigma / d tau = sigma, d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN
     where -H is not positive definite (not a maximum, or an empty segment) or is flat (a
     curvature below FLAT times the largest: over-fitted, two equal segments): no standard error
-    means anything there."""
+    means anything there. With covariates of membership the membership block is gamma against
+    the _reference segment; a segment that covariates separate (|gamma| > GAMMA_LIMIT) is left
+    out of the inverse, its gamma NaN."""
     K, P = run.theta.shape
     KP, nt = K * P, stats.model.mode.count(K)
-    size = KP + nt + K
-    if run.pi.min() <= 0:
+    R = 1 if stats.Z is None else stats.Z.shape[1]
+    size = KP + nt + (K if stats.Z is None else (K - 1) * R)
+    if stats.Z is None and run.pi.min() <= 0:
         return np.full((size, size), np.nan)
     W, _ = _e_step(stats, run.theta, run.pi, run.sigma)
     _, H = _score_hessian(stats, run.theta, run.pi, run.sigma, W)
+    keep = np.ones(len(H), dtype=bool)
+    if stats.Z is not None:
+        reference = _reference(stats, run.pi)
+        held = (np.abs(run.pi[_others(K, reference)] - run.pi[reference]) > GAMMA_LIMIT).any(axis=1)
+        keep[KP + nt:] = np.repeat(~held, R)
+    H = H[np.ix_(keep, keep)]
     values = np.linalg.eigvalsh(-H)
     if not values.min() > FLAT * values.max():
         return np.full((size, size), np.nan)
-    J = np.zeros((size, H.shape[0]))
+    J = np.zeros((size, len(keep)))
     J[:KP, :KP] = np.eye(KP)
     first = np.unique(stats.model.mode.index(K), return_index=True)[1]   # a segment of each sigma
     J[KP:KP + nt, KP:KP + nt] = np.diag(run.sigma[first])
-    J[KP + nt:, KP + nt:] = (np.diag(run.pi) - np.outer(run.pi, run.pi))[:, :K - 1]
-    return J @ np.linalg.solve(-H, J.T)
+    if stats.Z is None:
+        J[KP + nt:, KP + nt:] = (np.diag(run.pi) - np.outer(run.pi, run.pi))[:, :K - 1]
+    else:                                         # gamma against the _reference: eta itself
+        J[KP + nt:, KP + nt:] = np.eye((K - 1) * R)
+    covariance = J[:, keep] @ np.linalg.solve(-H, J[:, keep].T)
+    if not keep.all():                            # with covariates psi's order is the reported one
+        covariance[~keep] = covariance[:, ~keep] = np.nan
+    return covariance
 
 
 def _standard_errors(stats, run):
@@ -1488,7 +1688,11 @@ def _standard_errors(stats, run):
     KP, nt = K * P, mode.count(K)
     se = np.sqrt(np.diag(_covariance(stats, run)))
     se_sigma = se[KP:KP + nt][mode.index(K)] if nt else np.full(K, np.nan)
-    return Params(se[:KP].reshape(K, P), se[KP + nt:], se_sigma)
+    if stats.Z is None:
+        return Params(se[:KP].reshape(K, P), se[KP + nt:], se_sigma)
+    se_gamma = np.full(run.pi.shape, np.nan)                 # the reference's row is not estimated
+    se_gamma[_others(K, _reference(stats, run.pi))] = se[KP + nt:].reshape(K - 1, -1)
+    return Params(se[:KP].reshape(K, P), np.full(K, np.nan), se_sigma, se_gamma)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1839,6 +2043,48 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
                      names[2:], lines)
 
 
+def read_stores(path, stores, covariates, text=None):
+    """The covariates (N, Q) of the panel's stores, in the order of `stores` (labels as the panel
+    writes them) and of `covariates` (column names), from a stores file: one row a store, a
+    'store' column, then store-level columns. Refused with file, line and column: a cell that is
+    not a number or is empty, a store given twice, a covariate not in the header; and a store of
+    the panel without a row, by its label."""
+    table = _table(path, _read_text(path) if text is None else text)
+    names = _names(covariates, "covariates")
+    lower = [name.lower() for name in table.header]
+    where = next((j for j, name in enumerate(lower) if name in STORE_NAMES), None)
+    if where is None:
+        raise InputError(f"{table.path}: line {table.header_line}: no store column (a column named 'store') "
+                         f"among {', '.join(map(repr, table.header))}")
+    absent = [name for name in names if name not in table.header]
+    if absent:
+        raise InputError(f"{table.path}: line {table.header_line}: no column '{_shown(absent[0])}' (a covariate); "
+                         f"the columns are {', '.join(map(repr, table.header))}")
+    columns = [table.header.index(name) for name in names]
+    rows, lines, first = [], [], {}
+    for line, cells in table.rows:
+        cells = _cells(table, line, cells)
+        label = cells[where].strip()
+        if label in first:
+            raise InputError(f"{table.path}: line {line}: store '{_shown(label)}' has a row already, on line "
+                             f"{first[label]}: one row a store")
+        first[label] = line
+        rows.append(_row_numbers(table, line, cells, columns))
+        lines.append(line)
+    values = np.array(rows, dtype=float).reshape(len(rows), len(columns))
+    if np.isnan(values).any():
+        row, j = np.argwhere(np.isnan(values))[0]
+        raise InputError(f"{table.path}: line {lines[row]}, column '{names[j]}': is empty: every store needs "
+                         "a value of each covariate")
+    _check_values(table, names, values, lines, positive=False)
+    index = {label: k for k, label in enumerate(first)}
+    missing = [store for store in stores if str(store) not in index]
+    if missing:
+        raise InputError(f"{table.path}: store '{_shown(str(missing[0]))}' of the panel has no row here "
+                         f"({len(missing)} of its {len(stores)} stores have none)")
+    return values[[index[str(store)] for store in stores]]
+
+
 def _names(x, what):
     """A list of column names: one name given as a string is one name, never its letters."""
     names = [x] if isinstance(x, str) else list(x or ())
@@ -1928,21 +2174,26 @@ def load(path, columns=None, x=()):
 # ---------------------------------------------------------------------------------------------
 
 def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, name=None,
-            sigma=1.0, store_effects=False, columns=None, x=()):
+            sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=()):
     """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
     dictionary, whose "data" is `name` (default: the path). Warns when the data reject a fixed
     sigma, when BIC picks the largest K tried and when a segment is not supported.
     progress(K, done, n_init), if given, is called after each start, and progress(K, None,
-    n_init) at each round of split-and-merge moves."""
-    return _analyse(path, Ks, n_init, seed, tol, progress, name, _model(sigma, store_effects), columns, x)[0]
+    n_init) at each round of split-and-merge moves. stores, covariates: a stores file and the
+    names of its columns that are covariates of membership (read_stores)."""
+    return _analyse(path, Ks, n_init, seed, tol, progress, name, _model(sigma, store_effects, covariates),
+                    columns, x, stores)[0]
 
 
-def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x):
+def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, stores=None):
     """analyse's work: (results, {K: Fit}, Loaded)."""
     data = load(path, columns, x)
     shown = _escaped(path)
+    if model.covariates and stores is None:
+        raise InputError("covariates of membership need a stores file (--stores FILE.csv)")
+    z = read_stores(stores, data.stores, model.covariates) if model.covariates else None
     try:
-        stats = _statistics(data.sums, model, data.coefficients)
+        stats = _statistics(data.sums, model, data.coefficients, z)
     except ValueError as problem:
         raise InputError(f"{shown}: {problem}") from None
     names = [data.coefficients[j] for j in stats.columns]
@@ -1968,7 +2219,7 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x):
     results["notes"] = _notes(results)
     for note in results["notes"]:
         _warn(note, UserWarning)
-    results["store_segments"] = _store_segments(data.stores, fits[best].W)
+    results["store_segments"] = _store_segments(data.stores, fits[best])
     return results, fits, data
 
 
@@ -2023,7 +2274,38 @@ def _model_summary(fit):
             "entropy": fit.entropy, "iterations": fit.n_iter, "converged": fit.converged,
             "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
             "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
-            "supported_K": fit.K - len(unsupported), "search": fit.search}
+            "supported_K": fit.K - len(unsupported), "search": fit.search, **_membership_summary(fit)}
+
+
+def _membership_summary(fit):
+    """With covariates of membership, what results.json adds: gamma (K, 1 + Q: log-odds against
+    the reference segment, the largest, whose row is 0; per sd of each covariate) and its standard errors, the covariates'
+    names and standardisation, the likelihood-ratio test against the fit without them, the
+    segments they separate, and each segment's profile (posterior-weighted covariate means)."""
+    if fit.gamma is None:
+        return {}
+    stats, Q = fit._stats, len(fit.model.covariates)
+    mean, sd = stats.z_scale
+    raw = stats.Z[:, 1:] * sd + mean
+    lr = max(2 * (fit.loglik - fit.without_covariates.loglik), 0.0) if fit.without_covariates else None
+    df = (fit.K - 1) * Q
+    return {"covariates": {"names": list(fit.model.covariates), "mean": mean.tolist(), "sd": sd.tolist()},
+            "reference_segment": _reference(stats, fit.gamma) + 1,
+            "gamma": fit.gamma.tolist(), "se_gamma": fit.se.gamma.tolist(),
+            "without_covariates": None if lr is None else
+            {"loglik": fit.without_covariates.loglik, "lr": round(lr, LR_DECIMALS), "df": df,
+             "p": _chi2_tail(lr, df)},
+            "separated": {str(c + 1): names for c, names in fit.separated.items()},
+            "profiles": ((fit.W.T @ raw) / np.maximum(fit.W.sum(axis=0), 1e-300)[:, None]).tolist()}
+
+
+def _chi2_tail(x, df):
+    """Pr[chi-square(df) > x] (scipy, imported here only), None without scipy or for df = 0."""
+    try:
+        from scipy.stats import chi2
+    except ImportError:
+        return None
+    return float(chi2.sf(x, df)) if df > 0 else None
 
 
 def overfitted(fit):
@@ -2032,6 +2314,14 @@ def overfitted(fit):
     segment (theta and sigma within EQUAL_SEGMENTS, relative)."""
     return {c: ("holds no store" if held < EMPTY_WEIGHT else f"holds almost no store ({held:.2f} of one store's weight)")
             if twin is None else f"is the same as segment {twin + 1}" for c, (held, twin) in _unsupported(fit).items()}
+
+
+def _separation_words(fit):
+    """One sentence on the segments that covariates of membership separate (Fit.separated)."""
+    which = "; ".join(f"segment {c + 1} (by {', '.join(names)})" for c, names in fit.separated.items())
+    return (f"the covariates separate {which}: its membership log-odds pass {GAMMA_LIMIT:g} per sd, so the "
+            "likelihood has no finite maximum in gamma (its supremum is approached as gamma grows); the fit shows "
+            "gamma where EM stopped gaining, without standard errors. Use fewer covariates or fewer segments")
 
 
 def _unsupported(fit):
@@ -2052,9 +2342,11 @@ def _unsupported(fit):
     return found
 
 
-def _store_segments(stores, W):
-    return [{"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()}
-            for i, store in enumerate(stores)]
+def _store_segments(stores, fit):
+    """Each store's segment and posteriors; with covariates of membership its prior too."""
+    W, prior = fit.W, fit.prior if fit.gamma is not None else None
+    return [dict({"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()},
+                 **({"prior": prior[i].tolist()} if prior is not None else {})) for i, store in enumerate(stores)]
 
 
 LOGLIK_KEYS = ("loglik", "aic", "bic", "icl", "maxima")
@@ -2091,15 +2383,22 @@ def results_json(results):
     return text[:-2] + ',\n  "store_segments": [\n    ' + rows + "\n  ]\n}\n"
 
 
-def segments_csv(stores, W):
-    """The segment list for a spreadsheet: store, segment (1..K), the posterior of each segment."""
+def segments_csv(stores, W, fit=None):
+    """The segment list for a spreadsheet: store, segment (1..K), the posterior of each segment;
+    with a Fit that has covariates of membership, each store's prior and covariates too."""
     import csv
     import io
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["store", "segment"] + [f"posterior_{c + 1}" for c in range(W.shape[1])])
+    K = W.shape[1]
+    extra = fit is not None and fit.gamma is not None
+    names = list(fit.model.covariates) if extra else []
+    raw = fit._stats.Z[:, 1:] * fit._stats.z_scale[1] + fit._stats.z_scale[0] if extra else None
+    writer.writerow(["store", "segment"] + [f"posterior_{c + 1}" for c in range(K)]
+                    + ([f"prior_{c + 1}" for c in range(K)] + names if extra else []))
     for i, store in enumerate(stores):
-        writer.writerow([store, int(W[i].argmax()) + 1] + [f"{w:.6g}" for w in W[i]])
+        writer.writerow([store, int(W[i].argmax()) + 1] + [f"{w:.6g}" for w in W[i]]
+                        + ([f"{p:.6g}" for p in fit.prior[i]] + [f"{v:.6g}" for v in raw[i]] if extra else []))
     return out.getvalue()
 
 
@@ -2138,11 +2437,55 @@ def _fit_lines(model, sigma_estimated):
         cells = "".join(f" {_number_cell(values[c], width)} ({_number_cell(errors[c], 7)})"
                         for (_, values, errors), width in zip(columns, widths))
         lines.append(f"  {c + 1:7d}{cells} {model['stores_in_segment'][c]:8d}")
+    lines += _membership_lines(model)
     if model.get("unsupported"):
         lines.append("  ! " + "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
                      + f": the data support at most {model['supported_K']} segments (n/a: no standard "
                      "error means anything there)")
     return lines
+
+
+def _membership_lines(model):
+    """The report's lines on covariates of membership: each segment's log-odds against segment 1
+    per sd of each covariate (odds ratio, standard error), the test against no covariates, and
+    who is in each segment in words."""
+    if "gamma" not in model:
+        return []
+    names, K, reference = model["covariates"]["names"], model["K"], model["reference_segment"] - 1
+    others = [c for c in range(K) if c != reference]
+    test = model["without_covariates"]
+    lines = [f"  who is in each segment: log-odds of segment c against segment {reference + 1} (the largest) per sd "
+             f"of each covariate (odds ratio exp(gamma); s.e.)"]
+    if test:
+        p = "" if test["p"] is None else f", p = {test['p']:.3g}"
+        lines[0:0] = [f"  covariates of membership: likelihood ratio {test['lr']:.2f} on {test['df']} df against "
+                      f"the same K without them (log-likelihood {test['loglik']:.4f}{p})"]
+    width = max(10, *map(len, names))
+    lines.append(f"  {'':{width}}" + "".join(f"   segment {c + 1:<12d}" for c in others))
+    for j, name in enumerate(["intercept"] + names):
+        cells = "".join(f"   {_number_cell(model['gamma'][c][j], 6, 2)} ({_number_cell(model['se_gamma'][c][j], 5, 2)})  "
+                        if j == 0 else f"   {_number_cell(model['gamma'][c][j], 6, 2)} x{math.exp(model['gamma'][c][j]):<6.2g}"
+                        f"({_number_cell(model['se_gamma'][c][j], 4, 2)})" for c in others)
+        lines.append(f"  {name:>{width}}{cells}")
+    for c in range(K):
+        lines.append(f"  segment {c + 1} (elasticity {model['theta'][c][model['coefficients'].index('log price')]:.2f}): "
+                     f"{_profile_words(model, c)}" if "log price" in model["coefficients"] else
+                     f"  segment {c + 1}: {_profile_words(model, c)}")
+    if model["separated"]:
+        lines.append("  ! the covariates separate segment " + ", ".join(model["separated"]) + f" (|gamma| > {GAMMA_LIMIT:g}): "
+                     "the likelihood has no finite maximum in its gamma, shown where EM stopped gaining, without "
+                     "standard errors")
+    return lines
+
+
+def _profile_words(model, c, most=2):
+    """Segment c's stores in words: the `most` covariates whose posterior-weighted mean lies
+    farthest (in sds) from the mean of all stores, each "more" or "fewer"/"lower"."""
+    cov = model["covariates"]
+    gaps = [(model["profiles"][c][j] - cov["mean"][j]) / cov["sd"][j] for j in range(len(cov["names"]))]
+    order = sorted(range(len(gaps)), key=lambda j: -abs(gaps[j]))[:most]
+    return "stores with " + " and ".join(f"{'higher' if gaps[j] > 0 else 'lower'} {cov['names'][j]} "
+                                         f"({gaps[j]:+.1f} sd)" for j in order)
 
 
 def _search_lines(search):
@@ -2347,6 +2690,12 @@ def _parser():
                        help="each store its own intercept (store fixed effects); segments differ in the slopes")
     model.add_argument("--x", nargs="+", default=[], metavar="COL",
                        help="further regressors of a long file, used as they are (not logged)")
+    model.add_argument("--stores", metavar="FILE.csv",
+                       help="a stores file: one row a store, a 'store' column holding the panel's store labels, "
+                            "then store-level columns")
+    model.add_argument("--covariates", nargs="+", default=[], metavar="COL",
+                       help="columns of --stores that enter the model of membership: Pr[store in segment c] "
+                            "depends on them (a multinomial logit)")
     names = parser.add_argument_group("columns of a long file (found by their header otherwise)")
     for role in LONG_COLUMNS:
         names.add_argument(f"--{role}", metavar="COL", help=f"the {role} column")
@@ -2380,6 +2729,9 @@ def _arguments(argv):
         args.K = list(dict.fromkeys(_whole(int(K), "--K", 1) for K in Ks))
     except ValueError as problem:
         raise _Refused(str(problem)) from None
+    if bool(args.stores) != bool(args.covariates):
+        raise _Refused("--stores FILE.csv and --covariates COL ... go together: the file, and which of its "
+                       "columns enter the model of membership")
     if args.segments_K is not None and args.segments_K not in args.K:
         raise _Refused(f"--segments-K {args.segments_K} is not among the K estimated (--K {' '.join(map(str, args.K))})")
     if args.segments_K is not None and not (args.segments or args.plot):
@@ -2502,8 +2854,9 @@ def _main(argv):
             with np.errstate(all="ignore"):
                 results, fits, data = _analyse(args.path, args.K, args.n_init, args.seed, args.tol,
                                                _progress(args.quiet), args.csv or "data/example.csv",
-                                               _model(args.sigma, args.store_effects),
-                                               {role: getattr(args, role) for role in LONG_COLUMNS}, args.x)
+                                               _model(args.sigma, args.store_effects, args.covariates),
+                                               {role: getattr(args, role) for role in LONG_COLUMNS}, args.x,
+                                               args.stores)
         except ValueError as problem:            # InputError, or a panel the model cannot use
             raise _Refused(str(problem)) from None
     if not all(np.isfinite(model["loglik"]) for model in results["models"]):
@@ -2513,7 +2866,7 @@ def _main(argv):
         outputs.stage(args.output, results_json(results))
         K = args.segments_K or results["best_K"]
         if args.segments:
-            outputs.stage(args.segments, segments_csv(data.stores, fits[K].W))
+            outputs.stage(args.segments, segments_csv(data.stores, fits[K].W, fits[K]))
         if args.plot:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
