@@ -33,8 +33,8 @@ from typing import NamedTuple
 import numpy as np
 
 __version__ = "1.0.0"
-__all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model",
-           "analyse", "load", "read_panel", "read_long", "read_stores", "panel_arrays", "report", "results_json",
+__all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model", "Prediction",
+           "analyse", "fit_frame", "load", "read_panel", "read_long", "read_stores", "panel_arrays", "report", "results_json",
            "segments_csv", "plot", "overfitted", "main", "Loaded", "LongPanel", "Sums", "InputError",
            "ConvergenceWarning", "__version__"]
 
@@ -221,6 +221,7 @@ class Fit(_Unpacks):
         self._stats, self.model = stats, stats.model
         self.names = list(names) if names else [f"x{j}" for j in stats.columns]      # X's columns
         self._se, self.search, self.without_covariates = None, None, None
+        self.stores, self.data, self._pandas = None, None, False          # set where a file or frame is known
         self.gamma = self.membership if stats.Z is not None else None
         self.prior = np.exp(np.broadcast_to(_log_prior(stats, self.membership), (len(self.theta), len(self.W)))).T
         self.pi = self.prior.mean(axis=0) if stats.Z is not None else self.membership
@@ -250,12 +251,67 @@ class Fit(_Unpacks):
             self._se = _standard_errors(self._stats, _run_of(self))
         return self._se
 
+    @property
+    def segment(self):
+        """Each store's most likely segment, 1..K (a Series by store from fit_frame)."""
+        return self._by_store(self.W.argmax(axis=1) + 1, None)
+
+    @property
+    def posterior(self):
+        """W (N, K) (a DataFrame by store, columns segment_1..K, from fit_frame)."""
+        return self._by_store(self.W, [f"segment_{c + 1}" for c in range(self.K)])
+
+    def _by_store(self, values, columns):
+        if not self._pandas:
+            return values
+        import pandas as pd
+        index = pd.Index(self.stores, name="store")
+        return pd.Series(values, index=index, name="segment") if columns is None else \
+            pd.DataFrame(values, index=index, columns=columns)
+
+    def plot(self, file=None):
+        """The picture of plot() for this fit (PNG bytes; written to file if given). Needs the
+        data: a fit from analyse or fit_frame."""
+        if self.data is None:
+            raise ValueError("plot needs the data: fit with fit_frame or analyse")
+        results = {"data": "fit", "settings": {"sigma": self.model.sigma if self.model.sigma != "fixed" else
+                                                self.model.fixed, "store_effects": self.model.store_effects},
+                   "models": [{"K": self.K, "bic": self.bic}], "best_K": self.K}
+        picture = plot(results, {self.K: self}, self.data, self.K)
+        if file is not None:
+            with open(file, "wb") as out:
+                out.write(picture)
+        return picture
+
+    def predict(self, covariates=None, y=None, X=None):
+        """Segments of new stores: a Prediction of (M, K) arrays, prior (from covariates of
+        membership: covariates (M, Q) in the units of the stores file, columns as
+        model.covariates; without them pi for every store) and, given a few weeks of sales,
+        posterior: y (T, M) log sales (NaN where missing) and X (T, P) or (T, M, P) with the
+        columns of the fit's X (with store effects two weeks or more a store)."""
+        return _predict(self, covariates, y, X)
+
+    def log_sales(self, X):
+        """Predicted log sales (T, K) of each segment at regressors X (T, P), the columns of the
+        fit's X. With store effects theta holds the slopes only: the prediction is then each
+        segment's change in log sales relative to the store's own level (X without its intercept)."""
+        X = _array(X, "X")
+        return X @ self.theta.T
+
     def summary(self):
         """The report's table of this fit."""
         return "\n".join(_fit_lines(_model_summary(self), self.model.sigma != "fixed"))
 
     def __repr__(self):
         return f"<Fit K={self.K} loglik={self.loglik:.6f} bic={self.bic:.3f} ({_describe(self.model)})>"
+
+
+class Prediction(NamedTuple):
+    """Fit.predict's answer: prior (M, K), posterior (M, K) or None, segment (M,) 1..K (the
+    posterior's most likely, or the prior's without sales)."""
+    prior: np.ndarray
+    posterior: np.ndarray
+    segment: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,15 +659,10 @@ def _statistics(sums, model, names=None, covariates=None):
         columns = tuple(j for j in range(P) if varies[j])
         if not columns:
             raise ValueError("with store effects X needs a column that varies (the log price)")
-        keep, Q = np.array(columns), len(columns)
-        s = sx[:, keep]
-        XtX = (XtX.reshape(N, P, P)[:, keep][:, :, keep] - s[:, :, None] * s[:, None, :] / n[:, None, None])
-        XtX = XtX.reshape(N, Q * Q)
-        Xty = Xty[:, keep] - s * (sy / n)[:, None]
-        yty = np.maximum(yty - sy * sy / n, 0.0)
-        m, offset = n - 1.0, -0.5 * np.log(n)
+        Q = len(columns)
+        m, offset, XtX, Xty, yty = _within(sums, columns)
         within = XtX.sum(axis=0).reshape(Q, Q).diagonal()
-        raw = sums.XtX.sum(axis=0).reshape(P, P).diagonal()[keep]
+        raw = sums.XtX.sum(axis=0).reshape(P, P).diagonal()[list(columns)]
         absorbed = within <= 1e-12 * raw
         if absorbed.any():
             raise ValueError(f"{name(columns[int(np.argmax(absorbed))])} is constant within every store (or "
@@ -631,6 +682,17 @@ def _statistics(sums, model, names=None, covariates=None):
                          "there is nothing to tell segments apart")
     stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model)
     return _covariates(stats, covariates) if model.covariates else stats
+
+
+def _within(sums, columns):
+    """The within-store transform of Sums, keeping X's `columns`: (m, offset, XtX, Xty, yty)."""
+    n, XtX, Xty, yty, sx, sy = sums
+    N, P = Xty.shape
+    keep = np.array(columns)
+    s = sx[:, keep]
+    XtX = XtX.reshape(N, P, P)[:, keep][:, :, keep] - s[:, :, None] * s[:, None, :] / n[:, None, None]
+    return (n - 1.0, -0.5 * np.log(n), XtX.reshape(N, len(keep) ** 2), Xty[:, keep] - s * (sy / n)[:, None],
+            np.maximum(yty - sy * sy / n, 0.0))
 
 
 def _covariates(stats, z):
@@ -1636,6 +1698,46 @@ def _grow(stats, coefficients, run, tol, max_iter):
                         W=np.column_stack([run.W, np.zeros(len(run.W))]))
 
 
+def _predict(fit, covariates, y, X):
+    """Fit.predict's work: the prior from the covariates (standardised as in the fit), then Bayes'
+    rule with each new store's likelihood in each segment from its own sums (_log_joint)."""
+    stats, K = fit._stats, fit.K
+    if stats.Z is not None:
+        if covariates is None:
+            raise ValueError(f"this fit has covariates of membership: give covariates (M x {len(fit.model.covariates)}: "
+                             f"{', '.join(fit.model.covariates)})")
+        z = np.atleast_2d(_array(covariates, "covariates"))
+        if z.shape[1] != len(fit.model.covariates) or not np.all(np.isfinite(z)):
+            raise ValueError(f"covariates must be M x {len(fit.model.covariates)} finite numbers "
+                             f"({', '.join(fit.model.covariates)}); got shape {z.shape}")
+        mean, sd = stats.z_scale
+        new = stats._replace(Z=np.column_stack([np.ones(len(z)), (z - mean) / sd]))
+        log_prior = _log_prior(new, fit.gamma)                      # (K, M)
+    elif covariates is not None:
+        raise ValueError("this fit has no covariates of membership: its prior is pi for every store")
+    else:
+        M = 1 if y is None else np.shape(y)[1] if np.ndim(y) == 2 else 1
+        log_prior = np.log(np.maximum(np.repeat(fit.pi[:, None], M, axis=1), 1e-300))
+    prior = np.exp(log_prior).T
+    if y is None:
+        return Prediction(prior, None, prior.argmax(axis=1) + 1)
+    sums = _wide_sums(y, X)
+    if len(sums.n) != len(prior):
+        raise ValueError(f"y has {len(sums.n)} stores (columns) but covariates {len(prior)} rows")
+    if sums.Xty.shape[1] <= max(stats.columns):
+        raise ValueError(f"X must have the columns of the fit's X (intercept, log price, ...); got {sums.Xty.shape[1]}")
+    if fit.model.store_effects:
+        if (sums.n < 2).any():
+            raise ValueError("with store effects a new store needs two weeks of sales or more")
+        m, offset, XtX, Xty, yty = _within(sums, stats.columns)
+    else:
+        m, offset, XtX, Xty, yty = sums.n, np.zeros(len(sums.n)), sums.XtX, sums.Xty, sums.yty
+    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, Z=None)
+    log_joint = _log_joint(new, fit.theta, np.ones(K), fit.sigma) + log_prior
+    posterior = _log_normalise(log_joint)[0].T
+    return Prediction(prior, posterior, posterior.argmax(axis=1) + 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Standard errors
 # ---------------------------------------------------------------------------------------------
@@ -2043,16 +2145,18 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
                      names[2:], lines)
 
 
-def read_stores(path, stores, covariates, text=None):
+def read_stores(path, stores, covariates, text=None, store=None):
     """The covariates (N, Q) of the panel's stores, in the order of `stores` (labels as the panel
     writes them) and of `covariates` (column names), from a stores file: one row a store, a
     'store' column, then store-level columns. Refused with file, line and column: a cell that is
     not a number or is empty, a store given twice, a covariate not in the header; and a store of
-    the panel without a row, by its label."""
+    the panel without a row, by its label. store: the store column's name, if not 'store'.
+    stores None: (labels, values) of every row."""
     table = _table(path, _read_text(path) if text is None else text)
     names = _names(covariates, "covariates")
     lower = [name.lower() for name in table.header]
-    where = next((j for j, name in enumerate(lower) if name in STORE_NAMES), None)
+    where = table.header.index(store) if store in table.header else \
+        next((j for j, name in enumerate(lower) if name in STORE_NAMES), None)
     if where is None:
         raise InputError(f"{table.path}: line {table.header_line}: no store column (a column named 'store') "
                          f"among {', '.join(map(repr, table.header))}")
@@ -2077,6 +2181,8 @@ def read_stores(path, stores, covariates, text=None):
         raise InputError(f"{table.path}: line {lines[row]}, column '{names[j]}': is empty: every store needs "
                          "a value of each covariate")
     _check_values(table, names, values, lines, positive=False)
+    if stores is None:                           # every row: new stores (--predict)
+        return list(first), values
     index = {label: k for k, label in enumerate(first)}
     missing = [store for store in stores if str(store) not in index]
     if missing:
@@ -2145,13 +2251,14 @@ class Loaded(NamedTuple):
     price_range: tuple = (0.0, 0.0)
 
 
-def load(path, columns=None, x=()):
+def load(path, columns=None, x=(), text=None):
     """Read a wide or a long CSV file (long: a 'store' column, or columns named by `columns`, a
     dict with keys store, week, sales, price) into a Loaded; the file is read once. x: further
-    regressors of a long file (a name or a list). X = [1, log price, x]; y = log sales."""
+    regressors of a long file (a name or a list). X = [1, log price, x]; y = log sales. text: the
+    file's text, where it is not read from path (path then only names it in messages)."""
     columns = {role: name for role, name in (columns or {}).items() if name}
     x = _names(x, "x")
-    text = _read_text(path)
+    text = _read_text(path) if text is None else text
     table = _table(path, text)
     if _layout(table.header, columns) == "long":
         panel = read_long(path, x=x, text=text, **columns)
@@ -2183,6 +2290,34 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
     names of its columns that are covariates of membership (read_stores)."""
     return _analyse(path, Ks, n_init, seed, tol, progress, name, _model(sigma, store_effects, covariates),
                     columns, x, stores)[0]
+
+
+def fit_frame(frame, K, store="store", week="week", sales="sales", price="price", x=(), stores=None,
+              covariates=(), sigma="segment", store_effects=False, n_init=N_INIT, seed=0, tol=TOL):
+    """The analyst's entry from pandas: a Fit with K segments of a long DataFrame (one row a store
+    and week; the columns named by store, week, sales, price and the further regressors x), its
+    coefficients named. stores: a DataFrame of store covariates (one row a store, its store column
+    named as in frame, or its index the store), whose columns named in covariates enter the model
+    of membership. sigma is per segment by default here (real panels reject a fixed sigma = 1;
+    the course's functions keep it). The frames pass through the same reader as files, with the
+    same checks; a message's line n is the frame's row n - 2. Besides a Fit's attributes:
+    posterior (a DataFrame by store), segment (a Series), predict, plot."""
+    for name, value in (("frame", frame), ("stores", stores)):
+        if value is not None and not hasattr(value, "to_csv"):
+            raise ValueError(f"{name} must be a pandas DataFrame; got {type(value).__name__}")
+    model = _model(sigma, store_effects, covariates)
+    data = load("DataFrame", dict(store=store, week=week, sales=sales, price=price), x,
+                text=frame.to_csv(index=False))
+    z = None
+    if model.covariates:
+        if stores is None:
+            raise ValueError("covariates need stores: a DataFrame with one row a store")
+        table = stores if store in stores.columns else stores.rename_axis(store).reset_index()
+        z = read_stores("stores DataFrame", data.stores, model.covariates, table.to_csv(index=False), store)
+    stats = _statistics(data.sums, model, data.coefficients, z)
+    fit = _search(stats, K, n_init, seed, tol, names=[data.coefficients[j] for j in stats.columns])
+    fit.stores, fit.data, fit._pandas = data.stores, data, True
+    return fit
 
 
 def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, stores=None):
@@ -2220,6 +2355,8 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, sto
     for note in results["notes"]:
         _warn(note, UserWarning)
     results["store_segments"] = _store_segments(data.stores, fits[best])
+    for fit in fits.values():
+        fit.stores, fit.data = data.stores, data
     return results, fits, data
 
 
@@ -2402,6 +2539,24 @@ def segments_csv(stores, W, fit=None):
     return out.getvalue()
 
 
+def _predictions_csv(fit, path):
+    """--predict's file: each new store of a stores file, its most likely segment and its prior
+    probability of each segment, from its covariates alone."""
+    import csv
+    import io
+    try:
+        labels, z = read_stores(path, None, fit.model.covariates)
+    except InputError as problem:
+        raise _Refused(str(problem)) from None
+    prior = fit.predict(z).prior
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["store", "segment"] + [f"prior_{c + 1}" for c in range(fit.K)])
+    for label, row in zip(labels, prior):
+        writer.writerow([label, int(row.argmax()) + 1] + [f"{p:.6g}" for p in row])
+    return out.getvalue()
+
+
 def _number_cell(value, width, digits=4):
     """A number for the report's tables; n/a for a missing (None or NaN) standard error."""
     return f"{value:{width}.{digits}f}" if value is not None and math.isfinite(value) else f"{'n/a':>{width}}"
@@ -2462,10 +2617,10 @@ def _membership_lines(model):
                       f"the same K without them (log-likelihood {test['loglik']:.4f}{p})"]
     width = max(10, *map(len, names))
     lines.append(f"  {'':{width}}" + "".join(f"   segment {c + 1:<12d}" for c in others))
+    gamma = [[math.copysign(math.inf, value) if str(c + 1) in model["separated"] and abs(value) > GAMMA_LIMIT
+              else value for value in row] for c, row in enumerate(model["gamma"])]
     for j, name in enumerate(["intercept"] + names):
-        cells = "".join(f"   {_number_cell(model['gamma'][c][j], 6, 2)} ({_number_cell(model['se_gamma'][c][j], 5, 2)})  "
-                        if j == 0 else f"   {_number_cell(model['gamma'][c][j], 6, 2)} x{math.exp(model['gamma'][c][j]):<6.2g}"
-                        f"({_number_cell(model['se_gamma'][c][j], 4, 2)})" for c in others)
+        cells = "".join(_gamma_cell(gamma[c][j], model["se_gamma"][c][j], odds=j > 0) for c in others)
         lines.append(f"  {name:>{width}}{cells}")
     for c in range(K):
         lines.append(f"  segment {c + 1} (elasticity {model['theta'][c][model['coefficients'].index('log price')]:.2f}): "
@@ -2473,9 +2628,17 @@ def _membership_lines(model):
                      f"  segment {c + 1}: {_profile_words(model, c)}")
     if model["separated"]:
         lines.append("  ! the covariates separate segment " + ", ".join(model["separated"]) + f" (|gamma| > {GAMMA_LIMIT:g}): "
-                     "the likelihood has no finite maximum in its gamma, shown where EM stopped gaining, without "
-                     "standard errors")
+                     "the likelihood has no finite maximum in its gamma, shown as +-inf (results.json: where EM stopped "
+                     "gaining), without standard errors")
     return lines
+
+
+def _gamma_cell(value, se, odds):
+    """A gamma, its odds ratio exp(gamma) for a covariate, and its standard error; +-inf where
+    the covariates separate the segment."""
+    shown = f"{value:6.2f}" if math.isfinite(value) else f"{'+inf' if value > 0 else '-inf':>6}"
+    ratio = f"x{math.exp(value):<6.2g}" if odds and math.isfinite(value) else " " * 7
+    return f"   {shown} {ratio}({_number_cell(se, 5, 2)})"
 
 
 def _profile_words(model, c, most=2):
@@ -2693,6 +2856,9 @@ def _parser():
     model.add_argument("--stores", metavar="FILE.csv",
                        help="a stores file: one row a store, a 'store' column holding the panel's store labels, "
                             "then store-level columns")
+    model.add_argument("--predict", nargs=2, metavar=("NEW.csv", "OUT.csv"),
+                       help="with --covariates: new stores (a stores file) and the CSV to write their segment "
+                            "probabilities to, from their covariates alone (the K of --segments-K, or BIC's)")
     model.add_argument("--covariates", nargs="+", default=[], metavar="COL",
                        help="columns of --stores that enter the model of membership: Pr[store in segment c] "
                             "depends on them (a multinomial logit)")
@@ -2729,6 +2895,8 @@ def _arguments(argv):
         args.K = list(dict.fromkeys(_whole(int(K), "--K", 1) for K in Ks))
     except ValueError as problem:
         raise _Refused(str(problem)) from None
+    if args.predict and not args.covariates:
+        raise _Refused("--predict needs --stores and --covariates: new stores are placed by their covariates")
     if bool(args.stores) != bool(args.covariates):
         raise _Refused("--stores FILE.csv and --covariates COL ... go together: the file, and which of its "
                        "columns enter the model of membership")
@@ -2755,8 +2923,9 @@ def _check_outputs(args):
     import os
     outputs = [(flag, getattr(args, name)) for flag, name in
                (("--output", "output"), ("--segments", "segments"), ("--plot", "plot"))
-               if getattr(args, name) is not None]
-    seen = {os.path.realpath(args.path): f"the input file {args.path}"}
+               if getattr(args, name) is not None] + ([("--predict", args.predict[1])] if args.predict else [])
+    seen = {os.path.realpath(path): f"the input file {path}" for path in
+            [args.path] + [name for name in (args.stores, args.predict and args.predict[0]) if name]}
     for flag, target in outputs:
         if not target.strip():
             raise _Refused(f"{flag} needs a file name; got an empty one")
@@ -2867,11 +3036,14 @@ def _main(argv):
         K = args.segments_K or results["best_K"]
         if args.segments:
             outputs.stage(args.segments, segments_csv(data.stores, fits[K].W, fits[K]))
+        if args.predict:
+            outputs.stage(args.predict[1], _predictions_csv(fits[K], args.predict[0]))
         if args.plot:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 outputs.stage(args.plot, plot(results, fits, data, K))
-        written = ", ".join(name for name in (args.output, args.segments, args.plot) if name)
+        written = ", ".join(name for name in (args.output, args.segments, args.predict and args.predict[1], args.plot)
+                            if name)
         _say("" if args.quiet else report(results) + "\n")
         outputs.commit()
     finally:
