@@ -2366,8 +2366,8 @@ def _sigma_check(data, fit, tol):
     of sigma = the fixed value. Rejects when LR > LR_CRITICAL and sigma-hat is more than
     SIGMA_MARGIN away from it: a difference that matters (standard errors scale with sigma),
     not merely one that a large panel can detect."""
-    stats = _statistics(data.sums, fit.model._replace(sigma="common"))
-    start = fit.theta, fit.pi, np.full(fit.K, fit.sigma[0])
+    stats = fit._stats._replace(model=fit.model._replace(sigma="common"))
+    start = fit.theta, fit.membership, np.full(fit.K, fit.sigma[0])
     common = _polish(stats, _run_em(stats, start, tol, MAX_ITER))
     fixed = float(fit.sigma[0])
     lr = max(2 * (common.loglik - fit.loglik), 0.0)

@@ -5,7 +5,9 @@
 
 with, by default, the course's model: sigma = 1, no store effects (a_i = 0) and one price a week
 for every store (p_it = p_t). Options: the noise sd (one, or one a segment), store intercepts
-a_i ~ N(0, store_sd^2), and store prices p_it = p_t exp(price_sd z_it) around the weekly price.
+a_i ~ N(0, store_sd^2), store prices p_it = p_t exp(price_sd z_it) around the weekly price, and
+covariates of membership: store covariates z_i ~ N(0, I) and Pr[C_i = c | z_i] =
+softmax_c(gamma_c'(1, z_i)) in place of pi_c.
 
 Importable (simulate() returns a Panel) and a command line that writes the course data's format,
 first column Price then Sales1..SalesN, a missing cell left empty, or a long file (--long: one row
@@ -15,6 +17,7 @@ truth as JSON:
     python simulate.py                       # data/example.csv and data/example_truth.json
     python simulate.py --stores 10000 --missing 0.05 --seed 7 --output big.csv
     python simulate.py --sigma 0.4 --store-sd 1 --price-sd 0.1 --long --output long.csv
+    python simulate.py --gamma 0 0 0  -1 1.5 0  0.5 0 -1 --output cov.csv   # and cov_stores.csv
 
 The defaults mimic the course data: 52 weeks, 300 stores, prices between 1.10 and 7.70 and three
 segments close to the K = 3 estimate on it.
@@ -35,7 +38,8 @@ DEFAULT_SEED = 20261124                                            # the seed of
 class Panel(NamedTuple):
     """A simulated panel. price (T,) or, with store prices, (T, N); sales (T, N) with NaN where
     missing, y = log sales (T, N), X = [1, log price] (T, 2) or (T, N, 2), segment (N,) in 0..K-1
-    (row of theta), theta (K, 2), pi (K,), sigma (K,), store_effect (N,) the a_i."""
+    (row of theta), theta (K, 2), pi (K,), sigma (K,), store_effect (N,) the a_i; with covariates
+    of membership covariates (N, Q) the z_i and gamma (K, 1 + Q)."""
     price: np.ndarray
     sales: np.ndarray
     y: np.ndarray
@@ -45,10 +49,12 @@ class Panel(NamedTuple):
     pi: np.ndarray
     sigma: np.ndarray = np.ones(1)
     store_effect: np.ndarray = np.zeros(1)
+    covariates: np.ndarray = None
+    gamma: np.ndarray = None
 
 
 def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 7.7),
-             missing=0.0, seed=None, sigma=1.0, store_sd=0.0, price_sd=0.0):
+             missing=0.0, seed=None, sigma=1.0, store_sd=0.0, price_sd=0.0, gamma=None):
     """Draw a panel of N stores over T weeks from the model with parameters theta (K x 2) and pi.
 
     Prices are uniform on price_range, rounded to cents and shared by all stores; with
@@ -56,7 +62,9 @@ def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 
     Each store's segment is drawn from pi, its intercept a_i from N(0, store_sd^2), its noise has
     sd sigma (one value, or one per segment). With missing > 0 each cell is dropped with that
     probability, but every store keeps at least two weeks with different prices, so that it
-    stays usable. With the defaults the draws are those of earlier versions, seed for seed.
+    stays usable. With gamma (K x (1 + Q)) each store has Q covariates drawn from N(0, 1) and its
+    segment from softmax_c(gamma_c'(1, z_i)), not from pi. With the defaults the draws are those
+    of earlier versions, seed for seed.
     """
     theta = np.asarray(theta, dtype=float).reshape(-1, 2)
     pi = np.asarray(pi, dtype=float)
@@ -77,7 +85,16 @@ def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 
     while np.ptp(price) == 0:                                  # a price that moves, always
         price = np.round(rng.uniform(*price_range, size=T), 2)
     X = np.column_stack([np.ones(T), np.log(price)])
-    segment = rng.choice(len(pi), size=N, p=pi)
+    z = None
+    if gamma is None:
+        segment = rng.choice(len(pi), size=N, p=pi)
+    else:
+        gamma = np.asarray(gamma, dtype=float).reshape(len(pi), -1)
+        z = rng.standard_normal((N, gamma.shape[1] - 1))
+        eta = np.column_stack([np.ones(N), z]) @ gamma.T
+        prior = np.exp(eta - eta.max(axis=1, keepdims=True))
+        prior /= prior.sum(axis=1, keepdims=True)
+        segment = (rng.random(N)[:, None] > np.cumsum(prior, axis=1)).sum(axis=1).clip(0, len(pi) - 1)
     y = X @ theta[segment].T + rng.standard_normal((T, N)) * sigma[segment]
     if price_sd > 0 or store_sd > 0:           # draws after the course model's, so those stay
         effect = rng.normal(0.0, store_sd, N) if store_sd > 0 else np.zeros(N)
@@ -95,7 +112,7 @@ def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 
         thin = np.flatnonzero(keep.sum(axis=0) < 2)
         keep[low[thin], thin] = keep[high[thin], thin] = True
         y = np.where(keep, y, np.nan)
-    return Panel(price, np.exp(y), y, X, segment, theta, pi, sigma, effect)
+    return Panel(price, np.exp(y), y, X, segment, theta, pi, sigma, effect, z, gamma)
 
 
 def write_long(path, price, sales, x=None, x_names=()):
@@ -110,6 +127,14 @@ def write_long(path, price, sales, x=None, x_names=()):
                 if not np.isnan(sales[t, i]):
                     extra = "".join(f",{value:.10g}" for value in (x[t, i] if x is not None else ()))
                     out.write(f"S{i + 1},{t + 1},{sales[t, i]:.10g},{price[t, i]:.2f}{extra}\n")
+
+
+def write_stores(path, labels, z):
+    """A stores file: store, z1..zQ, one row a store."""
+    with open(path, "w", newline="") as out:
+        out.write(",".join(["store"] + [f"z{j + 1}" for j in range(z.shape[1])]) + "\n")
+        for label, row in zip(labels, z):
+            out.write(label + "".join(f",{value:.10g}" for value in row) + "\n")
 
 
 def write_csv(path, price, sales):
@@ -137,6 +162,9 @@ def main(argv=None):
     parser.add_argument("--store-sd", type=float, default=0.0, help="sd of the store intercepts a_i")
     parser.add_argument("--price-sd", type=float, default=0.0,
                         help="sd of log store price around the week's price (0: one price a week)")
+    parser.add_argument("--gamma", type=float, nargs="+", metavar="V",
+                        help="covariates of membership: gamma_c = (intercept, z1 .. zQ) for each of the K "
+                             "segments, K (1 + Q) values; writes OUTPUT's name + _stores.csv (store, z1..zQ)")
     parser.add_argument("--long", action="store_true",
                         help="write a long file (store, week, sales, price; one row a store and week)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
@@ -148,8 +176,11 @@ def main(argv=None):
         parser.error(f"--theta needs two values (alpha, beta) for each of the {len(args.pi)} "
                      f"entries of --pi; got {len(args.theta)} values")
     try:
+        if args.gamma and (len(args.gamma) % len(args.pi) or len(args.gamma) // len(args.pi) < 2):
+            raise ValueError(f"--gamma needs 1 + Q values for each of the {len(args.pi)} segments (Q >= 1); "
+                             f"got {len(args.gamma)} values")
         panel = simulate(args.stores, args.weeks, args.theta, args.pi, missing=args.missing, seed=args.seed,
-                         sigma=args.sigma, store_sd=args.store_sd, price_sd=args.price_sd)
+                         sigma=args.sigma, store_sd=args.store_sd, price_sd=args.price_sd, gamma=args.gamma)
     except ValueError as problem:
         parser.error(str(problem))
     if panel.price.ndim == 2 and not args.long:
@@ -157,10 +188,15 @@ def main(argv=None):
     truth = args.truth or os.path.splitext(args.output)[0] + "_truth.json"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     (write_long if args.long else write_csv)(args.output, panel.price, panel.sales)
+    if panel.gamma is not None:
+        labels = [f"S{i + 1}" if args.long else f"Sales{i + 1}" for i in range(args.stores)]
+        write_stores(os.path.splitext(args.output)[0] + "_stores.csv", labels, panel.covariates)
     facts = {"stores": args.stores, "weeks": args.weeks, "seed": args.seed, "missing": args.missing,
              "theta": panel.theta.tolist(), "pi": panel.pi.tolist(), "sigma": panel.sigma.tolist(),
              "store_sd": args.store_sd, "price_sd": args.price_sd,
              "segment": (panel.segment + 1).tolist()}                 # segments numbered 1..K
+    if panel.gamma is not None:
+        facts["gamma"] = panel.gamma.tolist()
     with open(truth, "w") as out:
         out.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in facts.items()) + "\n}\n")
     print(f"wrote {args.output} ({args.weeks} weeks x {args.stores} stores) and {truth}", file=sys.stderr)

@@ -1540,3 +1540,252 @@ class NothingMisread(CommandLineCase):
         self.assertEqual(E.load(path, x="deal").coefficients, ["intercept", "log price", "deal"])
         with self.assertRaisesRegex(ValueError, "x must be column names"):
             E.load(path, x=[3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Covariates of membership: Pr[C_i = c | z_i] = softmax_c(z_i'gamma_c)
+# ---------------------------------------------------------------------------------------------
+
+GAMMA = ((0.0, 0.0, 0.0), (-1.0, 1.5, 0.0), (0.5, 0.0, -1.0))       # (intercept, z1, z2) a segment
+
+
+def covariate_panel(seed, N=120, T=12, sigma=1.0, store_effects=False, gamma=GAMMA):
+    """A simulated panel whose membership depends on two store covariates, and its Stats."""
+    truth = {"segment": (0.6, 0.9, 1.3), "common": 0.8}.get(sigma, sigma)
+    panel = S.simulate(N, T, gamma=gamma, seed=seed, sigma=truth, store_sd=0.5 if store_effects else 0.0)
+    model = E._model(sigma, store_effects, ("z1", "z2"))
+    return panel, E._statistics(E._wide_sums(panel.y, panel.X), model, None, panel.covariates)
+
+
+def quietly(function, *args, **named):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args, **named)
+
+
+class CovariatesAgainstBruteForce(unittest.TestCase):
+    def test_loglik_posteriors_and_score_are_the_brute_force_ones(self):
+        """log L = sum_i log sum_c pi_ic prod_t phi(y_it; x_t'theta_c, sigma_c), pi_ic a softmax
+        of the standardised covariates, every density from scipy; the gradient in gamma is the
+        finite difference of that log-likelihood."""
+        from scipy.special import logsumexp
+        from scipy.stats import norm
+        panel, stats = covariate_panel(0, N=20, T=6, sigma="segment")
+        rng = np.random.default_rng(1)
+        theta = panel.theta + rng.normal(0, 0.2, panel.theta.shape)
+        sigma = np.array([0.8, 1.0, 1.3])
+        gamma = rng.normal(0, 0.7, (3, 3))
+        z = (panel.covariates - panel.covariates.mean(axis=0)) / panel.covariates.std(axis=0)
+        eta = np.column_stack([np.ones(20), z]) @ gamma.T
+        log_prior = eta - logsumexp(eta, axis=1, keepdims=True)
+        joint = np.array([[log_prior[i, c] + sum(norm.logpdf(panel.y[t, i], panel.X[t] @ theta[c], sigma[c])
+                                                  for t in range(6)) for c in range(3)] for i in range(20)])
+        W, loglik = E._e_step(stats, theta, gamma, sigma)
+        self.assertAlmostEqual(loglik, logsumexp(joint, axis=1).sum(), delta=1e-9 * abs(loglik))
+        np.testing.assert_allclose(W, np.exp(joint - logsumexp(joint, axis=1, keepdims=True)), atol=1e-10)
+        grad, H = E._score_hessian(stats, theta, gamma, sigma, W)
+        reference = E._reference(stats, gamma)
+        others = E._others(3, reference)
+        for k, (c, r) in enumerate(itertools.product(others, range(3))):
+            step = np.zeros_like(gamma)
+            step[c, r] = 1e-6
+            numeric = (E._e_step(stats, theta, gamma + step, sigma)[1] - E._e_step(stats, theta, gamma - step, sigma)[1]) / 2e-6
+            self.assertAlmostEqual(grad[-6 + k], numeric, delta=1e-5 * max(1.0, abs(numeric)))
+        self.assertTrue(np.allclose(H, H.T))
+
+    def test_the_membership_m_step_is_the_multinomial_logit_maximum(self):
+        """_gamma_step against a direct optimisation (scipy BFGS) of sum_ic w_ic log pi_ic."""
+        from scipy.optimize import minimize
+        from scipy.special import logsumexp
+        panel, stats = covariate_panel(2, N=60)
+        W = np.random.default_rng(3).dirichlet(np.ones(3), size=60)
+        gamma = E._gamma_step(stats, W)
+
+        def minus(flat):
+            eta = stats.Z @ np.vstack([flat.reshape(2, 3), np.zeros(3)]).T
+            return -(W * (eta - logsumexp(eta, axis=1, keepdims=True))).sum()
+        best = minimize(minus, np.zeros(6), method="BFGS", options={"gtol": 1e-10})
+        ours = minus((gamma[:2] - gamma[2]).ravel())
+        self.assertLessEqual(ours, best.fun + 1e-9)
+        np.testing.assert_allclose((gamma[:2] - gamma[2]).ravel(), best.x, atol=1e-4)
+        # the M-step's other parts are those of the model without covariates
+        plain = stats._replace(Z=None, model=stats.model._replace(covariates=()))
+        for ours, theirs in zip(E._m_step(stats, W)[::2], E._m_step(plain, W)[::2]):
+            np.testing.assert_allclose(ours, theirs)
+
+
+class CovariatesFit(unittest.TestCase):
+    def test_gamma_is_recovered_within_its_standard_errors(self):
+        """Simulated membership on two covariates: the estimated log-odds against the reference,
+        per sd, lie within 3.5 standard errors of the truth carried to that scale."""
+        panel, stats = covariate_panel(4, N=400, T=15)
+        fit = quietly(E._search, stats, 3, seed=0)
+        truth_theta = panel.theta[match(fit.theta, panel.theta)]
+        np.testing.assert_allclose(fit.theta, truth_theta, atol=0.3)
+        order = match(fit.theta, panel.theta)
+        mean, sd = stats.z_scale
+        truth = np.array(panel.gamma)[order]                                   # (K, 1 + Q), raw scale
+        truth = np.column_stack([truth[:, 0] + truth[:, 1:] @ mean, truth[:, 1:] * sd])    # per sd
+        reference = E._reference(stats, fit.gamma)
+        truth = truth - truth[reference]
+        for c in E._others(3, reference):
+            z = (fit.gamma[c] - truth[c]) / fit.se.gamma[c]
+            self.assertTrue(np.all(np.abs(z) < 3.5), (c, fit.gamma[c], truth[c], fit.se.gamma[c]))
+        self.assertTrue(np.isnan(fit.se.gamma[reference]).all())
+
+    def test_never_below_the_fit_without_covariates_and_counted_in_bic(self):
+        for sigma, effects in (("common", False), ("segment", True)):
+            with self.subTest(sigma=sigma, store_effects=effects):
+                panel, stats = covariate_panel(5, N=80, sigma=sigma, store_effects=effects)
+                fit = quietly(E._search, stats, 2, seed=1)
+                self.assertGreaterEqual(fit.loglik, fit.without_covariates.loglik - 1e-9)
+                self.assertEqual(fit.n_params, fit.without_covariates.n_params + 2)   # (K - 1) Q slopes
+                self.assertTrue(fit.converged)
+                np.testing.assert_allclose(fit.prior.sum(axis=1), 1.0)
+                self.assertAlmostEqual(E._e_step(stats, fit.theta, fit.gamma, fit.sigma)[1], fit.loglik, delta=1e-12 * abs(fit.loglik))
+
+    def test_the_search_reaches_a_slow_reference_searchs_maximum(self):
+        """Oracle: 40 k-means++ starts, each with gamma from the M-step of its posteriors, every one
+        run to convergence by EM with covariates."""
+        panel, stats = covariate_panel(6, N=60, T=10, sigma="segment")
+        plain = stats._replace(Z=None, model=stats.model._replace(covariates=()))
+        starts = E._kmeanspp_starts(plain, E._store_coefficients(plain), 3, E._random(6), 40)
+        oracle = -math.inf
+        for j in range(40):
+            W = E._e_step(plain, starts[0][j], starts[1][j], starts[2][j])[0]
+            run = quietly(E._run_em, stats, E._m_step(stats, W), 1e-10, 3000)
+            oracle = max(oracle, run.loglik)
+        fit = quietly(E._search, stats, 3, seed=6)
+        self.assertGreaterEqual(fit.loglik, oracle - 1e-6 * abs(oracle))
+
+    def test_a_separated_segment_is_said_and_has_no_standard_errors(self):
+        """Six stores of a distinct segment, exactly the six with the largest z1: gamma has no
+        finite maximum. The fit converges, flags the segment, warns, and gives NaN for its gamma."""
+        rng = np.random.default_rng(7)
+        N, T = 60, 20
+        z = rng.normal(size=(N, 1))
+        segment = np.where(z[:, 0] >= np.sort(z[:, 0])[-6], 0, 1)
+        price = np.exp(rng.uniform(0, 1, T))
+        X = np.column_stack([np.ones(T), np.log(price)])
+        theta = np.array([[10.0, -3.0], [10.0, -1.0]])
+        y = X @ theta[segment].T + rng.normal(0, 0.3, (T, N))
+        stats = E._statistics(E._wide_sums(y, X), E._model("common", False, ("z1",)), None, z)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = E._search(stats, 2, seed=0)
+        self.assertTrue(fit.converged)
+        self.assertEqual(list(fit.separated), [0])
+        self.assertTrue(any("separate segment 1" in str(w.message) for w in caught))
+        self.assertTrue(np.isnan(fit.se.gamma).all())
+        self.assertTrue(np.all(np.isfinite(fit.se.theta)))
+
+    def test_new_stores_prior_and_posterior(self):
+        """A store of the panel given as a new store: its prior is the fit's, and with all its
+        weeks its posterior is the fit's posterior."""
+        panel, stats = covariate_panel(8, N=80, sigma="segment")
+        fit = quietly(E._search, stats, 3, seed=0)
+        new = fit.predict(panel.covariates[:5], panel.y[:, :5], panel.X)
+        np.testing.assert_allclose(new.prior, fit.prior[:5], atol=1e-12)
+        np.testing.assert_allclose(new.posterior, fit.W[:5], atol=1e-9)
+        self.assertEqual(new.segment.tolist(), (fit.W[:5].argmax(axis=1) + 1).tolist())
+        np.testing.assert_allclose(fit.log_sales(panel.X[:2]), panel.X[:2] @ fit.theta.T)
+        with self.assertRaisesRegex(ValueError, "give covariates"):
+            fit.predict()
+
+    def test_constant_or_collinear_covariates_are_refused_by_name(self):
+        panel, _ = covariate_panel(9, N=30)
+        sums = E._wide_sums(panel.y, panel.X)
+        z = np.column_stack([panel.covariates[:, 0], np.full(30, 2.0)])
+        with self.assertRaisesRegex(ValueError, "covariate 'b' is the same for every store"):
+            E._statistics(sums, E._model(1.0, False, ("a", "b")), None, z)
+        z = np.column_stack([panel.covariates[:, 0], 2 * panel.covariates[:, 0] + 1])
+        with self.assertRaisesRegex(ValueError, "collinear"):
+            E._statistics(sums, E._model(1.0, False, ("a", "b")), None, z)
+
+
+class CovariatesCommandLine(CommandLineCase):
+    def write_panel(self, long=False):
+        panel = S.simulate(60, 12, gamma=GAMMA, seed=3)
+        labels = [f"S{i + 1}" if long else f"Sales{i + 1}" for i in range(60)]
+        (S.write_long if long else S.write_csv)(self.path("panel.csv"), panel.price, panel.sales)
+        S.write_stores(self.path("stores.csv"), labels, panel.covariates)
+        return panel
+
+    def test_report_results_segments_and_predictions(self):
+        self.write_panel()
+        self.write("new.csv", "store,z2,z1\nnew1,0.5,-1\nnew2,-2,2\n")
+        code, out, err = self.run_main(self.path("panel.csv"), "--K", "2", "3", "--stores", self.path("stores.csv"),
+                                       "--covariates", "z1", "z2", "--segments", self.path("seg.csv"), "--segments-K", "3",
+                                       "--predict", self.path("new.csv"), self.path("pred.csv"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("who is in each segment", out)
+        self.assertRegex(out, r"likelihood ratio [0-9.]+ on 4 df")
+        model = self.results()["models"][1]
+        self.assertEqual(np.shape(model["gamma"]), (3, 3))
+        self.assertEqual(model["covariates"]["names"], ["z1", "z2"])
+        self.assertIn("prior", self.results()["store_segments"][0])
+        with open(self.path("seg.csv")) as handle:
+            self.assertTrue(handle.readline().strip().endswith("prior_3,z1,z2"))
+        with open(self.path("pred.csv")) as handle:
+            rows = handle.read().splitlines()
+        self.assertEqual(rows[0].split(",")[:2], ["store", "segment"])
+        self.assertEqual([row.split(",")[0] for row in rows[1:]], ["new1", "new2"])
+        self.assertAlmostEqual(sum(float(v) for v in rows[1].split(",")[2:]), 1.0, places=5)
+
+    def test_bad_stores_files_are_refused_with_line_and_column(self):
+        self.write_panel()
+        with open(self.path("stores.csv")) as handle:
+            good = handle.read().splitlines()
+        cases = [("no row", "\n".join(good[:-1]) + "\n", "store 'Sales60' of the panel has no row here"),
+                 ("twice", "\n".join(good + [good[1]]) + "\n", "line 62: store 'Sales1' has a row already, on line 2"),
+                 ("text", "\n".join(good[:3] + [good[3].split(",")[0] + ",high,1"] + good[4:]) + "\n",
+                  "line 4, column 'z1': 'high' is not a number"),
+                 ("empty", "\n".join(good[:3] + [good[3].split(",")[0] + ",,1"] + good[4:]) + "\n",
+                  "line 4, column 'z1': is empty"),
+                 ("no column", "\n".join(good) + "\n", "no column 'z3'")]
+        for name, text, message in cases:
+            with self.subTest(name):
+                self.write("bad.csv", text)
+                covariates = ["z1", "z3"] if name == "no column" else ["z1", "z2"]
+                self.assert_refused(message, self.path("panel.csv"), "--stores", self.path("bad.csv"),
+                                    "--covariates", *covariates)
+        self.assert_refused("--stores FILE.csv and --covariates COL ... go together", self.path("panel.csv"),
+                            "--stores", self.path("stores.csv"))
+
+    def test_a_dataframe_gives_the_fit_of_the_same_file(self):
+        try:
+            import pandas as pd
+        except ImportError:
+            self.skipTest("pandas is not installed")
+        self.write_panel(long=True)
+        frame, stores = pd.read_csv(self.path("panel.csv")), pd.read_csv(self.path("stores.csv"))
+        fit = quietly(E.fit_frame, frame, 2, stores=stores.set_index("store"), covariates=["z1", "z2"], n_init=3)
+        results = quietly(E.analyse, self.path("panel.csv"), Ks=(2,), n_init=3, sigma="segment",
+                          stores=self.path("stores.csv"), covariates=["z1", "z2"])
+        self.assertAlmostEqual(fit.loglik, results["models"][0]["loglik"], delta=1e-9 * abs(fit.loglik))
+        self.assertEqual(list(fit.posterior.index[:2]), ["S1", "S2"])
+        self.assertEqual(fit.segment.shape, (60,))
+        with self.assertRaisesRegex(E.InputError, "DataFrame: line 3, column 'sales': must be positive"):
+            bad = frame.copy()
+            bad.loc[1, "sales"] = -1.0
+            E.fit_frame(bad, 2)
+
+
+@unittest.skipUnless(os.path.exists(ORANGE_JUICE), "orange_juice.csv is not beside the repository")
+class OrangeJuiceCovariates(unittest.TestCase):
+    """The orange-juice stores' demographics: every seed reaches the same maximum with
+    covariates, above the fit without them; the most price-sensitive segment's stores have
+    lower home values than the least sensitive's (Hoch et al. 1995)."""
+
+    def test_same_maximum_every_seed_and_the_literatures_sign(self):
+        stores = os.path.join(os.path.dirname(ORANGE_JUICE), "orange_juice_stores.csv")
+        data = E.load(ORANGE_JUICE, x=["deal", "feat"])
+        names = ("educ", "ethnic", "hhlarge", "hval150", "cpdist5")
+        z = E.read_stores(stores, data.stores, names)
+        stats = E._statistics(data.sums, E._model("segment", True, names), data.coefficients, z)
+        fits = [quietly(E._search, stats, 2, seed=seed) for seed in range(3)]
+        self.assertLess(np.ptp([fit.loglik for fit in fits]), 1e-6)
+        fit = fits[0]
+        self.assertGreater(fit.loglik, fit.without_covariates.loglik + 10)
+        profiles = E._membership_summary(fit)["profiles"]
+        self.assertLess(profiles[0][names.index("hval150")], profiles[-1][names.index("hval150")])
