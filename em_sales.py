@@ -1269,7 +1269,7 @@ def _search_covariates(stats, K, n_init, seed, tol, max_iter, names, previous, p
     them runs from each distinct maximum that search's starts reached and from its best (the
     M-step of their posteriors: gamma the multinomial logit of W on Z); the best end, polished.
     Its log-likelihood is never below the fit without covariates (Fit.without_covariates), as
-    the first M-step from it can only raise EM's objective."""
+    the first M-step from it can only raise EM's objective. Fit.search counts these runs."""
     plain = stats._replace(Z=None, z_scale=None, model=stats.model._replace(covariates=()))
     base = _search(plain, K, n_init, seed, tol, max_iter, names,
                    previous.without_covariates if previous is not None else None, progress)
@@ -1277,13 +1277,10 @@ def _search_covariates(stats, K, n_init, seed, tol, max_iter, names, previous, p
     for run in sorted(getattr(base, "_ends", []), key=lambda run: -run.loglik):
         if all(abs(run.loglik - other.loglik) > SAME_LOGLIK * max(1.0, abs(run.loglik)) for other in starts):
             starts.append(run)
-    best = None
     with _one_blas_thread(len(stats.n)):
-        for start in starts:
-            run = _run_em(stats, _m_step(stats, start.W), tol, max_iter)
-            best = run if best is None or run.loglik > best.loglik else best
-        best = _polish(stats, best)
-    fit = _finished(stats, best, "Estimate", names, base.search)
+        runs = [_run_em(stats, _m_step(stats, start.W), tol, max_iter) for start in starts]
+        best = _polish(stats, max(runs, key=lambda run: run.loglik))
+    fit = _finished(stats, best, "Estimate", names, _search_record(runs, best))
     fit.without_covariates = base
     return fit
 
