@@ -2252,7 +2252,10 @@ def load(path, columns=None, x=(), text=None):
     """Read a wide or a long CSV file (long: a 'store' column, or columns named by `columns`, a
     dict with keys store, week, sales, price) into a Loaded; the file is read once. x: further
     regressors of a long file (a name or a list). X = [1, log price, x]; y = log sales. text: the
-    file's text, where it is not read from path (path then only names it in messages)."""
+    file's text, where it is not read from path (path then only names it in messages). path may
+    be a pandas DataFrame in either layout."""
+    if hasattr(path, "to_csv"):                  # a pandas DataFrame: the same reader, as CSV text
+        path, text = "DataFrame", path.to_csv(index=False)
     columns = {role: name for role, name in (columns or {}).items() if name}
     x = _names(x, "x")
     text = _read_text(path) if text is None else text
@@ -2303,8 +2306,7 @@ def fit_frame(frame, K, store="store", week="week", sales="sales", price="price"
         if value is not None and not hasattr(value, "to_csv"):
             raise ValueError(f"{name} must be a pandas DataFrame; got {type(value).__name__}")
     model = _model(sigma, store_effects, covariates)
-    data = load("DataFrame", dict(store=store, week=week, sales=sales, price=price), x,
-                text=frame.to_csv(index=False))
+    data = load(frame, dict(store=store, week=week, sales=sales, price=price), x)
     z = None
     if model.covariates:
         if stores is None:
@@ -2320,6 +2322,7 @@ def fit_frame(frame, K, store="store", week="week", sales="sales", price="price"
 def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, stores=None):
     """analyse's work: (results, {K: Fit}, Loaded)."""
     data = load(path, columns, x)
+    path = "DataFrame" if hasattr(path, "to_csv") else path
     shown = _escaped(path)
     if model.covariates and stores is None:
         raise InputError("covariates of membership need a stores file (--stores FILE.csv)")
