@@ -535,6 +535,7 @@ class Stats(NamedTuple):
     Z (N, R)    with covariates of membership: 1 and the standardised covariates, (z - mean) / sd;
                 None without
     z_scale     (mean (Q,), sd (Q,)) of the covariates as given
+    moments     (N, P*P + P + 1): X_i'X_i, X_i'y_i, y_i'y_i side by side, for _rss's one product
     """
     n: np.ndarray
     m: np.ndarray
@@ -548,6 +549,7 @@ class Stats(NamedTuple):
     model: Model
     Z: np.ndarray = None
     z_scale: tuple = None
+    moments: np.ndarray = None
 
     P = property(lambda self: self.Xty.shape[1])
 
@@ -680,7 +682,8 @@ def _statistics(sums, model, names=None, covariates=None):
     if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), 1e-300):
         raise ValueError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
-    stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model)
+    stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model,
+                  moments=np.column_stack([XtX, Xty, yty]))
     return _covariates(stats, covariates) if model.covariates else stats
 
 
@@ -726,13 +729,14 @@ def _covariates(stats, z):
 
 def _rss(stats, theta):
     """(..., K, N) residual sums of squares of store i's weeks under segment c's coefficients:
-        R_ic = y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c."""
+        R_ic = y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c,
+    one product for a whole batch: (theta_c theta_c' flat, -2 theta_c, 1) . (X_i'X_i, X_i'y_i, y_i'y_i)."""
     P = theta.shape[-1]
-    flat = theta.reshape(-1, P)                    # one matrix product for a whole batch
-    rss = (flat[:, :, None] * flat[:, None, :]).reshape(-1, P * P) @ stats.XtX.T
-    rss -= 2.0 * (flat @ stats.Xty.T)
-    rss += stats.yty
-    return rss.reshape(theta.shape[:-1] + (len(stats.yty),))
+    flat = theta.reshape(-1, P)
+    terms = np.concatenate([(flat[:, :, None] * flat[:, None, :]).reshape(-1, P * P), -2.0 * flat,
+                            np.ones((len(flat), 1))], axis=1)
+    moments = stats.moments if stats.moments is not None else np.column_stack([stats.XtX, stats.Xty, stats.yty])
+    return (terms @ moments.T).reshape(theta.shape[:-1] + (len(stats.yty),))
 
 
 def _log_prior(stats, pi):
@@ -742,7 +746,7 @@ def _log_prior(stats, pi):
     if stats.Z is None:
         return np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)[..., None]
     eta = pi @ stats.Z.T
-    return eta - _log_normalise(eta)[1]
+    return eta - _log_normalise(eta.copy())[1]
 
 
 def _log_joint(stats, theta, pi, sigma):
@@ -757,12 +761,14 @@ def _log_joint(stats, theta, pi, sigma):
 
 def _log_normalise(a):
     """(exp(a) / sum_c exp(a), log sum_c exp(a)) over the segments' axis (-2) of a (..., K, N),
-    in log space: the largest term is taken out before exp, so nothing overflows."""
+    in log space: the largest term is taken out before exp, so nothing overflows. a is
+    overwritten (it becomes the first result)."""
     top = a.max(axis=-2)
-    share = np.exp(a - top[..., None, :])
-    total = share.sum(axis=-2)
-    share /= total[..., None, :]
-    return share, top + np.log(total)
+    a -= top[..., None, :]
+    np.exp(a, out=a)
+    total = a.sum(axis=-2)
+    a /= total[..., None, :]
+    return a, top + np.log(total)
 
 
 def _e_step(stats, theta, pi, sigma):
@@ -1729,7 +1735,8 @@ def _predict(fit, covariates, y, X):
         m, offset, XtX, Xty, yty = _within(sums, stats.columns)
     else:
         m, offset, XtX, Xty, yty = sums.n, np.zeros(len(sums.n)), sums.XtX, sums.Xty, sums.yty
-    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, Z=None)
+    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, Z=None,
+                         moments=np.column_stack([XtX, Xty, yty]))
     log_joint = _log_joint(new, fit.theta, np.ones(K), fit.sigma) + log_prior
     posterior = _log_normalise(log_joint)[0].T
     return Prediction(prior, posterior, posterior.argmax(axis=1) + 1)
