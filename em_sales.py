@@ -35,7 +35,7 @@ import numpy as np
 __version__ = "1.0.0"
 __all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model", "Prediction",
            "analyse", "fit_frame", "load", "read_panel", "read_long", "read_stores", "panel_arrays", "report", "results_json",
-           "segments_csv", "plot", "overfitted", "main", "Loaded", "LongPanel", "Sums", "InputError",
+           "segments_csv", "plot", "overfitted", "main", "Loaded", "LongPanel", "Sums", "Lags", "InputError",
            "ConvergenceWarning", "__version__"]
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +91,12 @@ GAMMA_STEPS = 100        # Newton iterations of the membership M-step (a weighte
 UNSUPPORTED_WEIGHT = 0.5   # a segment with less posterior weight than half a store holds almost none ...
 EMPTY_WEIGHT = 0.005       # ... and with less than this, none (an empty segment: a flat ridge)
 EQUAL_SEGMENTS = 1e-3      # segments whose theta and sigma agree to this (relative) are one
+AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
+ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median): the model-based are too small
+HOLDOUT_FOLDS = 5          # --holdout: each store's weeks in this many random folds
+BOOTSTRAP_LEVEL = 0.05     # --bootstrap: K + 1 is preferred to K where the p-value is at most this
+CREDIBLE_STORES = 2.5      # a segment of fewer stores (posterior weight) ...
+CREDIBLE_SPREAD = 5.0      # ... with a coefficient more than this many robust sds from the stores' own: flagged
 LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
 SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
 LR_DECIMALS = 6            # a difference of log-likelihoods keeps their absolute noise (1e-9)
@@ -220,7 +226,7 @@ class Fit(_Unpacks):
         self.theta, self.membership, self.sigma, self.loglik, self.W, self.n_iter, self.converged = run
         self._stats, self.model = stats, stats.model
         self.names = list(names) if names else [f"x{j}" for j in stats.columns]      # X's columns
-        self._se, self.search, self.without_covariates = None, None, None
+        self._se, self._se_robust, self.search, self.without_covariates = None, None, None, None
         self.stores, self.data, self._pandas = None, None, False          # set where a file or frame is known
         self.gamma = self.membership if stats.Z is not None else None
         self.prior = np.exp(np.broadcast_to(_log_prior(stats, self.membership), (len(self.theta), len(self.W)))).T
@@ -233,6 +239,9 @@ class Fit(_Unpacks):
     _R = property(lambda self: 1 if self._stats.Z is None else self._stats.Z.shape[1])
     aic = property(lambda self: 2 * self.n_params - 2 * self.loglik)
     bic = property(lambda self: self.n_params * math.log(self.n_obs) - 2 * self.loglik)
+    aic3 = property(lambda self: 3 * self.n_params - 2 * self.loglik)
+    caic = property(lambda self: self.n_params * (math.log(self.n_obs) + 1) - 2 * self.loglik)
+    sabic = property(lambda self: self.n_params * math.log((self.n_obs + 2) / 24) - 2 * self.loglik)
     llf = property(lambda self: self.loglik)
 
     @property
@@ -250,6 +259,16 @@ class Fit(_Unpacks):
         if self._se is None:
             self._se = _standard_errors(self._stats, _run_of(self))
         return self._se
+
+    @property
+    def se_robust(self):
+        """Store-clustered (sandwich) standard errors, a Params like se: right when a store's weekly
+        errors are autocorrelated (promotions, stock-piling), as long as stores are independent."""
+        if self._se_robust is None:
+            self._se_robust = _standard_errors(self._stats, _run_of(self), robust=True)
+        return self._se_robust
+
+    autocorrelation = property(lambda self: _autocorrelation(self))
 
     @property
     def segment(self):
@@ -536,6 +555,7 @@ class Stats(NamedTuple):
                 None without
     z_scale     (mean (Q,), sd (Q,)) of the covariates as given
     moments     (N, P*P + P + 1): X_i'X_i, X_i'y_i, y_i'y_i side by side, for _rss's one product
+    lags        the panel's Lags where its week order is known (analyse, fit_frame), else None
     """
     n: np.ndarray
     m: np.ndarray
@@ -550,6 +570,7 @@ class Stats(NamedTuple):
     Z: np.ndarray = None
     z_scale: tuple = None
     moments: np.ndarray = None
+    lags: "Lags" = None
 
     P = property(lambda self: self.Xty.shape[1])
 
@@ -626,6 +647,65 @@ def _grouped_sums(store, y, X, N):
                 np.bincount(store, y * y, N),
                 np.column_stack([np.bincount(store, X[:, j], N) for j in range(P)]),
                 np.bincount(store, y, N))
+
+
+class Lags(NamedTuple):
+    """Per-store sums over pairs of consecutive observed weeks (a, b) = (t - 1, t), for the
+    residual autocorrelation: pairs (N,); yy = sum y_a y_b (N,); xy = sum x_a y_b, yx = sum y_a x_b
+    (N, P); xx = sum x_a x_b' (N, P*P); ya, yb (N,) and xa, xb (N, P): the sums of y_a, y_b, x_a, x_b;
+    n (N,), sy (N,), sx (N, P): the store's weeks and sums of y and x (its mean, with store effects)."""
+    pairs: np.ndarray
+    yy: np.ndarray
+    xy: np.ndarray
+    yx: np.ndarray
+    xx: np.ndarray
+    ya: np.ndarray
+    yb: np.ndarray
+    xa: np.ndarray
+    xb: np.ndarray
+    n: np.ndarray
+    sy: np.ndarray
+    sx: np.ndarray
+
+
+def _wide_lags(y, X):
+    """Lags of a wide panel: y (T, N) with NaN where unobserved, X (T, P) or (T, N, P)."""
+    T, N = y.shape
+    both = ~np.isnan(y[1:]) & ~np.isnan(y[:-1])                  # (T - 1, N)
+    ya, yb = np.where(both, y[:-1], 0.0), np.where(both, y[1:], 0.0)
+    X = np.broadcast_to(X[:, None, :] if X.ndim == 2 else X, (T, N, X.shape[-1]))
+    Xa, Xb = np.where(both[..., None], X[:-1], 0.0), np.where(both[..., None], X[1:], 0.0)
+    observed = ~np.isnan(y)
+    return Lags(both.sum(axis=0).astype(float), (ya * yb).sum(axis=0), np.einsum("tnp,tn->np", Xa, yb),
+                np.einsum("tn,tnp->np", ya, Xb), np.einsum("tnp,tnq->npq", Xa, Xb).reshape(N, -1),
+                ya.sum(axis=0), yb.sum(axis=0), Xa.sum(axis=0), Xb.sum(axis=0), observed.sum(axis=0).astype(float),
+                np.where(observed, y, 0.0).sum(axis=0), np.where(observed[..., None], X, 0.0).sum(axis=0))
+
+
+def _long_lags(store, time, y, X, N):
+    """Lags of a long panel's rows: store (R,) in 0..N-1, time (R,) the week as a number, y, X."""
+    order = np.lexsort((time, store))
+    consecutive = (store[order][1:] == store[order][:-1]) & (time[order][1:] - time[order][:-1] == 1)
+    a, b = order[:-1][consecutive], order[1:][consecutive]
+    by = store[a]
+    P = X.shape[1]
+
+    def summed(values):
+        return np.column_stack([np.bincount(by, values[:, j], N) for j in range(values.shape[1])]) \
+            if values.ndim == 2 else np.bincount(by, values, N)
+    xx = summed((X[a][:, :, None] * X[b][:, None, :]).reshape(len(a), P * P)).reshape(N, P * P)
+    return Lags(np.bincount(by, None, N).astype(float), summed(y[a] * y[b]), summed(X[a] * y[b][:, None]),
+                summed(y[a][:, None] * X[b]), xx, summed(y[a]), summed(y[b]), summed(X[a]), summed(X[b]),
+                np.bincount(store, None, N).astype(float), np.bincount(store, y, N),
+                np.column_stack([np.bincount(store, X[:, j], N) for j in range(P)]))
+
+
+def _fold_sums(store, y, X, N, folds, seed):
+    """Sums of each of `folds` folds of a panel's rows (store (R,), y (R,), X (R, P)): each row
+    (a store's week) drawn into a fold at random with `seed`, the same draw for every K."""
+    import numpy.random
+    fold = numpy.random.default_rng(seed).integers(0, folds, len(y))
+    return [_grouped_sums(store[fold == f], y[fold == f], X[fold == f], N) for f in range(folds)]
 
 
 def _spread(sums):
@@ -915,8 +995,9 @@ def _solve(A, b, weighted):
 # Score and observed information: Newton steps near a maximum, standard errors at it
 # ---------------------------------------------------------------------------------------------
 
-def _score_hessian(stats, theta, pi, sigma, W):
-    """Gradient (D,) and Hessian (D, D) of the log-likelihood at (theta, pi, sigma), W its E-step.
+def _score_hessian(stats, theta, pi, sigma, W, per_store=False):
+    """Gradient (D,) and Hessian (D, D) of the log-likelihood at (theta, pi, sigma), W its E-step;
+    with per_store, each store's score g_i (N, D) in place of the gradient (the sandwich's).
 
     Parameters psi = (theta_1, ..., theta_K, tau, eta_1, ..., eta_{K-1}): tau the log sigmas the
     model estimates (SigmaMode.count: none, one or K), pi = softmax(eta_1, ..., eta_{K-1}, 0).
@@ -963,10 +1044,10 @@ def _score_hessian(stats, theta, pi, sigma, W):
     to = np.concatenate([to.ravel(), KP + nt + np.arange(D)])
     if len(to) == KP + nt + D:                                    # a permutation: no sums needed
         order = np.argsort(to)
-        return G.sum(axis=0)[order], H[np.ix_(order, order)]
+        return (G[:, order] if per_store else G.sum(axis=0)[order]), H[np.ix_(order, order)]
     M = np.zeros((len(to), KP + nt + D))                          # a common sigma: K into one
     M[np.arange(len(to)), to] = 1.0
-    return G.sum(axis=0) @ M, M.T @ H @ M
+    return (G @ M if per_store else G.sum(axis=0) @ M), M.T @ H @ M
 
 
 def _membership_terms(stats, pi, W, WV):
@@ -1701,6 +1782,27 @@ def _grow(stats, coefficients, run, tol, max_iter):
                         W=np.column_stack([run.W, np.zeros(len(run.W))]))
 
 
+def _autocorrelation(fit):
+    """The first-order autocorrelation of residuals within stores, over consecutive observed weeks,
+    each store's residuals under each segment weighted by its posterior (centred on the store's
+    mean with store effects); None where the panel's week order is not known (fits from arrays):
+        rho = (sum_ic w_ic sum_pairs r_a r_b / sum_i pairs_i) / (sum_ic w_ic R_ic / sum_i m_i)."""
+    stats, lags = fit._stats, fit._stats.lags
+    if lags is None or not lags.pairs.sum() > 0:
+        return None
+    keep, theta = list(stats.columns), fit.theta
+    N, P = lags.xy.shape
+    xx = lags.xx.reshape(N, P, P)[:, keep][:, :, keep]
+    product = (lags.yy[:, None] - lags.xy[:, keep] @ theta.T - lags.yx[:, keep] @ theta.T
+               + np.einsum("npq,kp,kq->nk", xx, theta, theta))                  # sum r_a r_b (N, K)
+    if fit.model.store_effects:                  # residuals around the store's mean
+        mean = (lags.sy[:, None] - lags.sx[:, keep] @ theta.T) / lags.n[:, None]
+        product -= mean * ((lags.ya[:, None] - lags.xa[:, keep] @ theta.T) + (lags.yb[:, None] - lags.xb[:, keep] @ theta.T))
+        product += lags.pairs[:, None] * mean ** 2
+    variance = (fit.W * _rss(stats, theta).T).sum() / stats.m.sum()
+    return float((fit.W * product).sum() / lags.pairs.sum() / variance)
+
+
 def _predict(fit, covariates, y, X):
     """Fit.predict's work: the prior from the covariates (standardised as in the fit), then Bayes'
     rule with each new store's likelihood in each segment from its own sums (_log_joint)."""
@@ -1746,8 +1848,11 @@ def _predict(fit, covariates, y, X):
 # Standard errors
 # ---------------------------------------------------------------------------------------------
 
-def _covariance(stats, run):
-    """Covariance of (theta flat, the model's sigmas, pi_1..pi_K) from the observed information.
+def _covariance(stats, run, robust=False):
+    """Covariance of (theta flat, the model's sigmas, pi_1..pi_K) from the observed information;
+    with robust, the store-clustered sandwich (-H)^-1 (sum_i g_i g_i') (-H)^-1, g_i store i's
+    score: right whatever the errors do within a store (autocorrelated weeks), as stores are
+    independent.
 
     The inverse of -H in psi = (theta, log sigma, eta), carried to sigma and pi by the delta
     method: d sigma / d tau = sigma, d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN
@@ -1763,7 +1868,7 @@ def _covariance(stats, run):
     if stats.Z is None and run.pi.min() <= 0:
         return np.full((size, size), np.nan)
     W, _ = _e_step(stats, run.theta, run.pi, run.sigma)
-    _, H = _score_hessian(stats, run.theta, run.pi, run.sigma, W)
+    G, H = _score_hessian(stats, run.theta, run.pi, run.sigma, W, per_store=True)
     keep = np.ones(len(H), dtype=bool)
     if stats.Z is not None:
         reference = _reference(stats, run.pi)
@@ -1781,18 +1886,24 @@ def _covariance(stats, run):
         J[KP + nt:, KP + nt:] = (np.diag(run.pi) - np.outer(run.pi, run.pi))[:, :K - 1]
     else:                                         # gamma against the _reference: eta itself
         J[KP + nt:, KP + nt:] = np.eye((K - 1) * R)
-    covariance = J[:, keep] @ np.linalg.solve(-H, J[:, keep].T)
+    inverse = np.linalg.solve(-H, J[:, keep].T)
+    if robust:                                    # (-H)^-1 (sum_i g_i g_i') (-H)^-1
+        scores = G[:, keep] @ inverse
+        covariance = scores.T @ scores
+    else:
+        covariance = J[:, keep] @ inverse
     if not keep.all():                            # with covariates psi's order is the reported one
         covariance[~keep] = covariance[:, ~keep] = np.nan
     return covariance
 
 
-def _standard_errors(stats, run):
-    """Params of standard errors: theta (K, P), pi (K,), sigma (K,) (NaN where sigma is fixed)."""
+def _standard_errors(stats, run, robust=False):
+    """Params of standard errors: theta (K, P), pi (K,), sigma (K,) (NaN where sigma is fixed);
+    robust: store-clustered (sandwich) ones."""
     K, P = run.theta.shape
     mode = stats.model.mode
     KP, nt = K * P, mode.count(K)
-    se = np.sqrt(np.diag(_covariance(stats, run)))
+    se = np.sqrt(np.diag(_covariance(stats, run, robust)))
     se_sigma = se[KP:KP + nt][mode.index(K)] if nt else np.full(K, np.nan)
     if stats.Z is None:
         return Params(se[:KP].reshape(K, P), se[KP + nt:], se_sigma)
@@ -2253,14 +2364,17 @@ class Loaded(NamedTuple):
     coefficients: list
     layout: str
     price_range: tuple = (0.0, 0.0)
+    lags: Lags = None
+    folds: list = None                           # Sums of each holdout fold (load's folds)
 
 
-def load(path, columns=None, x=(), text=None):
+def load(path, columns=None, x=(), text=None, folds=0, seed=0):
     """Read a wide or a long CSV file (long: a 'store' column, or columns named by `columns`, a
     dict with keys store, week, sales, price) into a Loaded; the file is read once. x: further
     regressors of a long file (a name or a list). X = [1, log price, x]; y = log sales. text: the
     file's text, where it is not read from path (path then only names it in messages). path may
-    be a pandas DataFrame in either layout."""
+    be a pandas DataFrame in either layout. folds: also the Sums of that many random folds of the
+    store-weeks (drawn with seed), for the holdout check."""
     if hasattr(path, "to_csv"):                  # a pandas DataFrame: the same reader, as CSV text
         path, text = "DataFrame", path.to_csv(index=False)
     columns = {role: name for role, name in (columns or {}).items() if name}
@@ -2270,17 +2384,33 @@ def load(path, columns=None, x=(), text=None):
     if _layout(table.header, columns) == "long":
         panel = read_long(path, x=x, text=text, **columns)
         X = np.column_stack([np.ones(len(panel.price)), np.log(panel.price), panel.x])
-        return Loaded(panel.stores, len(panel.weeks), _grouped_sums(panel.store, np.log(panel.sales), X,
-                                                                   len(panel.stores)),
+        y, N = np.log(panel.sales), len(panel.stores)
+        return Loaded(panel.stores, len(panel.weeks), _grouped_sums(panel.store, y, X, N),
                       ["intercept", "log price"] + panel.x_names, "long",
-                      (float(np.log(panel.price.min())), float(np.log(panel.price.max()))))
+                      (float(np.log(panel.price.min())), float(np.log(panel.price.max()))),
+                      _long_lags(panel.store, _week_numbers(panel), y, X, N),
+                      _fold_sums(panel.store, y, X, N, folds, seed) if folds else None)
     if x:
         raise InputError(f"{table.path}: --x needs a long file (one row a store and week, with a 'store' "
                          "column); this one is wide (first column the price, a column a store)")
     price, sales, stores = read_panel(path, text)
     y, X = panel_arrays(price, sales)
+    folded = None
+    if folds:
+        week, store = np.nonzero(~np.isnan(y))
+        folded = _fold_sums(store, y[week, store], X[week], y.shape[1], folds, seed)
     return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide",
-                  (float(X[:, 1].min()), float(X[:, 1].max())))
+                  (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X), folded)
+
+
+def _week_numbers(panel):
+    """Each row's week as a number, for consecutive weeks: the labels where all are numbers, else
+    their order of first appearance."""
+    try:
+        values = np.array([float(label) for label in panel.weeks])
+    except ValueError:
+        values = np.arange(len(panel.weeks), dtype=float)
+    return values[panel.week]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2288,15 +2418,29 @@ def load(path, columns=None, x=(), text=None):
 # ---------------------------------------------------------------------------------------------
 
 def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, name=None,
-            sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=()):
+            sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=(),
+            holdout=False, bootstrap=0, min_share=None):
     """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
     dictionary, whose "data" is `name` (default: the path). Warns when the data reject a fixed
     sigma, when BIC picks the largest K tried and when a segment is not supported.
     progress(K, done, n_init), if given, is called after each start, and progress(K, None,
     n_init) at each round of split-and-merge moves. stores, covariates: a stores file and the
-    names of its columns that are covariates of membership (read_stores)."""
+    names of its columns that are covariates of membership (read_stores). How many segments:
+    holdout (the predictive log-likelihood of held-out weeks, _holdout), bootstrap B (a parametric
+    bootstrap test of K against K + 1, _bootstrap), min_share S (the best K whose every segment
+    holds at least a share S of the stores)."""
+    _check_flag(holdout, "holdout")
+    _whole(bootstrap, "bootstrap", 0, MAX_STARTS)
+    _check_share(min_share)
     return _analyse(path, Ks, n_init, seed, tol, progress, name, _model(sigma, store_effects, covariates),
-                    columns, x, stores)[0]
+                    columns, x, stores, holdout, bootstrap, min_share)[0]
+
+
+def _check_share(share):
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                              or not 0 < share < 1):
+        raise ValueError(f"min_share must be a share of the stores between 0 and 1; got {share!r}")
+    return share
 
 
 def fit_frame(frame, K, store="store", week="week", sales="sales", price="price", x=(), stores=None,
@@ -2320,22 +2464,23 @@ def fit_frame(frame, K, store="store", week="week", sales="sales", price="price"
             raise ValueError("covariates need stores: a DataFrame with one row a store")
         table = stores if store in stores.columns else stores.rename_axis(store).reset_index()
         z = read_stores("stores DataFrame", data.stores, model.covariates, table.to_csv(index=False), store)
-    stats = _statistics(data.sums, model, data.coefficients, z)
+    stats = _statistics(data.sums, model, data.coefficients, z)._replace(lags=data.lags)
     fit = _search(stats, K, n_init, seed, tol, names=[data.coefficients[j] for j in stats.columns])
     fit.stores, fit.data, fit._pandas = data.stores, data, True
     return fit
 
 
-def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, stores=None):
+def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, stores=None, holdout=False,
+             bootstrap=0, min_share=None):
     """analyse's work: (results, {K: Fit}, Loaded)."""
-    data = load(path, columns, x)
+    data = load(path, columns, x, folds=HOLDOUT_FOLDS if holdout else 0, seed=seed)
     path = "DataFrame" if hasattr(path, "to_csv") else path
     shown = _escaped(path)
     if model.covariates and stores is None:
         raise InputError("covariates of membership need a stores file (--stores FILE.csv)")
     z = read_stores(stores, data.stores, model.covariates) if model.covariates else None
     try:
-        stats = _statistics(data.sums, model, data.coefficients, z)
+        stats = _statistics(data.sums, model, data.coefficients, z)._replace(lags=data.lags)
     except ValueError as problem:
         raise InputError(f"{shown}: {problem}") from None
     names = [data.coefficients[j] for j in stats.columns]
@@ -2358,6 +2503,13 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, sto
                "models": models, "best_K": best, "notes": []}
     if model.sigma == "fixed":
         results["sigma_check"] = _sigma_check(data, fits[best], tol)
+    if min_share is not None:
+        fitting = [m for m in models if min(m["pi"]) >= min_share]
+        results["min_share"] = {"share": min_share, "K": min(fitting, key=lambda m: m["bic"])["K"] if fitting else None}
+    if holdout:
+        results["holdout"] = _holdout(data, stats, Ks, n_init, seed, tol, z)
+    if bootstrap:
+        results["bootstrap"] = _bootstrap(stats, fits, bootstrap, n_init, seed, tol, progress)
     results["notes"] = _notes(results)
     for note in results["notes"]:
         _warn(note, UserWarning)
@@ -2365,6 +2517,109 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, sto
     for fit in fits.values():
         fit.stores, fit.data = data.stores, data
     return results, fits, data
+
+
+def _holdout(data, stats, Ks, n_init, seed, tol, z=None):
+    """The predictive log-likelihood of held-out weeks: each store's weeks drawn into
+    HOLDOUT_FOLDS folds (load); for each fold, each K fitted on the other weeks (the same search),
+    and the held-out weeks scored under it. With sums only: a store's held-out score is
+    log sum_c pi_ic f_ic(all its weeks) - log sum_c pi_ic f_ic(its training weeks), at the
+    training fit (with store effects, the ratio of within likelihoods is the predictive density
+    with the store's level integrated out). Beside it two baselines: one pooled regression
+    (K = 1) and each store's own regression (its own coefficients and sigma from its training
+    weeks; the pooled one where it has too few). {"folds", "loglik": {K: ...}, "pooled", "own"}."""
+    all_sums, model = data.sums, stats.model
+    Ks = sorted(set(Ks) | {1})
+    scores, own = {K: 0.0 for K in Ks}, 0.0
+    for fold in data.folds:
+        train = Sums(*(a - b for a, b in zip(all_sums, fold)))
+        if (train.n < (2 if model.store_effects else 1)).any():
+            return {"folds": len(data.folds), "skipped": "a store has too few weeks outside a fold"}
+        trained = _statistics(train, model, data.coefficients, z)
+        previous = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for K in Ks:
+                fit = previous = _search(trained, K, n_init, seed, tol, previous=previous)
+                scores[K] += _e_step(stats, fit.theta, fit.membership, fit.sigma)[1] - fit.loglik
+        own += _own_holdout(train, fold, trained)
+    return {"folds": len(data.folds), "loglik": {str(K): scores[K] for K in Ks}, "pooled": scores[1], "own": own}
+
+
+def _own_holdout(train, fold, trained):
+    """The held-out log-likelihood of each store's own regression on all of X's columns (its
+    coefficients b_i and sigma_i^2 = R_i(b_i) / (n_i - P) from its training weeks); a store with
+    no more training weeks than columns is predicted by the pooled regression."""
+    N, P = train.Xty.shape
+    XtX = train.XtX.reshape(N, P, P)
+    usable = train.n > P
+    pooled = np.linalg.lstsq(XtX.sum(axis=0), train.Xty.sum(axis=0), rcond=None)[0]
+    b = np.tile(pooled, (N, 1))
+    b[usable] = np.linalg.solve(XtX[usable], train.Xty[usable][:, :, None])[:, :, 0]
+    def rss(sums, b):
+        return sums.yty - 2 * (b * sums.Xty).sum(axis=1) + np.einsum("np,npq,nq->n", b, sums.XtX.reshape(N, P, P), b)
+    pooled_s2 = rss(train, np.broadcast_to(pooled, (N, P))).sum() / max(train.n.sum() - P, 1.0)
+    s2 = np.where(usable, np.maximum(rss(train, b), 1e-300) / np.maximum(train.n - P, 1.0), pooled_s2)
+    return float((-0.5 * fold.n * np.log(2 * math.pi * s2) - rss(fold, b) / (2 * s2)).sum())
+
+
+def _bootstrap(stats, fits, B, n_init, seed, tol, progress=None):
+    """A parametric bootstrap test of K against K + 1 for each pair of consecutive K fitted, in
+    turn from the smallest (as mclust's mclustBootstrapLRT): B panels simulated from the K fit
+    (_simulated), each fitted with K and K + 1 segments by the same search, and the p-value
+    (1 + #{LR_b >= LR}) / (B + 1) of the observed likelihood ratio LR = 2 (loglik_{K+1} -
+    loglik_K). It stops after the first K whose p-value is above BOOTSTRAP_LEVEL: that K is its
+    choice (B = 19 is the least that can reject at 5%; 99 is usual). {"B", "tests": [{"K", "lr", "p"}], "K", "seconds"}."""
+    import time
+    import numpy.random
+    start, tests, chosen = time.perf_counter(), [], None
+    rng = numpy.random.default_rng(seed)
+    for K in sorted(fits):
+        if K + 1 not in fits:
+            break
+        observed = 2 * (fits[K + 1].loglik - fits[K].loglik)
+        exceed = 0
+        for b in range(B):
+            simulated = _simulated(stats, fits[K], rng)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                small = _search(simulated, K, n_init, b, tol)
+                large = _search(simulated, K + 1, n_init, b, tol, previous=small)
+            exceed += 2 * (large.loglik - small.loglik) >= observed
+            if progress:
+                progress(f"bootstrap K = {K} against {K + 1}", b + 1, B)
+        tests.append({"K": K, "lr": round(observed, LR_DECIMALS), "p": (1 + exceed) / (B + 1)})
+        if tests[-1]["p"] > BOOTSTRAP_LEVEL:
+            chosen = K
+            break
+    return {"B": B, "tests": tests, "K": chosen, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _simulated(stats, fit, rng):
+    """Stats of a panel drawn from a fit, made directly from the sums: store i's segment c from its
+    prior, then with u ~ N(0, sigma_c^2 X_i'X_i) (X_i as in stats: within-centred with store
+    effects, whose levels the within likelihood does not see)
+        X_i'y_i = X_i'X_i theta_c + u,   y_i'y_i = theta_c'X_i'X_i theta_c + 2 theta_c'u + u'(X_i'X_i)^+ u
+                  + sigma_c^2 chi^2(m_i - rank X_i),
+    the sums of y_i = X_i theta_c + eps_i, eps_i ~ N(0, sigma_c^2 I)."""
+    N, P = stats.Xty.shape
+    segment = (rng.random(N)[:, None] > np.cumsum(fit.prior, axis=1)).sum(axis=1).clip(0, fit.K - 1)
+    theta, sigma = fit.theta[segment], fit.sigma[segment]
+    XtX = stats.XtX.reshape(N, P, P)
+    values, vectors = np.linalg.eigh(XtX)
+    values = np.where(values > 1e-12 * values.max(axis=1, keepdims=True), values, 0.0)
+    z = rng.standard_normal((N, P))
+    u = np.einsum("npq,nq->np", vectors, np.sqrt(values) * z) * sigma[:, None]
+    rank = (values > 0).sum(axis=1)
+    chi2 = rng.chisquare(np.maximum(stats.m - rank, 1e-9)) * (stats.m > rank)
+    Xty = np.einsum("npq,nq->np", XtX, theta) + u
+    yty = (np.einsum("np,npq,nq->n", theta, XtX, theta) + 2 * (theta * u).sum(axis=1)
+           + sigma ** 2 * ((values > 0) * z * z).sum(axis=1) + sigma ** 2 * chi2)
+    A = XtX.sum(axis=0)
+    pooled = np.linalg.solve(A, Xty.sum(axis=0))
+    pooled_s2 = max(yty.sum() - pooled @ Xty.sum(axis=0), 1e-300) / stats.m.sum()
+    return stats._replace(Xty=Xty, yty=yty, pooled_s2=pooled_s2, lags=None,
+                          moments=np.column_stack([stats.XtX, Xty, yty]))
 
 
 def _sigma_check(data, fit, tol):
@@ -2392,13 +2647,77 @@ def _notes(results):
                      f"{check['estimate']:.3f} (likelihood ratio {check['lr']:.1f}, p < 0.001), so the standard "
                      "errors, log-likelihoods and BIC above are on the wrong scale; use --sigma common or --sigma segment")
     if len(Ks) > 1 and best == max(Ks):
-        notes.append(f"BIC picks K = {best}, the largest K tried: more segments may fit "
-                     f"better; try a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))})")
+        captured = "; ".join(f"K = {model['K']} segments capture {100 * model['captured']:.0f}%"
+                             for model in results["models"] if model.get("captured") is not None)
+        notes.append(f"BIC picks K = {best}, the largest K tried: the criteria keep improving, as they do when "
+                     "stores' price sensitivities spread continuously rather than fall into a few groups"
+                     + (f" (of that spread {captured})" if captured else "")
+                     + f"; a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))}) may go on improving: "
+                     "weigh what one more segment captures, and see --min-share")
+    chosen = next(model for model in results["models"] if model["K"] == best)
+    rho = chosen.get("autocorrelation")
+    ratio = np.nanmedian(np.array(chosen["se_robust"]["theta"], dtype=float) / np.array(chosen["se"]["theta"], dtype=float)) \
+        if "se_robust" in chosen else math.nan
+    if rho is not None and rho > AUTOCORRELATION and ratio > ROBUST_RATIO:
+        notes.append(f"weekly residuals are autocorrelated within stores (rho = {rho:.2f} at K = {best}): the "
+                     "model-based standard errors are likely too small; the store-clustered ones (the report's "
+                     f"robust line, se_robust in results.json) are {ratio:.1f}x as large (median)")
     for model in results["models"]:
         if model["unsupported"]:
             problems = "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
             notes.append(f"K = {model['K']}: {problems}; the data support at most {model['supported_K']} segments")
+        for c, why in model.get("not_credible", {}).items():
+            notes.append(f"K = {model['K']}: segment {c} {why}")
     return notes
+
+
+def _captured(fit):
+    """The share of the spread of the stores' own price coefficients (their own least squares,
+    weighted by precision 1 / var(b_i)) that the segments' explain: a weighted R^2 of b_i on
+    sum_c w_ic beta_c. None where fewer than 3 stores have more weeks than coefficients."""
+    stats = fit._stats
+    own, weight = _own_estimates(stats)
+    if weight is None:
+        return None
+    b, segment = own[:, stats.price], fit.W @ fit.theta[:, stats.price]
+    centre = np.average(b, weights=weight)
+    total = (weight * (b - centre) ** 2).sum()
+    return float(max(0.0, 1 - (weight * (b - segment) ** 2).sum() / total)) if total > 0 else None
+
+
+def _own_estimates(stats):
+    """Each store's own least-squares coefficients (N, P) and the precision of its price coefficient
+    (N,), 0 for a store with no more weeks than coefficients; (own, None) where fewer than 3 have."""
+    own = _store_coefficients(stats)
+    usable = stats.m > stats.P
+    if usable.sum() < 3:
+        return own, None
+    N, P = own.shape
+    residual = np.maximum(stats.yty - (own * stats.Xty).sum(axis=1), 0.0) / np.maximum(stats.m - P, 1.0)
+    XtX = stats.XtX.reshape(N, P, P)
+    XtX = np.where(usable[:, None, None], XtX, np.eye(P))
+    variance = residual * np.linalg.inv(XtX)[:, stats.price, stats.price]
+    return own, np.where(usable & (variance > 0), 1 / np.maximum(variance, 1e-300), 0.0)
+
+
+def _not_credible(fit):
+    """{segment: why} for a segment of fewer than CREDIBLE_STORES stores whose coefficient lies
+    more than CREDIBLE_SPREAD robust sds (1.4826 MAD) from the median of the stores' own."""
+    own, weight = _own_estimates(fit._stats)
+    if weight is None:
+        return {}
+    own = own[weight > 0]
+    median = np.median(own, axis=0)
+    spread = 1.4826 * np.median(np.abs(own - median), axis=0)
+    found = {}
+    for c in np.flatnonzero(fit.W.sum(axis=0) < CREDIBLE_STORES):
+        far = np.abs(fit.theta[c] - median) > CREDIBLE_SPREAD * np.maximum(spread, 1e-12)
+        if far.any():
+            j = int(np.argmax(np.abs(fit.theta[c] - median) / np.maximum(spread, 1e-12)))
+            found[c] = (f"({fit.W[:, c].sum():.1f} stores) is not credible: its {fit.names[j]} coefficient "
+                        f"{fit.theta[c, j]:.3g} lies far outside the stores' own estimates (median {median[j]:.3g}, "
+                        f"robust sd {spread[j]:.3g}); it describes those stores, not a segment")
+    return found
 
 
 def _model_summary(fit):
@@ -2406,19 +2725,26 @@ def _model_summary(fit):
     n_params = K P + K - 1 + the sigmas estimated (store effects are not counted: the within
     likelihood is free of them); AIC = 2 k - 2 log L; BIC = k log(observed cells) - 2 log L;
     ICL = BIC + 2 EN, EN = -sum_ic w_ic log w_ic; entropy = 1 - EN / (N log K)."""
-    se = fit.se
+    se, robust = fit.se, fit.se_robust
     se_theta, se_pi, se_sigma = se.theta.copy(), se.pi.copy(), se.sigma.copy()
     unsupported = overfitted(fit)
     for c in unsupported:                         # no standard error means anything for these
         se_theta[c], se_pi[c], se_sigma[c] = np.nan, np.nan, np.nan
+        robust.theta[c], robust.sigma[c] = np.nan, np.nan
     return {"K": fit.K, "coefficients": fit.names, "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
             "sigma": fit.sigma.tolist(),
             "se": {"theta": se_theta.tolist(), "pi": se_pi.tolist(), "sigma": se_sigma.tolist()},
+            "se_robust": {"theta": robust.theta.tolist(), "sigma": robust.sigma.tolist()},
+            "autocorrelation": fit.autocorrelation,
             "loglik": fit.loglik, "n_params": fit.n_params, "aic": fit.aic, "bic": fit.bic, "icl": fit.icl,
+            "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
+            "smallest_segment": {"stores": int(min(np.bincount(fit.W.argmax(axis=1), minlength=fit.K))),
+                                 "share": float(fit.pi.min())},
             "entropy": fit.entropy, "iterations": fit.n_iter, "converged": fit.converged,
             "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
             "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
-            "supported_K": fit.K - len(unsupported), "search": fit.search, **_membership_summary(fit)}
+            "supported_K": fit.K - len(unsupported), "search": fit.search, "captured": _captured(fit),
+            "not_credible": {str(c + 1): why for c, why in _not_credible(fit).items()}, **_membership_summary(fit)}
 
 
 def _membership_summary(fit):
@@ -2493,7 +2819,7 @@ def _store_segments(stores, fit):
                  **({"prior": prior[i].tolist()} if prior is not None else {})) for i, store in enumerate(stores)]
 
 
-LOGLIK_KEYS = ("loglik", "aic", "bic", "icl", "maxima")
+LOGLIK_KEYS = ("loglik", "aic", "bic", "icl", "aic3", "caic", "sabic", "maxima")
 
 
 def _tidy(value, digits=JSON_DIGITS):
@@ -2599,6 +2925,12 @@ def _fit_lines(model, sigma_estimated):
         cells = "".join(f" {_number_cell(values[c], width)} ({_number_cell(errors[c], 7)})"
                         for (_, values, errors), width in zip(columns, widths))
         lines.append(f"  {c + 1:7d}{cells} {model['stores_in_segment'][c]:8d}")
+    if "se_robust" in model:
+        lines.append("  store-clustered s.e. (robust to autocorrelated weeks): " + "; ".join(
+            f"{name} " + " ".join(_number_cell(row[j], 6).strip() for row in model["se_robust"]["theta"])
+            for j, name in enumerate(names))
+            + ("" if model.get("autocorrelation") is None else
+               f"   (residual autocorrelation within stores {model['autocorrelation']:.2f})"))
     lines += _membership_lines(model)
     if model.get("unsupported"):
         lines.append("  ! " + "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
@@ -2697,6 +3029,50 @@ def _guide(settings, names):
     return lines
 
 
+CRITERIA = ("aic", "aic3", "bic", "caic", "sabic", "icl")
+
+
+def _how_many_lines(results):
+    """How many segments: every criterion by K (and the K each picks), the smallest segment, the
+    share of the stores' spread of price coefficients captured; the holdout, the bootstrap tests
+    and --min-share where asked."""
+    models = results["models"]
+    if len(models) < 2 or not all("aic3" in m for m in models):      # a results.json of an earlier version
+        return []
+    rows = [[str(m["K"]), f"{m['loglik']:.2f}", str(m["n_params"])] + [f"{m[c]:.2f}" for c in CRITERIA]
+            + [f"{m['smallest_segment']['stores']} ({100 * m['smallest_segment']['share']:.0f}%)",
+               "" if m.get("captured") is None else f"{100 * m['captured']:.0f}%"] for m in models]
+    rows.append(["picks", "", ""] + [str(min(models, key=lambda m: m[c])["K"]) for c in CRITERIA] + ["", ""])
+    header = ["K", "log L", "k"] + [c.upper() for c in CRITERIA] + ["smallest segment", "captured"]
+    widths = [max(len(str(row[j])) for row in rows + [header]) for j in range(len(header))]
+    lines = ["How many segments (lower criteria are better; captured: the share of the spread of the stores' own "
+             "price coefficients that the segments explain):"]
+    lines += ["  " + "  ".join(f"{cell:>{width}}" for cell, width in zip(row, widths)) for row in [header] + rows]
+    holdout = results.get("holdout")
+    if holdout and "loglik" in holdout:
+        scored = holdout["loglik"]
+        best = max(scored, key=lambda K: scored[K])
+        lines.append(f"Holdout ({holdout['folds']} folds of each store's weeks, higher is better): "
+                     + ", ".join(f"K = {K}: {value:.2f}" for K, value in scored.items())
+                     + f"; one pooled regression {holdout['pooled']:.2f}; each store's own regression "
+                     f"{holdout['own']:.2f}. Best: K = {best}"
+                     + (" (better than each store's own)" if scored[best] > holdout["own"] else
+                        ", below each store's own regression: segments predict new weeks less well than the stores' own lines"))
+    elif holdout:
+        lines.append(f"Holdout: skipped ({holdout['skipped']})")
+    boot = results.get("bootstrap")
+    if boot:
+        tests = "; ".join(f"K = {t['K']} against {t['K'] + 1}: LR {t['lr']:.2f}, p = {t['p']:.3f}" for t in boot["tests"])
+        choice = (f"it keeps K = {boot['K']}" if boot["K"] is not None else
+                  "every K tried is rejected for the next: the largest K may be too few")
+        lines.append(f"Bootstrap test ({boot['B']} panels simulated from each K fit, {boot['seconds']:.1f} s): {tests}; {choice}.")
+    share = results.get("min_share")
+    if share:
+        lines.append(f"With every segment holding at least {100 * share['share']:.0f}% of the stores (--min-share): "
+                     + (f"K = {share['K']}, by BIC." if share["K"] is not None else "no K tried qualifies."))
+    return lines + [""]
+
+
 def _strength(gap):
     """How strongly a BIC gap favours the lower BIC (Kass & Raftery 1995)."""
     return next(words for bound, words in BIC_STRENGTH if gap > bound or bound == 0)
@@ -2715,6 +3091,7 @@ def report(results):
     lines += _guide(settings, names) + [""]
     for model in results["models"]:
         lines += _fit_lines(model, isinstance(settings.get("sigma", 1.0), str)) + [""]
+    lines += _how_many_lines(results)
     ranked = sorted(results["models"], key=lambda model: model["bic"])
     others = ", ".join(f"K = {model['K']}: +{model['bic'] - ranked[0]['bic']:.2f}" for model in ranked[1:])
     lines.append(f"BIC chooses K = {results['best_K']}: the lowest BIC, {ranked[0]['bic']:.2f}"
@@ -2860,6 +3237,14 @@ def _parser():
                        help="each store its own intercept (store fixed effects); segments differ in the slopes")
     model.add_argument("--x", nargs="+", default=[], metavar="COL",
                        help="further regressors of a long file, used as they are (not logged)")
+    how_many = parser.add_argument_group("how many segments")
+    how_many.add_argument("--holdout", action="store_true",
+                          help=f"score held-out weeks ({HOLDOUT_FOLDS} random folds of each store's weeks, drawn "
+                               "with --seed) for each K, beside one pooled regression and each store's own")
+    how_many.add_argument("--bootstrap", type=whole("--bootstrap", 1, MAX_STARTS), default=0, metavar="B",
+                          help="a parametric bootstrap test of K against K + 1 with B simulated panels (99 is usual)")
+    how_many.add_argument("--min-share", type=_api_check(lambda text: _check_share(_float(text))), metavar="S",
+                          help="also name the best K whose every segment holds at least a share S of the stores")
     model.add_argument("--stores", metavar="FILE.csv",
                        help="a stores file: one row a store, a 'store' column holding the panel's store labels, "
                             "then store-level columns")
@@ -3032,7 +3417,7 @@ def _main(argv):
                                                _progress(args.quiet), args.csv or "data/example.csv",
                                                _model(args.sigma, args.store_effects, args.covariates),
                                                {role: getattr(args, role) for role in LONG_COLUMNS}, args.x,
-                                               args.stores)
+                                               args.stores, args.holdout, args.bootstrap, args.min_share)
         except ValueError as problem:            # InputError, or a panel the model cannot use
             raise _Refused(str(problem)) from None
     if not all(np.isfinite(model["loglik"]) for model in results["models"]):
@@ -3094,7 +3479,7 @@ def _progress(quiet):
                     if before < done < total else "")
             what = f"{done} of {total} starts done{left}"
         if not quiet and now - start > 2 and (now - last > 2 or done == total):
-            print(f"K = {K}: {what}, {now - start:.1f} s", file=sys.stderr, flush=True)
+            print(f"{K if isinstance(K, str) else f'K = {K}'}: {what}, {now - start:.1f} s", file=sys.stderr, flush=True)
             last = now
     return progress
 

@@ -54,7 +54,7 @@ class Panel(NamedTuple):
 
 
 def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 7.7),
-             missing=0.0, seed=None, sigma=1.0, store_sd=0.0, price_sd=0.0, gamma=None):
+             missing=0.0, seed=None, sigma=1.0, store_sd=0.0, price_sd=0.0, gamma=None, ar=0.0):
     """Draw a panel of N stores over T weeks from the model with parameters theta (K x 2) and pi.
 
     Prices are uniform on price_range, rounded to cents and shared by all stores; with
@@ -63,8 +63,9 @@ def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 
     sd sigma (one value, or one per segment). With missing > 0 each cell is dropped with that
     probability, but every store keeps at least two weeks with different prices, so that it
     stays usable. With gamma (K x (1 + Q)) each store has Q covariates drawn from N(0, 1) and its
-    segment from softmax_c(gamma_c'(1, z_i)), not from pi. With the defaults the draws are those
-    of earlier versions, seed for seed.
+    segment from softmax_c(gamma_c'(1, z_i)), not from pi. With ar (-1 < ar < 1) a store's errors
+    are AR(1) over its weeks, e_t = ar e_{t-1} + sqrt(1 - ar^2) eps_t (the same sd). With the
+    defaults the draws are those of earlier versions, seed for seed.
     """
     theta = np.asarray(theta, dtype=float).reshape(-1, 2)
     pi = np.asarray(pi, dtype=float)
@@ -95,7 +96,13 @@ def simulate(N=300, T=52, theta=DEFAULT_THETA, pi=DEFAULT_PI, price_range=(1.1, 
         prior = np.exp(eta - eta.max(axis=1, keepdims=True))
         prior /= prior.sum(axis=1, keepdims=True)
         segment = (rng.random(N)[:, None] > np.cumsum(prior, axis=1)).sum(axis=1).clip(0, len(pi) - 1)
-    y = X @ theta[segment].T + rng.standard_normal((T, N)) * sigma[segment]
+    noise = rng.standard_normal((T, N))
+    if ar:
+        if not -1 < ar < 1:
+            raise ValueError(f"ar must be between -1 and 1; got {ar}")
+        for t in range(1, T):
+            noise[t] = ar * noise[t - 1] + np.sqrt(1 - ar * ar) * noise[t]
+    y = X @ theta[segment].T + noise * sigma[segment]
     if price_sd > 0 or store_sd > 0:           # draws after the course model's, so those stay
         effect = rng.normal(0.0, store_sd, N) if store_sd > 0 else np.zeros(N)
         if price_sd > 0:
@@ -162,6 +169,7 @@ def main(argv=None):
     parser.add_argument("--store-sd", type=float, default=0.0, help="sd of the store intercepts a_i")
     parser.add_argument("--price-sd", type=float, default=0.0,
                         help="sd of log store price around the week's price (0: one price a week)")
+    parser.add_argument("--ar", type=float, default=0.0, help="AR(1) coefficient of each store's weekly errors")
     parser.add_argument("--gamma", type=float, nargs="+", metavar="V",
                         help="covariates of membership: gamma_c = (intercept, z1 .. zQ) for each of the K "
                              "segments, K (1 + Q) values; writes OUTPUT's name + _stores.csv (store, z1..zQ)")
@@ -180,7 +188,8 @@ def main(argv=None):
             raise ValueError(f"--gamma needs 1 + Q values for each of the {len(args.pi)} segments (Q >= 1); "
                              f"got {len(args.gamma)} values")
         panel = simulate(args.stores, args.weeks, args.theta, args.pi, missing=args.missing, seed=args.seed,
-                         sigma=args.sigma, store_sd=args.store_sd, price_sd=args.price_sd, gamma=args.gamma)
+                         sigma=args.sigma, store_sd=args.store_sd, price_sd=args.price_sd, gamma=args.gamma,
+                         ar=args.ar)
     except ValueError as problem:
         parser.error(str(problem))
     if panel.price.ndim == 2 and not args.long:
