@@ -107,7 +107,10 @@ JSON_DIGITS_LOGLIK = 10    # ... and for log-likelihoods and criteria, whose noi
 
 # Reading files
 MISSING = ("", "NA", "NaN", "nan")            # cells that mean "no observation this week"
-MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused, not read into memory
+MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused by the exact reader, not read into memory
+ENGINE_FROM = 64 << 20   # a long CSV file larger than this (and every Parquet file) is reduced by DuckDB
+ENGINE_MEMORY = "256MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
+LAG_STORES = 2000        # the residual autocorrelation of a file the engine reads: from this many stores
 CELL_SHOWN = 40          # a cell in a message is cut to this many characters
 LONG_COLUMNS = ("store", "week", "sales", "price")  # a long file's columns, found by name
 INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
@@ -2379,6 +2382,8 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0):
         path, text = "DataFrame", path.to_csv(index=False)
     columns = {role: name for role, name in (columns or {}).items() if name}
     x = _names(x, "x")
+    if text is None and _use_engine(path, columns):
+        return _engine_load(path, columns, x, folds, seed)
     text = _read_text(path) if text is None else text
     table = _table(path, text)
     if _layout(table.header, columns) == "long":
@@ -2401,6 +2406,226 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0):
         folded = _fold_sums(store, y[week, store], X[week], y.shape[1], folds, seed)
     return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide",
                   (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X), folded)
+
+
+def _use_engine(path, columns):
+    """True for a Parquet file, and for a long CSV file larger than ENGINE_FROM."""
+    import os
+    if str(path).lower().endswith((".parquet", ".pq")):
+        return True
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) <= ENGINE_FROM:
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
+    except OSError:
+        return False
+    return _layout(_table(path, head.rsplit("\n", 1)[0] + "\n").header, columns) == "long"
+
+
+# ---------------------------------------------------------------------------------------------
+# Large long files and Parquet: per-store sums by DuckDB, out of core
+# ---------------------------------------------------------------------------------------------
+
+def _engine_load(path, columns, x, folds=0, seed=0, by=None):
+    """A Loaded of a long CSV or Parquet file, reduced to per-store sums by DuckDB's GROUP BY in
+    one pass, within ENGINE_MEMORY (it spills to disk beyond it), whatever the file's size. The
+    engine's own queries find a missing, non-numeric or non-positive value, a store and week
+    given twice and a regressor that never changes; for a CSV file the exact reader then names
+    the line and column where it can (a file up to MAX_BYTES), else the row. by: a column whose
+    groups (products, brands) are reduced in the same pass: {group: Loaded}."""
+    connection, source, where = _engine_source(path, columns, x, by)
+    shown = _escaped(path)
+    connection.execute(f"CREATE TEMP TABLE panel AS {source}")         # one pass over the file
+    source = "panel"
+    _engine_checks(connection, source, where, path, columns, x, by)
+    names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
+    P = len(names)
+    keys = ["grp"] if by else []
+    terms = ["count(*) AS n", "count(DISTINCT week) AS distinct_weeks"]
+    for j in range(P):
+        for k in range(P):
+            terms.append(f"sum({names[j]} * {names[k]}) AS xx_{j}_{k}" if j <= k else f"0 AS xx_{j}_{k}")
+    terms += [f"sum({names[j]} * ln(sales)) AS xy_{j}" for j in range(P)]
+    terms += ["sum(ln(sales) * ln(sales)) AS yy", "sum(ln(sales)) AS sy"] + [f"sum({names[j]}) AS sx_{j}" for j in range(P)]
+    terms += ["min(ln(price)) AS low", "max(ln(price)) AS high", "count(DISTINCT week) AS weeks"]
+    if folds:
+        keys.append(f"(hash(store, week, {int(seed)}) % {int(folds)}) AS fold")
+    query = (f"SELECT {', '.join(keys + ['store'] + terms)} FROM {source} GROUP BY ALL ORDER BY "
+             + ("grp, " if by else "") + "store")
+    table = connection.execute(query).fetchnumpy()
+    if folds:                                    # a store's week in two folds would hide a repeat
+        repeated = connection.execute(f"SELECT count(*) - count(DISTINCT ({'grp, ' if by else ''}store, week)) "
+                                      f"FROM {source}").fetchone()[0]
+    else:
+        repeated = int(np.sum(np.asarray(table["n"]) - np.asarray(table["distinct_weeks"])))
+    if repeated:
+        _engine_repeats(connection, source, path, columns, x, by)
+    lags = connection.execute(_lag_query(source, P, names, by)).fetchnumpy()
+    weeks = dict(connection.execute(f"SELECT {'grp' if by else '0'}, count(DISTINCT week) FROM {source} GROUP BY ALL").fetchall())
+    connection.close()
+    table["weeks"] = np.array([weeks[group] for group in (table["grp"] if by else np.zeros(len(table["store"]), dtype=int))])
+    return _engine_loaded(table, lags, P, x, folds, by, shown)
+
+
+def _engine_source(path, columns, x, by):
+    """(connection, the file as a subquery with columns grp, store, week, sales, price, x0..,
+    and {role: column name}). Parquet keeps its types; a CSV file is read as
+    text and cast (TRY_CAST: a cell that is not a number becomes NULL, and _engine_checks says so)."""
+    try:
+        import duckdb
+    except ImportError:
+        raise InputError(f"{_escaped(path)}: a long file above {ENGINE_FROM >> 20} MB, and any Parquet file, is "
+                         "read by DuckDB, which is not installed (pip install duckdb)") from None
+    import os
+    import tempfile
+    if not os.path.isfile(path):
+        raise InputError(f"{_escaped(path)}: no such file")
+    connection = duckdb.connect(config={"memory_limit": ENGINE_MEMORY, "threads": os.cpu_count() or 1,
+                                        "temp_directory": os.path.join(tempfile.gettempdir(), "em_sales_duckdb")})
+    literal = "'" + str(path).replace("'", "''") + "'"
+    parquet = str(path).lower().endswith((".parquet", ".pq"))
+    if parquet:
+        header = [row[0] for row in connection.execute(f"DESCRIBE SELECT * FROM read_parquet({literal})").fetchall()]
+        scan, sep = f"read_parquet({literal})", ","
+    else:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
+        table = _table(path, head.rsplit("\n", 1)[0] + "\n")
+        header, sep = table.header, table.sep
+        scan = (f"read_csv({literal}, header = true, delim = '{sep}', quote = '\"', escape = '\"', "
+                "all_varchar = true, auto_detect = false, columns = {" +
+                ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for name in header) + "})")
+    where = _long_columns(_Table(_escaped(path), sep, header, 1, iter(())), columns, x)
+    if by is not None and by not in header:
+        raise InputError(f"{_escaped(path)}: no column '{_shown(by)}' (--by) in the header")
+
+    def column(j, number):
+        name = '"' + header[j].replace('"', '""') + '"'
+        if not number:
+            return f"CAST({name} AS VARCHAR)"
+        text = f"trim(CAST({name} AS VARCHAR))" if sep == "," else f"replace(trim(CAST({name} AS VARCHAR)), ',', '.')"
+        return f"TRY_CAST({text} AS DOUBLE)"
+    fields = [f"{column(where['store'], False)} AS store", f"{column(where['week'], False)} AS week",
+              f"{column(where['sales'], True)} AS sales", f"{column(where['price'], True)} AS price"]
+    fields += [f"{column(j, True)} AS x{k}" for k, j in enumerate(where["x"])]
+    if by is not None:
+        fields.append(f"{column(header.index(by), False)} AS grp")
+    source = f"(SELECT {', '.join(fields)} FROM {scan})"
+    return connection, source, {role: header[j] for role, j in where.items() if role != "x"} | \
+        {f"x{k}": header[j] for k, j in enumerate(where["x"])}
+
+
+def _engine_checks(connection, source, where, path, columns, x, by):
+    """The value checks of the exact reader, as queries: a missing, non-numeric or non-positive
+    value, a price or regressor that never changes. A CSV file up to MAX_BYTES is then read by
+    the exact reader, whose InputError names the line and column; otherwise the store and week."""
+    shown = _escaped(path)
+    numbers = ["sales", "price"] + [f"x{j}" for j in range(len(x))]
+    checks = [(f"{name} IS NULL", f"'{_shown(where[name])}' is missing or not a number") for name in numbers]
+    checks += [(f"NOT isfinite({name}) OR abs({name}) > {VALUE_LIMIT:g}",
+                f"'{_shown(where[name])}' is infinite or larger than {VALUE_LIMIT:g}") for name in numbers]
+    checks += [(f"{name} <= 0", f"'{_shown(where[name])}' is not positive (its log is taken)") for name in ("sales", "price")]
+    checks += [(f"{name} IS NULL OR trim({name}) = ''", f"the {name} is missing") for name in ("store", "week")]
+    found = connection.execute("SELECT " + ", ".join(f"bool_or({test})" for test, _ in checks) + f" FROM {source}").fetchone()
+    if any(found):
+        _exact_or(path, columns, x, by)
+        test, words = checks[found.index(True)]
+        store, week = connection.execute(f"SELECT store, week FROM {source} WHERE {test} LIMIT 1").fetchone()
+        raise InputError(f"{shown}: store '{_shown(str(store))}', week '{_shown(str(week))}': {words}")
+    ranges = connection.execute(f"SELECT {', '.join(f'min({n}) = max({n})' for n in numbers[1:])} FROM {source}").fetchone()
+    for name, flat in zip(numbers[1:], ranges):
+        if flat:
+            raise InputError(f"{shown}: column '{_shown(where[name])}' has the same value in every row; a regressor "
+                             "that never changes cannot be estimated")
+
+
+def _engine_repeats(connection, source, path, columns, x, by):
+    """The InputError for a store and week given twice in a file the engine reads."""
+    _exact_or(path, columns, x, by)
+    store, week = connection.execute(f"SELECT store, week FROM {source} GROUP BY {'grp, ' if by else ''}store, week "
+                                     "HAVING count(*) > 1 LIMIT 1").fetchone()
+    raise InputError(f"{_escaped(path)}: store '{_shown(str(store))}', week '{_shown(str(week))}' is given twice: "
+                     "one row a store and week")
+
+
+def _exact_or(path, columns, x, by):
+    """Where a CSV file can be read exactly (up to MAX_BYTES, no --by), read it: the exact reader
+    raises the InputError with line and column of the fault the engine found."""
+    import os
+    if not str(path).lower().endswith((".parquet", ".pq")) and os.path.getsize(path) <= MAX_BYTES and by is None:
+        read_long(path, x=x, **columns)
+
+
+def _lag_query(source, P, names, by):
+    """Per-store lag sums (Lags) over consecutive weeks, where the week labels are numbers, for the
+    first LAG_STORES stores (by label; in each group): the autocorrelation is a mean over stores."""
+    lagged = ", ".join([f"lag(ln(sales)) OVER w AS y_a", "lag(TRY_CAST(week AS DOUBLE)) OVER w AS t_a"]
+                       + [f"lag({names[j]}) OVER w AS c{j}_a" for j in range(P)])
+    inner = (f"SELECT {'grp, ' if by else ''}store, ln(sales) AS y_b, TRY_CAST(week AS DOUBLE) AS t_b, "
+             + ", ".join(f"{names[j]} AS c{j}_b" for j in range(P)) + f", {lagged} FROM {source} "
+             f"WHERE store IN (SELECT DISTINCT store FROM {source} ORDER BY store LIMIT {LAG_STORES}) "
+             f"WINDOW w AS (PARTITION BY {'grp, ' if by else ''}store ORDER BY TRY_CAST(week AS DOUBLE))")
+    pair = "t_b - t_a = 1"
+    terms = [f"count(*) FILTER (WHERE {pair}) AS pairs", f"sum(y_a * y_b) FILTER (WHERE {pair}) AS yy"]
+    terms += [f"sum(c{j}_a * y_b) FILTER (WHERE {pair}) AS xy_{j}" for j in range(P)]
+    terms += [f"sum(y_a * c{j}_b) FILTER (WHERE {pair}) AS yx_{j}" for j in range(P)]
+    terms += [f"sum(c{j}_a * c{k}_b) FILTER (WHERE {pair}) AS xx_{j}_{k}" for j in range(P) for k in range(P)]
+    terms += [f"sum(y_a) FILTER (WHERE {pair}) AS ya", f"sum(y_b) FILTER (WHERE {pair}) AS yb"]
+    terms += [f"sum(c{j}_a) FILTER (WHERE {pair}) AS xa_{j}" for j in range(P)]
+    terms += [f"sum(c{j}_b) FILTER (WHERE {pair}) AS xb_{j}" for j in range(P)]
+    return (f"SELECT {'grp, ' if by else ''}store, {', '.join(terms)}, bool_and(t_b IS NOT NULL) AS numbered "
+            f"FROM ({inner}) GROUP BY ALL")
+
+
+def _engine_loaded(table, lags, P, x, folds, by, shown):
+    """Loaded (or {group: Loaded}) from the engine's per-store (and per-fold) sums."""
+    groups = table["grp"] if by else np.zeros(len(table["store"]), dtype=object)
+    out = {}
+    for group in dict.fromkeys(groups.tolist()):
+        rows = groups == group
+        part = {key: np.asarray(value)[rows] for key, value in table.items()}
+        stores = list(dict.fromkeys(part["store"].tolist()))
+        index = {store: i for i, store in enumerate(stores)}
+        code = np.array([index[store] for store in part["store"]], dtype=np.int64)
+        N = len(stores)
+
+        def sums(mask):
+            def add(values):
+                return np.bincount(code[mask], np.nan_to_num(np.asarray(values[mask], dtype=float)), N)
+            XtX = np.empty((N, P * P))
+            for j in range(P):
+                for k in range(P):
+                    XtX[:, j * P + k] = add(part[f"xx_{min(j, k)}_{max(j, k)}"])
+            return Sums(add(part["n"]), XtX, np.column_stack([add(part[f"xy_{j}"]) for j in range(P)]),
+                        add(part["yy"]), np.column_stack([add(part[f"sx_{j}"]) for j in range(P)]), add(part["sy"]))
+        everything = np.ones(len(code), dtype=bool)
+        folded = [sums(part["fold"] == f) for f in range(folds)] if folds else None
+        lag = None
+        if lags is not None:
+            at = (lags["grp"] == group) if by else np.ones(len(lags["store"]), dtype=bool)
+            if np.all(np.asarray(lags["numbered"])[at]):
+                lag = _engine_lags({key: np.asarray(value)[at] for key, value in lags.items()}, index, N, P)
+        total = sums(everything)
+        if lag is not None:
+            lag = lag._replace(n=total.n, sy=total.sy, sx=total.sx)
+        out[group] = Loaded(stores, int(part["weeks"][0]), total, ["intercept", "log price"] + list(x), "long",
+                            (float(np.min(part["low"])), float(np.max(part["high"]))), lag, folded)
+    if by:
+        return out
+    return next(iter(out.values()))
+
+
+def _engine_lags(lags, index, N, P):
+    code = np.array([index[store] for store in lags["store"]], dtype=np.int64)
+
+    def add(values):
+        return np.bincount(code, np.nan_to_num(np.asarray(values, dtype=float)), N)
+    return Lags(add(lags["pairs"]), add(lags["yy"]), np.column_stack([add(lags[f"xy_{j}"]) for j in range(P)]),
+                np.column_stack([add(lags[f"yx_{j}"]) for j in range(P)]),
+                np.column_stack([add(lags[f"xx_{j}_{k}"]) for j in range(P) for k in range(P)]),
+                add(lags["ya"]), add(lags["yb"]), np.column_stack([add(lags[f"xa_{j}"]) for j in range(P)]),
+                np.column_stack([add(lags[f"xb_{j}"]) for j in range(P)]), None, None, None)
 
 
 def _week_numbers(panel):
