@@ -34,7 +34,7 @@ import numpy as np
 
 __version__ = "1.0.0"
 __all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model", "Prediction",
-           "analyse", "fit_frame", "load", "read_panel", "read_long", "read_stores", "panel_arrays", "report", "results_json",
+           "analyse", "fit_frame", "load", "read_panel", "read_long", "read_stores", "read_sums", "panel_arrays", "report", "results_json",
            "segments_csv", "plot", "overfitted", "main", "Loaded", "LongPanel", "Sums", "Lags", "InputError",
            "ConvergenceWarning", "__version__"]
 
@@ -579,7 +579,8 @@ class Stats(NamedTuple):
 
 
 def _wide_sums(y, X):
-    """Sums of a wide panel: y (T, N) with NaN where unobserved, X (T, P) or (T, N, P)."""
+    """Sums of a wide panel: y (T, N) with NaN where unobserved, X (T, P) or (T, N, P). Stores are
+    taken in blocks of about BATCH_CELLS cells, so that no temporary is the size of y."""
     y, X = _array(y, "y"), _array(X, "X")
     if y.ndim == 1:
         y = y[:, None]
@@ -592,40 +593,59 @@ def _wide_sums(y, X):
         raise ValueError(f"X is T x N x P with N = {X.shape[1]} but y has {N} columns (stores)")
     if N == 0 or T == 0 or X.shape[-1] == 0:
         raise ValueError(f"the panel is empty: y has shape {y.shape}, X {X.shape}")
+    P = X.shape[-1]
+    block = max(1, BATCH_CELLS // T)
+    parts = [_wide_block(y[:, a:a + block], X[:, a:a + block] if X.ndim == 3 else X, a)
+             for a in range(0, N, block)]
+    if X.ndim == 2:
+        rows = ~np.isnan(y).all(axis=1)           # weeks some store observes: X must be finite there
+        if not np.all(np.isfinite(X[rows])):
+            raise ValueError("X has a missing or infinite entry in a week where y is observed "
+                             "(a missing, zero or negative price?)")
+    _check_scale(np.array([part[1] for part in parts]), np.array([part[2] for part in parts]))
+    sums = [np.concatenate([part[0][k] for part in parts]) for k in range(6)]
+    return Sums(*sums)
+
+
+def _wide_block(y, X, first):
+    """(the Sums fields, max |y|, max |X|) of a block of stores (columns first, first + 1, ...)."""
     if np.isinf(y).any():
         raise ValueError("y has an infinite entry (log of a zero sale?)")
     observed = ~np.isnan(y)
     n = observed.sum(axis=0)
     if (n == 0).any():
-        store = int(np.argmax(n == 0))
+        store = first + int(np.argmax(n == 0))
         raise ValueError(f"store {store} (column {store} of y) has no observed week")
-    cells = observed if X.ndim == 3 else observed.any(axis=1)
-    if not np.all(np.isfinite(X[cells])):
-        raise ValueError("X has a missing or infinite entry in a week where y is observed "
-                         "(a missing, zero or negative price?)")
-    _check_scale(y[observed], X[cells])
+    T, N = y.shape
     P = X.shape[-1]
     y0 = np.where(observed, y, 0.0)
     if X.ndim == 2:
-        X = np.where(np.isfinite(X), X, 0.0)
+        X0 = np.where(np.isfinite(X), X, 0.0)
         if observed.all():                       # the usual case: every store shares X'X
-            XtX = np.tile((X.T @ X).ravel(), (N, 1))
-            sx = np.tile(X.sum(axis=0), (N, 1))
+            XtX = np.tile((X0.T @ X0).ravel(), (N, 1))
+            sx = np.tile(X0.sum(axis=0), (N, 1))
         else:
-            XtX = observed.T.astype(float) @ (X[:, :, None] * X[:, None, :]).reshape(T, P * P)
-            sx = observed.T.astype(float) @ X
-        Xty = y0.T @ X
+            XtX = observed.T.astype(float) @ (X0[:, :, None] * X0[:, None, :]).reshape(T, P * P)
+            sx = observed.T.astype(float) @ X0
+        Xty = y0.T @ X0
+        top_x = np.abs(X0[observed.any(axis=1)]).max() if observed.any() else 0.0
     else:
+        if not np.all(np.isfinite(X[observed])):
+            raise ValueError("X has a missing or infinite entry in a week where y is observed "
+                             "(a missing, zero or negative price?)")
         X0 = np.where(observed[:, :, None], X, 0.0)
         XtX = np.einsum("tnp,tnq->npq", X0, X0).reshape(N, P * P)
         Xty = np.einsum("tnp,tn->np", X0, y0)
         sx = X0.sum(axis=0)
-    return Sums(n.astype(float), XtX, Xty, np.einsum("tn,tn->n", y0, y0), sx, y0.sum(axis=0))
+        top_x = np.abs(X0).max()
+    return ((n.astype(float), XtX, Xty, np.einsum("tn,tn->n", y0, y0), sx, y0.sum(axis=0)),
+            np.abs(y0).max(), top_x)
 
 
 def _check_scale(y, X):
     """ValueError for values whose squares overflow; a warning where y cannot be log sales (raw
-    sales passed by mistake give nonsense segments). y, X: the observed values."""
+    sales passed by mistake give nonsense segments). y, X: the observed values (or their largest
+    in size)."""
     for name, values in (("y", y), ("X", X)):
         top = np.abs(values).max() if values.size else 0.0
         if top > VALUE_LIMIT:
@@ -2408,6 +2428,63 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0):
                   (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X), folded)
 
 
+def read_sums(path):
+    """A Loaded from a table of per-store sums (CSV, or Parquet through DuckDB), one row a store:
+    store, n (weeks), sy = sum log sales, syy = sum (log sales)^2, and for each regressor c (first
+    log_price, then any others) sx_c = sum c, sxy_c = sum c log sales, and sxx_c_d = sum c d for
+    each pair in that order (README, "Panels of any size", gives the SQL that writes it). Refused
+    with the line and column: a missing column, a cell that is not a number, n < 1 or a negative
+    sum of squares."""
+    if str(path).lower().endswith((".parquet", ".pq")):
+        import duckdb
+        literal = "'" + str(path).replace("'", "''") + "'"
+        relation = duckdb.sql(f"SELECT * FROM read_parquet({literal})")
+        header, rows = relation.columns, relation.fetchall()
+        table = _Table(_escaped(path), ",", header, 1, iter(()))
+        cells = [[str(value) for value in row] for row in rows]
+        lines = list(range(2, len(rows) + 2))
+    else:
+        table = _table(path, _read_text(path))
+        header = table.header
+        lines, cells = [], []
+        for line, row in table.rows:
+            lines.append(line)
+            cells.append(_cells(table, line, row))
+    lower = [name.lower() for name in header]
+    regressors = [name[3:] for name in lower if name.startswith("sx_")]
+    if "log_price" in regressors:
+        regressors.remove("log_price")
+    regressors = ["log_price"] + regressors
+    needed = ["store", "n", "sy", "syy"] + [f"{kind}_{c}" for c in regressors for kind in ("sx", "sxy")] + \
+        [f"sxx_{c}_{d}" for j, c in enumerate(regressors) for d in regressors[j:]]
+    missing = [name for name in needed if name not in lower]
+    if missing:
+        raise InputError(f"{table.path}: line {table.header_line}: a table of sums needs the column '{missing[0]}' "
+                         "(README, \"Panels of any size\")")
+    at = {name: lower.index(name) for name in needed}
+    values = np.array([_row_numbers(table, line, row, [at[name] for name in needed[1:]]) for line, row in zip(lines, cells)],
+                      dtype=float).reshape(len(lines), len(needed) - 1)
+    _check_values(table, [header[at[name]] for name in needed[1:]], values, lines, positive=False)
+    column = {name: values[:, j] for j, name in enumerate(needed[1:])}
+    if (column["n"] < 1).any() or (column["syy"] < 0).any():
+        row = int(np.argmax((column["n"] < 1) | (column["syy"] < 0)))
+        raise InputError(f"{table.path}: line {lines[row]}: n must be at least 1 and syy at least 0")
+    P = len(regressors) + 1
+    N = len(lines)
+    XtX = np.empty((N, P, P))
+    XtX[:, 0, 0] = column["n"]
+    for j, c in enumerate(regressors, 1):
+        XtX[:, 0, j] = XtX[:, j, 0] = column[f"sx_{c}"]
+        for k, d in enumerate(regressors[j - 1:], j):
+            XtX[:, j, k] = XtX[:, k, j] = column[f"sxx_{c}_{d}"]
+    sx = XtX[:, 0, :]
+    Xty = np.column_stack([column["sy"]] + [column[f"sxy_{c}"] for c in regressors])
+    sums = Sums(column["n"], XtX.reshape(N, P * P), Xty, column["syy"], sx.copy(), column["sy"])
+    stores = [row[at["store"]].strip() for row in cells]
+    names = ["intercept", "log price"] + [header[lower.index(f"sx_{c}")][3:] for c in regressors[1:]]
+    return Loaded(stores, int(column["n"].max()), sums, names, "sums", (math.nan, math.nan))
+
+
 def _use_engine(path, columns):
     """True for a Parquet file, and for a long CSV file larger than ENGINE_FROM."""
     import os
@@ -2644,7 +2721,7 @@ def _week_numbers(panel):
 
 def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, name=None,
             sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=(),
-            holdout=False, bootstrap=0, min_share=None):
+            holdout=False, bootstrap=0, min_share=None, by=None, sums=False):
     """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
     dictionary, whose "data" is `name` (default: the path). Warns when the data reject a fixed
     sigma, when BIC picks the largest K tried and when a segment is not supported.
@@ -2653,12 +2730,14 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
     names of its columns that are covariates of membership (read_stores). How many segments:
     holdout (the predictive log-likelihood of held-out weeks, _holdout), bootstrap B (a parametric
     bootstrap test of K against K + 1, _bootstrap), min_share S (the best K whose every segment
-    holds at least a share S of the stores)."""
+    holds at least a share S of the stores). by: a long file's column whose groups are analysed
+    each on its own ({"by", "groups": {group: results}}); sums: path is a table of per-store sums
+    (read_sums)."""
     _check_flag(holdout, "holdout")
     _whole(bootstrap, "bootstrap", 0, MAX_STARTS)
     _check_share(min_share)
     return _analyse(path, Ks, n_init, seed, tol, progress, name, _model(sigma, store_effects, covariates),
-                    columns, x, stores, holdout, bootstrap, min_share)[0]
+                    columns, x, stores, holdout, bootstrap, min_share, by, sums)[0]
 
 
 def _check_share(share):
@@ -2696,11 +2775,26 @@ def fit_frame(frame, K, store="store", week="week", sales="sales", price="price"
 
 
 def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, stores=None, holdout=False,
-             bootstrap=0, min_share=None):
-    """analyse's work: (results, {K: Fit}, Loaded)."""
-    data = load(path, columns, x, folds=HOLDOUT_FOLDS if holdout else 0, seed=seed)
-    path = "DataFrame" if hasattr(path, "to_csv") else path
+             bootstrap=0, min_share=None, by=None, sums=False):
+    """analyse's work: (results, {K: Fit}, Loaded). by: a column of a long file whose groups are
+    each analysed (results {"by", "groups": {group: results}}, and no fits); sums: path is a table
+    of per-store sums (read_sums)."""
+    folds = HOLDOUT_FOLDS if holdout else 0
+    if by is not None:
+        return _analyse_groups(path, Ks, n_init, seed, tol, progress, name, model, columns, x, holdout, bootstrap,
+                               min_share, by), {}, None
+    data = read_sums(path) if sums else load(path, columns, x, folds=folds, seed=seed)
+    return _analyse_data(data, Ks, n_init, seed, tol, progress, name or ("DataFrame" if hasattr(path, "to_csv") else path),
+                         model, stores, holdout, bootstrap, min_share)
+
+
+def _analyse_data(data, Ks, n_init, seed, tol, progress, path, model, stores=None, holdout=False, bootstrap=0,
+                  min_share=None):
+    """The analysis of a Loaded panel: (results, {K: Fit}, data)."""
+    name = path
     shown = _escaped(path)
+    if holdout and data.folds is None:
+        raise InputError(f"{shown}: --holdout needs the panel's weeks (not a table of sums)")
     if model.covariates and stores is None:
         raise InputError("covariates of membership need a stores file (--stores FILE.csv)")
     z = read_stores(stores, data.stores, model.covariates) if model.covariates else None
@@ -2720,7 +2814,7 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, sto
                               previous=fits[max(fits)] if fits else None)
     models = [_model_summary(fits[K]) for K in Ks]
     best = min(models, key=lambda model: model["bic"])["K"]
-    results = {"data": name or path, "stores": len(data.stores), "weeks": data.weeks,
+    results = {"data": name, "stores": len(data.stores), "weeks": data.weeks,
                "observations": int(stats.n.sum()),
                "settings": {"n_init": n_init, "seed": seed, "tol": tol,
                             "sigma": model.fixed if model.sigma == "fixed" else model.sigma,
@@ -2742,6 +2836,40 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, sto
     for fit in fits.values():
         fit.stores, fit.data = data.stores, data
     return results, fits, data
+
+
+def _analyse_groups(path, Ks, n_init, seed, tol, progress, name, model, columns, x, holdout, bootstrap, min_share, by):
+    """--by: one read (the engine, GROUP BY the column too), then each group analysed in its own
+    process, the machine's cores across groups. {"data", "by", "groups": {group: results}}."""
+    import concurrent.futures
+    import os
+    groups = _engine_load(path, {role: name for role, name in (columns or {}).items() if name}, _names(x, "x"),
+                          HOLDOUT_FOLDS if holdout else 0, seed, by)
+    label = name or path
+    jobs = {group: (data, Ks, n_init, seed, tol, None, f"{label} [{by} = {group}]", model, None, holdout, bootstrap,
+                    min_share) for group, data in groups.items()}
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers > 1:
+        import multiprocessing
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {group: pool.submit(_group_results, *job) for group, job in jobs.items()}
+            done = {group: future.result() for group, future in futures.items()}
+    else:
+        done = {group: _group_results(*job) for group, job in jobs.items()}
+    for group, (results, caught) in done.items():
+        for note in caught:
+            _warn(f"{by} = {group}: {note}", UserWarning)
+    return {"data": label, "by": by, "groups": {str(group): results for group, (results, _) in done.items()}}
+
+
+def _group_results(*job):
+    """One group's results (in a worker process) and its warnings' texts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(all="ignore"):
+            results = _analyse_data(*job)[0]
+    return results, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
 def _holdout(data, stats, Ks, n_init, seed, tol, z=None):
@@ -3039,9 +3167,11 @@ def _unsupported(fit):
 
 def _store_segments(stores, fit):
     """Each store's segment and posteriors; with covariates of membership its prior too."""
-    W, prior = fit.W, fit.prior if fit.gamma is not None else None
-    return [dict({"store": store, "segment": int(W[i].argmax()) + 1, "posterior": W[i].tolist()},
-                 **({"prior": prior[i].tolist()} if prior is not None else {})) for i, store in enumerate(stores)]
+    segment, W = (fit.W.argmax(axis=1) + 1).tolist(), fit.W.tolist()
+    if fit.gamma is None:
+        return [{"store": store, "segment": c, "posterior": w} for store, c, w in zip(stores, segment, W)]
+    return [{"store": store, "segment": c, "posterior": w, "prior": p}
+            for store, c, w, p in zip(stores, segment, W, fit.prior.tolist())]
 
 
 LOGLIK_KEYS = ("loglik", "aic", "bic", "icl", "aic3", "caic", "sabic", "maxima")
@@ -3065,17 +3195,32 @@ def results_json(results):
     iteration more or less under another BLAS kernel, and the file must not change with it."""
     import json
     import re
-    results = _tidy(results)
+    if "groups" in results:
+        inner = ",\n".join(f"{json.dumps(str(group))}: " + results_json(each).rstrip()
+                           for group, each in results["groups"].items())
+        return (f'{{"data": {json.dumps(results["data"])}, "by": {json.dumps(results["by"])}, "groups": {{\n'
+                + inner + "\n}}\n")
+    stores = results.get("store_segments", [])
+    results = _tidy({key: value for key, value in results.items() if key != "store_segments"})
     results["models"] = [{key: value for key, value in model.items() if key != "iterations"}
                          for model in results["models"]]
-    stores = results.pop("store_segments")
     text = json.dumps(results, indent=2)
     text = re.sub(r"\[\s*([-+0-9.eE,\s]*|null|true|false)\s*\]",
                   lambda match: "[" + " ".join(match.group(1).split()) + "]", text)
     text = re.sub(r"\[\s*(\[[^\[\]]*\](?:,\s*\[[^\[\]]*\])*)\s*\]",
                   lambda match: "[" + " ".join(match.group(1).split()) + "]", text)
-    rows = ",\n    ".join(json.dumps(store) for store in stores)
+    rows = ",\n    ".join(_store_row(store) for store in stores)
     return text[:-2] + ',\n  "store_segments": [\n    ' + rows + "\n  ]\n}\n"
+
+
+def _store_row(store, digits=f"{{:.{JSON_DIGITS}g}}".format):
+    """One store's line of results.json, as json.dumps(_tidy(store)) writes it, without its
+    generic recursion."""
+    import json
+    numbers = {key: "[" + ", ".join([repr(float(digits(value))) for value in store[key]]) + "]"
+               for key in ("posterior", "prior") if key in store}
+    return (f'{{"store": {json.dumps(store["store"])}, "segment": {store["segment"]}, "posterior": {numbers["posterior"]}'
+            + (f', "prior": {numbers["prior"]}' if "prior" in numbers else "") + "}")
 
 
 def segments_csv(stores, W, fit=None):
@@ -3306,7 +3451,10 @@ def _strength(gap):
 def report(results):
     """The printed report: what the columns mean, a table of segments for each K, the criteria,
     then the BIC choice and how sure it is. Takes analyse()'s dictionary, or the same read back
-    from results.json."""
+    from results.json; with --by, one report a group."""
+    if "groups" in results:
+        return "\n\n".join(f"===== {results['by']} = {group} =====\n" + report(each)
+                            for group, each in results["groups"].items())
     settings = results["settings"]
     names = results["models"][0].get("coefficients", ["intercept", "log price"])
     lines = [f"{results['data']}: {results['stores']} stores x {results['weeks']} weeks, "
@@ -3462,6 +3610,12 @@ def _parser():
                        help="each store its own intercept (store fixed effects); segments differ in the slopes")
     model.add_argument("--x", nargs="+", default=[], metavar="COL",
                        help="further regressors of a long file, used as they are (not logged)")
+    large = parser.add_argument_group("large panels")
+    large.add_argument("--by", metavar="COL",
+                       help="a long file's column (product, brand, category): each of its groups fitted on its own, "
+                            "from one read, the machine's cores across groups (needs duckdb)")
+    large.add_argument("--sums", action="store_true",
+                       help="the file is a table of per-store sums (README: one SQL query writes it from any panel)")
     how_many = parser.add_argument_group("how many segments")
     how_many.add_argument("--holdout", action="store_true",
                           help=f"score held-out weeks ({HOLDOUT_FOLDS} random folds of each store's weeks, drawn "
@@ -3512,6 +3666,12 @@ def _arguments(argv):
         args.K = list(dict.fromkeys(_whole(int(K), "--K", 1) for K in Ks))
     except ValueError as problem:
         raise _Refused(str(problem)) from None
+    if args.by is not None and (args.segments or args.plot or args.predict or args.stores or args.sums):
+        raise _Refused("--by writes results.json and the report for each group; --segments, --plot, --predict, "
+                       "--stores and --sums are for one panel")
+    if args.sums and (args.holdout or args.x or args.stores):
+        raise _Refused("--sums reads a table of per-store sums: --holdout needs the weeks themselves, and --x and "
+                       "--stores do not apply (the table's columns are the regressors)")
     if args.predict and not args.covariates:
         raise _Refused("--predict needs --stores and --covariates: new stores are placed by their covariates")
     if bool(args.stores) != bool(args.covariates):
@@ -3642,15 +3802,17 @@ def _main(argv):
                                                _progress(args.quiet), args.csv or "data/example.csv",
                                                _model(args.sigma, args.store_effects, args.covariates),
                                                {role: getattr(args, role) for role in LONG_COLUMNS}, args.x,
-                                               args.stores, args.holdout, args.bootstrap, args.min_share)
+                                               args.stores, args.holdout, args.bootstrap, args.min_share, args.by,
+                                               args.sums)
         except ValueError as problem:            # InputError, or a panel the model cannot use
             raise _Refused(str(problem)) from None
-    if not all(np.isfinite(model["loglik"]) for model in results["models"]):
+    every = list(results["groups"].values()) if "groups" in results else [results]
+    if not all(np.isfinite(model["loglik"]) for each in every for model in each["models"]):
         raise _Refused(f"{_escaped(args.path)}: the estimates are not finite numbers (values too extreme to fit)")
     outputs = _Outputs()
     try:
         outputs.stage(args.output, results_json(results))
-        K = args.segments_K or results["best_K"]
+        K = args.segments_K or results.get("best_K")
         if args.segments:
             outputs.stage(args.segments, segments_csv(data.stores, fits[K].W, fits[K]))
         if args.predict:

@@ -1921,3 +1921,104 @@ class RobustStandardErrors(CommandLineCase):
         self.assertIn("How many segments", out)
         self.assertIn("store-clustered s.e.", out)
         self.assertIn("holdout", self.results())
+
+
+# ---------------------------------------------------------------------------------------------
+# Panels of any size: the DuckDB reduction, Parquet, --sums, --by
+# ---------------------------------------------------------------------------------------------
+
+def needs_duckdb(test):
+    try:
+        import duckdb  # noqa: F401
+        return test
+    except ImportError:
+        return unittest.skip("duckdb is not installed")(test)
+
+
+class LargeFiles(CommandLineCase):
+    def setUp(self):
+        super().setUp()
+        panel = S.simulate(50, 14, seed=5, sigma=0.5, price_sd=0.1, missing=0.1)
+        S.write_long(self.path("long.csv"), panel.price, panel.sales,
+                     x=np.random.default_rng(0).integers(0, 2, panel.sales.shape + (1,)), x_names=["deal"])
+        self.exact = E.load(self.path("long.csv"), x=["deal"])
+
+    def engine(self, path, **named):
+        saved = E.ENGINE_FROM
+        E.ENGINE_FROM = 0                        # every long file through the engine
+        try:
+            return E.load(path, **named)
+        finally:
+            E.ENGINE_FROM = saved
+
+    def assert_same_sums(self, a, b):
+        order = [b.stores.index(store) for store in a.stores]
+        for field in a.sums._fields:
+            np.testing.assert_allclose(getattr(b.sums, field)[order], getattr(a.sums, field), rtol=1e-12, atol=1e-9)
+
+    @needs_duckdb
+    def test_the_engine_gives_the_exact_readers_sums_from_csv_and_parquet(self):
+        import duckdb
+        engine = self.engine(self.path("long.csv"), x=["deal"])
+        self.assert_same_sums(self.exact, engine)
+        self.assertEqual((engine.weeks, engine.coefficients), (self.exact.weeks, self.exact.coefficients))
+        duckdb.sql(f"COPY (SELECT * FROM read_csv('{self.path('long.csv')}')) TO '{self.path('long.parquet')}' (FORMAT parquet)")
+        self.assert_same_sums(self.exact, E.load(self.path("long.parquet"), x=["deal"]))
+        order = [engine.stores.index(store) for store in self.exact.stores]
+        for field in ("pairs", "yy", "xx"):
+            np.testing.assert_allclose(getattr(engine.lags, field)[order], getattr(self.exact.lags, field), atol=1e-9)
+
+    @needs_duckdb
+    def test_a_bad_cell_is_named_by_line_and_column_or_by_store_and_week(self):
+        import duckdb
+        with open(self.path("long.csv")) as handle:
+            lines = handle.read().splitlines()
+        lines[5] = ",".join(lines[5].split(",")[:2] + ["-3"] + lines[5].split(",")[3:])
+        self.write("bad.csv", "\n".join(lines) + "\n")
+        with self.assertRaisesRegex(E.InputError, r"line 6, column 'sales': must be positive"):
+            self.engine(self.path("bad.csv"), x=["deal"])
+        duckdb.sql(f"COPY (SELECT * FROM read_csv('{self.path('bad.csv')}')) TO '{self.path('bad.parquet')}' (FORMAT parquet)")
+        store, week = lines[5].split(",")[:2]
+        with self.assertRaisesRegex(E.InputError, f"store '{store}', week '{week}': 'sales' is not positive"):
+            E.load(self.path("bad.parquet"), x=["deal"])
+        self.write("twice.csv", "\n".join(lines[:1] + [lines[1], lines[1]] + lines[2:5]) + "\n")
+        with self.assertRaisesRegex(E.InputError, "again|given twice"):
+            self.engine(self.path("twice.csv"))
+
+    @needs_duckdb
+    def test_sums_written_by_duckdb_give_the_same_fit(self):
+        """The README's query, run by DuckDB, writes a table of sums; --sums fits from it what the
+        program fits from the file itself."""
+        import duckdb
+        query = (f"COPY (SELECT store, count(*) AS n, sum(ln(sales)) AS sy, sum(ln(sales) * ln(sales)) AS syy, "
+                 "sum(ln(price)) AS sx_log_price, sum(ln(price) * ln(sales)) AS sxy_log_price, "
+                 "sum(ln(price) * ln(price)) AS sxx_log_price_log_price, sum(deal) AS sx_deal, "
+                 "sum(deal * ln(sales)) AS sxy_deal, sum(ln(price) * deal) AS sxx_log_price_deal, "
+                 f"sum(deal * deal) AS sxx_deal_deal FROM read_csv('{self.path('long.csv')}') GROUP BY store) "
+                 f"TO '{self.path('sums.csv')}' (HEADER)")
+        duckdb.sql(query)
+        from_sums = quietly(E.analyse, self.path("sums.csv"), Ks=(2,), sums=True, sigma="common", store_effects=True)
+        from_file = quietly(E.analyse, self.path("long.csv"), Ks=(2,), x=["deal"], sigma="common", store_effects=True)
+        self.assertAlmostEqual(from_sums["models"][0]["loglik"], from_file["models"][0]["loglik"], delta=1e-8)
+        np.testing.assert_allclose(from_sums["models"][0]["theta"], from_file["models"][0]["theta"], rtol=1e-7)
+        self.assert_refused("a table of sums needs the column 'syy'", self.write("s.csv", "store,n,sy\na,3,4\n"), "--sums")
+
+    @needs_duckdb
+    def test_by_fits_each_group_from_one_read(self):
+        rows = ["brand,store,week,sales,price"]
+        for brand, theta in (("A", ((10, -3.0), (10, -1.0))), ("B", ((9, -2.5), (9, -0.8)))):
+            panel = S.simulate(30, 12, theta=theta, pi=(0.5, 0.5), seed=len(rows), sigma=0.4, price_sd=0.1)
+            rows += [f"{brand},S{i},{t},{panel.sales[t, i]:.10g},{panel.price[t, i]:.2f}"
+                     for i in range(30) for t in range(12)]
+        self.write("brands.csv", "\n".join(rows) + "\n")
+        code, out, err = self.run_main(self.path("brands.csv"), "--by", "brand", "--K", "1", "2", "--sigma", "common")
+        self.assertEqual(code, 0, err)
+        results = self.results()
+        self.assertEqual(list(results["groups"]), ["A", "B"])
+        self.write("a.csv", "\n".join(row.split(",", 1)[1] for row in rows if row.startswith(("A,", "brand"))) + "\n")
+        alone = quietly(E.analyse, self.path("a.csv"), Ks=(1, 2), n_init=2, sigma="common")
+        self.assertAlmostEqual(results["groups"]["A"]["models"][1]["loglik"], alone["models"][1]["loglik"], delta=1e-6)
+        self.assertIn("===== brand = B =====", out)
+        self.write("results.json", "earlier results\n")
+        self.assert_refused("--by writes results.json", self.path("brands.csv"), "--by", "brand", "--segments",
+                            self.path("s.csv"))
