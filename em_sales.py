@@ -2505,21 +2505,38 @@ def _use_engine(path, columns):
 # ---------------------------------------------------------------------------------------------
 
 def _engine_load(path, columns, x, folds=0, seed=0, by=None):
+    """_engine_reduce, with the engine's own failures (out of memory or disk, a file it cannot
+    parse) as one-line InputErrors."""
+    try:
+        import duckdb
+    except ImportError:
+        raise InputError(f"{_escaped(path)}: a long file above {ENGINE_FROM >> 20} MB, and any Parquet file, is "
+                         "read by DuckDB, which is not installed (pip install duckdb)") from None
+    import tempfile
+    try:
+        with tempfile.TemporaryDirectory(prefix="em_sales_") as folder:     # the engine's database and spill
+            return _engine_reduce(path, columns, x, folds, seed, by, folder)
+    except duckdb.Error as problem:
+        first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+        raise InputError(f"{_escaped(path)}: DuckDB could not reduce it: {first}") from None
+
+
+def _engine_reduce(path, columns, x, folds, seed, by, folder):
     """A Loaded of a long CSV or Parquet file, reduced to per-store sums by DuckDB's GROUP BY in
     one pass, within ENGINE_MEMORY (it spills to disk beyond it), whatever the file's size. The
     engine's own queries find a missing, non-numeric or non-positive value, a store and week
     given twice and a regressor that never changes; for a CSV file the exact reader then names
     the line and column where it can (a file up to MAX_BYTES), else the row. by: a column whose
     groups (products, brands) are reduced in the same pass: {group: Loaded}."""
-    connection, source, where = _engine_source(path, columns, x, by)
+    connection, source, where = _engine_source(path, columns, x, by, folder)
     shown = _escaped(path)
-    connection.execute(f"CREATE TEMP TABLE panel AS {source}")         # one pass over the file
+    connection.execute(f"CREATE TABLE panel AS {source}")              # one pass over the file
     source = "panel"
     _engine_checks(connection, source, where, path, columns, x, by)
     names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
     P = len(names)
     keys = ["grp"] if by else []
-    terms = ["count(*) AS n", "count(DISTINCT week) AS distinct_weeks"]
+    terms = ["count(*) AS n"]
     for j in range(P):
         for k in range(P):
             terms.append(f"sum({names[j]} * {names[k]}) AS xx_{j}_{k}" if j <= k else f"0 AS xx_{j}_{k}")
@@ -2531,12 +2548,8 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None):
     query = (f"SELECT {', '.join(keys + ['store'] + terms)} FROM {source} GROUP BY ALL ORDER BY "
              + ("grp, " if by else "") + "store")
     table = connection.execute(query).fetchnumpy()
-    if folds:                                    # a store's week in two folds would hide a repeat
-        repeated = connection.execute(f"SELECT count(*) - count(DISTINCT ({'grp, ' if by else ''}store, week)) "
-                                      f"FROM {source}").fetchone()[0]
-    else:
-        repeated = int(np.sum(np.asarray(table["n"]) - np.asarray(table["distinct_weeks"])))
-    if repeated:
+    if connection.execute(f"SELECT 1 FROM {source} GROUP BY {'grp, ' if by else ''}store, week HAVING count(*) > 1 "
+                          "LIMIT 1").fetchone():   # a GROUP BY that spills to disk, unlike count(DISTINCT)
         _engine_repeats(connection, source, path, columns, x, by)
     lags = connection.execute(_lag_query(source, P, names, by)).fetchnumpy()
     weeks = dict(connection.execute(f"SELECT {'grp' if by else '0'}, count(DISTINCT week) FROM {source} GROUP BY ALL").fetchall())
@@ -2545,21 +2558,18 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None):
     return _engine_loaded(table, lags, P, x, folds, by, shown)
 
 
-def _engine_source(path, columns, x, by):
+def _engine_source(path, columns, x, by, folder):
     """(connection, the file as a subquery with columns grp, store, week, sales, price, x0..,
     and {role: column name}). Parquet keeps its types; a CSV file is read as
     text and cast (TRY_CAST: a cell that is not a number becomes NULL, and _engine_checks says so)."""
-    try:
-        import duckdb
-    except ImportError:
-        raise InputError(f"{_escaped(path)}: a long file above {ENGINE_FROM >> 20} MB, and any Parquet file, is "
-                         "read by DuckDB, which is not installed (pip install duckdb)") from None
+    import duckdb
     import os
-    import tempfile
     if not os.path.isfile(path):
         raise InputError(f"{_escaped(path)}: no such file")
-    connection = duckdb.connect(config={"memory_limit": ENGINE_MEMORY, "threads": os.cpu_count() or 1,
-                                        "temp_directory": os.path.join(tempfile.gettempdir(), "em_sales_duckdb")})
+    connection = duckdb.connect(os.path.join(folder, "panel.duckdb"),          # on disk: tables larger than memory
+                                config={"memory_limit": ENGINE_MEMORY, "threads": os.cpu_count() or 1,
+                                        "preserve_insertion_order": False,     # lets every step stream and spill
+                                        "temp_directory": os.path.join(folder, "spill")})
     literal = "'" + str(path).replace("'", "''") + "'"
     parquet = str(path).lower().endswith((".parquet", ".pq"))
     if parquet:
@@ -2571,7 +2581,7 @@ def _engine_source(path, columns, x, by):
         table = _table(path, head.rsplit("\n", 1)[0] + "\n")
         header, sep = table.header, table.sep
         scan = (f"read_csv({literal}, header = true, delim = '{sep}', quote = '\"', escape = '\"', "
-                "all_varchar = true, auto_detect = false, columns = {" +
+                "all_varchar = true, auto_detect = false, buffer_size = 8388608, columns = {" +
                 ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for name in header) + "})")
     where = _long_columns(_Table(_escaped(path), sep, header, 1, iter(())), columns, x)
     if by is not None and by not in header:
