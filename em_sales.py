@@ -3011,7 +3011,7 @@ def _notes(results):
                      "errors, log-likelihoods and BIC above are on the wrong scale; use --sigma common or --sigma segment")
     if len(Ks) > 1 and best == max(Ks):
         captured = "; ".join(f"K = {model['K']} segments capture {100 * model['captured']:.0f}%"
-                             for model in results["models"] if model.get("captured") is not None)
+                             for model in results["models"] if model.get("captured") is not None and model["K"] > 1)
         notes.append(f"BIC picks K = {best}, the largest K tried: the criteria keep improving, as they do when "
                      "stores' price sensitivities spread continuously rather than fall into a few groups"
                      + (f" (of that spread {captured})" if captured else "")
