@@ -56,15 +56,15 @@ def run(path, options):
     print(section.rstrip() + "\n" + "\n".join(notes) + f"\n(whole run {took:.1f} s)\n")
 
 
-def coverage(reps, seed):
+def coverage(reps, seed, N=100, T=40):
     E = common.em_sales()
     rng = np.random.default_rng(seed)
     hits = {"model-based": [], "store-clustered": []}
     truth = np.array([-3.0, -1.5])
     for _ in range(reps):
-        segment = rng.integers(0, 2, 100)
-        price, sales = drifting_panel(rng, 100, 40, truth[segment], 0.4, 0.6)
-        y, X = np.log(sales), np.stack([np.ones((40, 100)), np.log(price)], axis=-1)
+        segment = rng.integers(0, 2, N)
+        price, sales = drifting_panel(rng, N, T, truth[segment], 0.4, 0.6)
+        y, X = np.log(sales), np.stack([np.ones((T, N)), np.log(price)], axis=-1)
         stats = E._statistics(E._wide_sums(y, X), E._model("common", True))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -72,7 +72,8 @@ def coverage(reps, seed):
         for name, se in (("model-based", fit.se.theta[:, 0]), ("store-clustered", fit.se_robust.theta[:, 0])):
             hits[name] += list(np.abs(fit.theta[:, 0] - truth) <= 1.96 * se)
     for name, values in hits.items():
-        print(f"{name}: {100 * np.mean(values):.1f}% of {len(values)} 95% intervals cover the true elasticity")
+        print(f"{N} stores x {T} weeks, {name}: {100 * np.mean(values):.1f}% of {len(values)} 95% intervals cover "
+              "the true elasticity")
 
 
 def main(argv=None):
@@ -80,10 +81,11 @@ def main(argv=None):
     parser.add_argument("case", choices=["truth", "spread", "coverage"])
     parser.add_argument("--bootstrap", type=int, default=99)
     parser.add_argument("--reps", type=int, default=100, help="panels for coverage")
+    parser.add_argument("--stores", type=int, default=100, help="stores a panel for coverage")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.case == "coverage":
-        return coverage(args.reps, args.seed)
+        return coverage(args.reps, args.seed, args.stores)
     rng = np.random.default_rng(args.seed)
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, f"{args.case}.csv")

@@ -21,8 +21,8 @@ BARE = {
                " sum(ln(price) * ln(price)), sum(ln(sales) * ln(sales)) FROM {s}('{p}') GROUP BY store\").fetchall()"),
     "polars": ("import polars as pl, sys; p = sys.argv[1]; f = pl.scan_parquet(p) if p.endswith('.parquet') else pl.scan_csv(p);"
                " f.with_columns(y=pl.col('sales').log(), x=pl.col('price').log()).group_by('store').agg(pl.len(),"
-               " pl.col('y').sum(), pl.col('x').sum(), (pl.col('x') * pl.col('y')).sum(), (pl.col('x') ** 2).sum(),"
-               " (pl.col('y') ** 2).sum()).collect()"),
+               " pl.col('y').sum(), pl.col('x').sum(), (pl.col('x') * pl.col('y')).sum().alias('xy'),"
+               " (pl.col('x') ** 2).sum().alias('xx'), (pl.col('y') ** 2).sum().alias('yy')).collect()"),
 }
 
 
