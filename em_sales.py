@@ -2570,6 +2570,7 @@ def _engine_source(path, columns, x, by, folder):
                                 config={"memory_limit": ENGINE_MEMORY, "threads": os.cpu_count() or 1,
                                         "preserve_insertion_order": False,     # lets every step stream and spill
                                         "temp_directory": os.path.join(folder, "spill")})
+    connection.execute("SET enable_progress_bar = false")          # the command line says it instead
     literal = "'" + str(path).replace("'", "''") + "'"
     parquet = str(path).lower().endswith((".parquet", ".pq"))
     if parquet:
@@ -3804,6 +3805,10 @@ def _main(argv):
     import sys
 
     args = _arguments(argv)
+    if not args.quiet and (args.by or (not args.sums and _use_engine(args.path, {}))):
+        import os
+        print(f"reading {_escaped(args.path)} ({os.path.getsize(args.path) / 2 ** 20:.0f} MB): DuckDB reduces it to "
+              "per-store sums", file=sys.stderr, flush=True)
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest, **named: print(f"warning: {_escaped(message)}", file=sys.stderr)
         try:
