@@ -1645,13 +1645,13 @@ class CovariatesFit(unittest.TestCase):
                 self.assertAlmostEqual(E._e_step(stats, fit.theta, fit.gamma, fit.sigma)[1], fit.loglik, delta=1e-12 * abs(fit.loglik))
 
     def test_the_search_reaches_a_slow_reference_searchs_maximum(self):
-        """Oracle: 40 k-means++ starts, each with gamma from the M-step of its posteriors, every one
+        """Oracle: 20 k-means++ starts, each with gamma from the M-step of its posteriors, every one
         run to convergence by EM with covariates."""
         panel, stats = covariate_panel(6, N=60, T=10, sigma="segment")
         plain = stats._replace(Z=None, model=stats.model._replace(covariates=()))
-        starts = E._kmeanspp_starts(plain, E._store_coefficients(plain), 3, E._random(6), 40)
+        starts = E._kmeanspp_starts(plain, E._store_coefficients(plain), 3, E._random(6), 20)
         oracle = -math.inf
-        for j in range(40):
+        for j in range(20):
             W = E._e_step(plain, starts[0][j], starts[1][j], starts[2][j])[0]
             run = quietly(E._run_em, stats, E._m_step(stats, W), 1e-10, 3000)
             oracle = max(oracle, run.loglik)
