@@ -593,7 +593,6 @@ def _wide_sums(y, X):
         raise ValueError(f"X is T x N x P with N = {X.shape[1]} but y has {N} columns (stores)")
     if N == 0 or T == 0 or X.shape[-1] == 0:
         raise ValueError(f"the panel is empty: y has shape {y.shape}, X {X.shape}")
-    P = X.shape[-1]
     block = max(1, BATCH_CELLS // T)
     parts = [_wide_block(y[:, a:a + block], X[:, a:a + block] if X.ndim == 3 else X, a)
              for a in range(0, N, block)]
@@ -2542,7 +2541,7 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder):
             terms.append(f"sum({names[j]} * {names[k]}) AS xx_{j}_{k}" if j <= k else f"0 AS xx_{j}_{k}")
     terms += [f"sum({names[j]} * ln(sales)) AS xy_{j}" for j in range(P)]
     terms += ["sum(ln(sales) * ln(sales)) AS yy", "sum(ln(sales)) AS sy"] + [f"sum({names[j]}) AS sx_{j}" for j in range(P)]
-    terms += ["min(ln(price)) AS low", "max(ln(price)) AS high", "count(DISTINCT week) AS weeks"]
+    terms += ["min(ln(price)) AS low", "max(ln(price)) AS high"]
     if folds:
         keys.append(f"(hash(store, week, {int(seed)}) % {int(folds)}) AS fold")
     query = (f"SELECT {', '.join(keys + ['store'] + terms)} FROM {source} GROUP BY ALL ORDER BY "
@@ -2648,7 +2647,7 @@ def _exact_or(path, columns, x, by):
 def _lag_query(source, P, names, by):
     """Per-store lag sums (Lags) over consecutive weeks, where the week labels are numbers, for the
     first LAG_STORES stores (by label; in each group): the autocorrelation is a mean over stores."""
-    lagged = ", ".join([f"lag(ln(sales)) OVER w AS y_a", "lag(TRY_CAST(week AS DOUBLE)) OVER w AS t_a"]
+    lagged = ", ".join(["lag(ln(sales)) OVER w AS y_a", "lag(TRY_CAST(week AS DOUBLE)) OVER w AS t_a"]
                        + [f"lag({names[j]}) OVER w AS c{j}_a" for j in range(P)])
     inner = (f"SELECT {'grp, ' if by else ''}store, ln(sales) AS y_b, TRY_CAST(week AS DOUBLE) AS t_b, "
              + ", ".join(f"{names[j]} AS c{j}_b" for j in range(P)) + f", {lagged} FROM {source} "

@@ -36,9 +36,11 @@ def main(argv=None):
             start = time.perf_counter()
             fit = E.Estimate(3, panel.y, panel.X, seed=0)
             took = time.perf_counter() - start
-            rows.append([f"{N:,}", f"{took:.2f}", f"{1e6 * took / N:.1f}", f"{fit.loglik:.4f}"])
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # KB on Linux
+            rows.append([f"{N:,}", f"{took:.2f}", f"{1e6 * took / N:.1f}", f"{fit.loglik:.4f}",
+                         f"{panel.y.nbytes / 2 ** 20:.0f}", f"{peak:.0f}"])
         print("Estimate(3, y, X, seed=0), stores x 52 weeks")
-        print(common.table(["stores", "seconds", "us a store", "loglik"], rows))
+        print(common.table(["stores", "seconds", "us a store", "loglik", "y MB", "peak RSS MB so far"], rows))
         return
     code = os.path.abspath(args.code) if args.code else os.path.join(common.REPO, "em_sales.py")
     with tempfile.TemporaryDirectory() as folder:
