@@ -70,7 +70,7 @@ WARM_UP_LARGE = 10       # ... or this many when starts x K x stores exceed BATC
 BATCH_LARGE = 1_000_000
 BATCH_CELLS = 2_000_000  # a batch's (starts, K, N) arrays are cut into chunks of about this size
 NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own
-TOURNAMENT = ((3, 2, 4), (5, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
+TOURNAMENT = ((5, 2, 4), (8, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
                                      # of each kind, best kept overall); the last stage's run to the end
 GROW_STAGES = ((3, 0, 3),)  # growing a fit by one segment: 3 steps, the 3 best run to the end
 COPY_TOLERANCE = 1e-3    # starts whose segments agree to this (relative) are copies: one place
