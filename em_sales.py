@@ -234,7 +234,7 @@ class Fit(_Unpacks):
         self.gamma = self.membership if stats.Z is not None else None
         self.prior = np.exp(np.broadcast_to(_log_prior(stats, self.membership), (len(self.theta), len(self.W)))).T
         self.pi = self.prior.mean(axis=0) if stats.Z is not None else self.membership
-        self.separated = {}                       # with covariates: {segment: covariates held at GAMMA_LIMIT}
+        self.separated = {}                       # with covariates: {segment: entries beyond GAMMA_LIMIT}
 
     K = property(lambda self: len(self.pi))
     n_obs = property(lambda self: int(self._stats.n.sum()))
@@ -690,27 +690,24 @@ class Lags(NamedTuple):
     sx: np.ndarray
 
 
-def _wide_lags(y, X):
-    """Lags of a wide panel: y (T, N) with NaN where unobserved, X (T, P) or (T, N, P)."""
-    T, N = y.shape
+def _wide_lags(y, X, sums):
+    """Lags of a wide panel: y (T, N) with NaN where unobserved, X (T, P) shared by the stores; n,
+    sy, sx from its Sums."""
     both = ~np.isnan(y[1:]) & ~np.isnan(y[:-1])                  # (T - 1, N)
     ya, yb = np.where(both, y[:-1], 0.0), np.where(both, y[1:], 0.0)
-    X = np.broadcast_to(X[:, None, :] if X.ndim == 2 else X, (T, N, X.shape[-1]))
-    Xa, Xb = np.where(both[..., None], X[:-1], 0.0), np.where(both[..., None], X[1:], 0.0)
-    observed = ~np.isnan(y)
-    return Lags(both.sum(axis=0).astype(float), (ya * yb).sum(axis=0), np.einsum("tnp,tn->np", Xa, yb),
-                np.einsum("tn,tnp->np", ya, Xb), np.einsum("tnp,tnq->npq", Xa, Xb).reshape(N, -1),
-                ya.sum(axis=0), yb.sum(axis=0), Xa.sum(axis=0), Xb.sum(axis=0), observed.sum(axis=0).astype(float),
-                np.where(observed, y, 0.0).sum(axis=0), np.where(observed[..., None], X, 0.0).sum(axis=0))
+    pairs = both.T.astype(float)                                 # (N, T - 1)
+    xx = pairs @ (X[:-1, :, None] * X[1:, None, :]).reshape(len(X) - 1, -1)
+    return Lags(pairs.sum(axis=1), (ya * yb).sum(axis=0), yb.T @ X[:-1], ya.T @ X[1:], xx, ya.sum(axis=0),
+                yb.sum(axis=0), pairs @ X[:-1], pairs @ X[1:], sums.n, sums.sy, sums.sx)
 
 
-def _long_lags(store, time, y, X, N):
-    """Lags of a long panel's rows: store (R,) in 0..N-1, time (R,) the week as a number, y, X."""
+def _long_lags(store, time, y, X, sums):
+    """Lags of a long panel's rows: store (R,) in 0..N-1, time (R,) the week as a number, y, X;
+    n, sy, sx from its Sums."""
     order = np.lexsort((time, store))
     consecutive = (store[order][1:] == store[order][:-1]) & (time[order][1:] - time[order][:-1] == 1)
     a, b = order[:-1][consecutive], order[1:][consecutive]
-    by = store[a]
-    P = X.shape[1]
+    by, N, P = store[a], len(sums.n), X.shape[1]
 
     def summed(values):
         return np.column_stack([np.bincount(by, values[:, j], N) for j in range(values.shape[1])]) \
@@ -718,8 +715,7 @@ def _long_lags(store, time, y, X, N):
     xx = summed((X[a][:, :, None] * X[b][:, None, :]).reshape(len(a), P * P)).reshape(N, P * P)
     return Lags(np.bincount(by, None, N).astype(float), summed(y[a] * y[b]), summed(X[a] * y[b][:, None]),
                 summed(y[a][:, None] * X[b]), xx, summed(y[a]), summed(y[b]), summed(X[a]), summed(X[b]),
-                np.bincount(store, None, N).astype(float), np.bincount(store, y, N),
-                np.column_stack([np.bincount(store, X[:, j], N) for j in range(P)]))
+                sums.n, sums.sy, sums.sx)
 
 
 def _fold_sums(store, y, X, N, folds, seed):
@@ -979,6 +975,12 @@ def _reference(stats, pi):
     return int(np.argmax(np.exp(_log_prior(stats, pi)).mean(axis=1)))
 
 
+def _beyond_limit(stats, gamma):
+    """(K, R) True where gamma, against the _reference segment, is beyond GAMMA_LIMIT: the
+    covariates separate that segment (its gamma has no finite maximum)."""
+    return np.abs(gamma - gamma[_reference(stats, gamma)]) > GAMMA_LIMIT
+
+
 def _multinomial_information(Z, p):
     """(K-1)R x (K-1)R: sum_i (diag(p_i) - p_i p_i') kron z_i z_i', the information of a
     multinomial logit with probabilities p (N, K - 1) of the free segments on Z (N, R)."""
@@ -992,8 +994,6 @@ def _kron_sum(C, Z):
         return C.sum(axis=0)
     out = C.reshape(N, D * D).T @ (Z[:, :, None] * Z[:, None, :]).reshape(N, R * R)
     return out.reshape(D, D, R, R).transpose(0, 2, 1, 3).reshape(D * R, D * R)
-
-
 
 
 def _solve(A, b, weighted):
@@ -1295,7 +1295,7 @@ def _finished(stats, run, what, names=None, search=None):
     held = {}
     if stats.Z is not None:                       # gamma relative to the _reference segment
         pi = pi - pi[_reference(stats, pi)]
-        at = np.abs(pi) > GAMMA_LIMIT
+        at = _beyond_limit(stats, pi)
         held = {c: [(("intercept",) + stats.model.covariates)[r] for r in np.flatnonzero(at[c])]
                 for c in range(len(order)) if at[c].any()}
     W, loglik = _e_step(stats, theta, pi, sigma)
@@ -1893,8 +1893,7 @@ def _covariance(stats, run, robust=False):
     G, H = _score_hessian(stats, run.theta, run.pi, run.sigma, W, per_store=True)
     keep = np.ones(len(H), dtype=bool)
     if stats.Z is not None:
-        reference = _reference(stats, run.pi)
-        held = (np.abs(run.pi[_others(K, reference)] - run.pi[reference]) > GAMMA_LIMIT).any(axis=1)
+        held = _beyond_limit(stats, run.pi)[_others(K, _reference(stats, run.pi))].any(axis=1)
         keep[KP + nt:] = np.repeat(~held, R)
     H = H[np.ix_(keep, keep)]
     values = np.linalg.eigvalsh(-H)
@@ -2409,10 +2408,10 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0):
         panel = read_long(path, x=x, text=text, **columns)
         X = np.column_stack([np.ones(len(panel.price)), np.log(panel.price), panel.x])
         y, N = np.log(panel.sales), len(panel.stores)
-        return Loaded(panel.stores, len(panel.weeks), _grouped_sums(panel.store, y, X, N),
-                      ["intercept", "log price"] + panel.x_names, "long",
+        sums = _grouped_sums(panel.store, y, X, N)
+        return Loaded(panel.stores, len(panel.weeks), sums, ["intercept", "log price"] + panel.x_names, "long",
                       (float(np.log(panel.price.min())), float(np.log(panel.price.max()))),
-                      _long_lags(panel.store, _week_numbers(panel), y, X, N),
+                      _long_lags(panel.store, _week_numbers(panel), y, X, sums),
                       _fold_sums(panel.store, y, X, N, folds, seed) if folds else None)
     if x:
         raise InputError(f"{table.path}: --x needs a long file (one row a store and week, with a 'store' "
@@ -2423,8 +2422,9 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0):
     if folds:
         week, store = np.nonzero(~np.isnan(y))
         folded = _fold_sums(store, y[week, store], X[week], y.shape[1], folds, seed)
-    return Loaded(stores, len(price), _wide_sums(y, X), ["intercept", "log price"], "wide",
-                  (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X), folded)
+    sums = _wide_sums(y, X)
+    return Loaded(stores, len(price), sums, ["intercept", "log price"], "wide",
+                  (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X, sums), folded)
 
 
 def read_sums(path):
@@ -2434,10 +2434,9 @@ def read_sums(path):
     each pair in that order (README, "Panels of any size", gives the SQL that writes it). Refused
     with the line and column: a missing column, a cell that is not a number, n < 1 or a negative
     sum of squares."""
-    if str(path).lower().endswith((".parquet", ".pq")):
+    if _is_parquet(path):
         import duckdb
-        literal = "'" + str(path).replace("'", "''") + "'"
-        relation = duckdb.sql(f"SELECT * FROM read_parquet({literal})")
+        relation = duckdb.sql(f"SELECT * FROM read_parquet({_sql_text(path)})")
         header, rows = relation.columns, relation.fetchall()
         table = _Table(_escaped(path), ",", header, 1, iter(()))
         cells = [[str(value) for value in row] for row in rows]
@@ -2484,10 +2483,19 @@ def read_sums(path):
     return Loaded(stores, int(column["n"].max()), sums, names, "sums", (math.nan, math.nan))
 
 
+def _is_parquet(path):
+    return str(path).lower().endswith((".parquet", ".pq"))
+
+
+def _sql_text(path):
+    """A path as an SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _use_engine(path, columns):
     """True for a Parquet file, and for a long CSV file larger than ENGINE_FROM."""
     import os
-    if str(path).lower().endswith((".parquet", ".pq")):
+    if _is_parquet(path):
         return True
     try:
         if not os.path.isfile(path) or os.path.getsize(path) <= ENGINE_FROM:
@@ -2525,7 +2533,7 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder):
     one pass, within ENGINE_MEMORY (it spills to disk beyond it), whatever the file's size. The
     engine's own queries find a missing, non-numeric or non-positive value, a store and week
     given twice and a regressor that never changes; for a CSV file the exact reader then names
-    the line and column where it can (a file up to MAX_BYTES), else the row. by: a column whose
+    the line and column where it can (a file up to MAX_BYTES), else the store and week. by: a column whose
     groups (products, brands) are reduced in the same pass: {group: Loaded}."""
     connection, source, where = _engine_source(path, columns, x, by, folder)
     shown = _escaped(path)
@@ -2570,9 +2578,8 @@ def _engine_source(path, columns, x, by, folder):
                                         "preserve_insertion_order": False,     # lets every step stream and spill
                                         "temp_directory": os.path.join(folder, "spill")})
     connection.execute("SET enable_progress_bar = false")          # the command line says it instead
-    literal = "'" + str(path).replace("'", "''") + "'"
-    parquet = str(path).lower().endswith((".parquet", ".pq"))
-    if parquet:
+    literal = _sql_text(path)
+    if _is_parquet(path):
         header = [row[0] for row in connection.execute(f"DESCRIBE SELECT * FROM read_parquet({literal})").fetchall()]
         scan, sep = f"read_parquet({literal})", ","
     else:
@@ -2640,7 +2647,7 @@ def _exact_or(path, columns, x, by):
     """Where a CSV file can be read exactly (up to MAX_BYTES, no --by), read it: the exact reader
     raises the InputError with line and column of the fault the engine found."""
     import os
-    if not str(path).lower().endswith((".parquet", ".pq")) and os.path.getsize(path) <= MAX_BYTES and by is None:
+    if not _is_parquet(path) and os.path.getsize(path) <= MAX_BYTES and by is None:
         read_long(path, x=x, **columns)
 
 
@@ -2679,23 +2686,20 @@ def _engine_loaded(table, lags, P, x, folds, by, shown):
 
         def sums(mask):
             def add(values):
-                return np.bincount(code[mask], np.nan_to_num(np.asarray(values[mask], dtype=float)), N)
+                return _bincounted(code[mask], values[mask], N)
             XtX = np.empty((N, P * P))
             for j in range(P):
                 for k in range(P):
                     XtX[:, j * P + k] = add(part[f"xx_{min(j, k)}_{max(j, k)}"])
             return Sums(add(part["n"]), XtX, np.column_stack([add(part[f"xy_{j}"]) for j in range(P)]),
                         add(part["yy"]), np.column_stack([add(part[f"sx_{j}"]) for j in range(P)]), add(part["sy"]))
-        everything = np.ones(len(code), dtype=bool)
         folded = [sums(part["fold"] == f) for f in range(folds)] if folds else None
+        total = sums(np.ones(len(code), dtype=bool))
         lag = None
         if lags is not None:
             at = (lags["grp"] == group) if by else np.ones(len(lags["store"]), dtype=bool)
             if np.all(np.asarray(lags["numbered"])[at]):
-                lag = _engine_lags({key: np.asarray(value)[at] for key, value in lags.items()}, index, N, P)
-        total = sums(everything)
-        if lag is not None:
-            lag = lag._replace(n=total.n, sy=total.sy, sx=total.sx)
+                lag = _engine_lags({key: np.asarray(value)[at] for key, value in lags.items()}, index, total, P)
         out[group] = Loaded(stores, int(part["weeks"][0]), total, ["intercept", "log price"] + list(x), "long",
                             (float(np.min(part["low"])), float(np.max(part["high"]))), lag, folded)
     if by:
@@ -2703,16 +2707,22 @@ def _engine_loaded(table, lags, P, x, folds, by, shown):
     return next(iter(out.values()))
 
 
-def _engine_lags(lags, index, N, P):
-    code = np.array([index[store] for store in lags["store"]], dtype=np.int64)
+def _engine_lags(lags, index, sums, P):
+    """Lags from the engine's per-store lag sums (by store label: index), with n, sy, sx from sums."""
+    code, N = np.array([index[store] for store in lags["store"]], dtype=np.int64), len(sums.n)
 
     def add(values):
-        return np.bincount(code, np.nan_to_num(np.asarray(values, dtype=float)), N)
+        return _bincounted(code, values, N)
     return Lags(add(lags["pairs"]), add(lags["yy"]), np.column_stack([add(lags[f"xy_{j}"]) for j in range(P)]),
                 np.column_stack([add(lags[f"yx_{j}"]) for j in range(P)]),
                 np.column_stack([add(lags[f"xx_{j}_{k}"]) for j in range(P) for k in range(P)]),
                 add(lags["ya"]), add(lags["yb"]), np.column_stack([add(lags[f"xa_{j}"]) for j in range(P)]),
-                np.column_stack([add(lags[f"xb_{j}"]) for j in range(P)]), None, None, None)
+                np.column_stack([add(lags[f"xb_{j}"]) for j in range(P)]), sums.n, sums.sy, sums.sx)
+
+
+def _bincounted(code, values, N):
+    """Per-store totals (N,) of the engine's rows (its NULL sums, from no row, count 0)."""
+    return np.bincount(code, np.nan_to_num(np.asarray(values, dtype=float)), N)
 
 
 def _week_numbers(panel):
@@ -2905,11 +2915,11 @@ def _holdout(data, stats, Ks, n_init, seed, tol, z=None):
             for K in Ks:
                 fit = previous = _search(trained, K, n_init, seed, tol, previous=previous)
                 scores[K] += _e_step(stats, fit.theta, fit.membership, fit.sigma)[1] - fit.loglik
-        own += _own_holdout(train, fold, trained)
+        own += _own_holdout(train, fold)
     return {"folds": len(data.folds), "loglik": {str(K): scores[K] for K in Ks}, "pooled": scores[1], "own": own}
 
 
-def _own_holdout(train, fold, trained):
+def _own_holdout(train, fold):
     """The held-out log-likelihood of each store's own regression on all of X's columns (its
     coefficients b_i and sigma_i^2 = R_i(b_i) / (n_i - P) from its training weeks); a store with
     no more training weeks than columns is predicted by the pooled regression."""
@@ -2919,6 +2929,7 @@ def _own_holdout(train, fold, trained):
     pooled = np.linalg.lstsq(XtX.sum(axis=0), train.Xty.sum(axis=0), rcond=None)[0]
     b = np.tile(pooled, (N, 1))
     b[usable] = np.linalg.solve(XtX[usable], train.Xty[usable][:, :, None])[:, :, 0]
+
     def rss(sums, b):
         return sums.yty - 2 * (b * sums.Xty).sum(axis=1) + np.einsum("np,npq,nq->n", b, sums.XtX.reshape(N, P, P), b)
     pooled_s2 = rss(train, np.broadcast_to(pooled, (N, P))).sum() / max(train.n.sum() - P, 1.0)
