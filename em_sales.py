@@ -110,7 +110,13 @@ MISSING = ("", "NA", "NaN", "nan")            # cells that mean "no observation 
 MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused by the exact reader, not read into memory
 ENGINE_FROM = 64 << 20   # a long CSV file larger than this (and every Parquet file) is reduced by DuckDB
 ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
-LAG_STORES = 2000        # the residual autocorrelation of a file the engine reads: from this many stores
+REREAD_UP_TO = 256 << 20  # a fault the engine finds in a CSV file up to this size is located by the exact
+                           # reader (line and column; it takes about ten times the file); above it, by store and week
+WEEK_BITS = 2048         # the engine proves a store's weeks distinct by their residues modulo this, in its one pass
+LAG_ROWS = 50_000        # the residual autocorrelation of a file the engine reads: from a sample of stores of about
+                         # this many rows (every store, in a smaller file)
+INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                 "UBIGINT")        # a Parquet file's week column of these types holds integer weeks
 CELL_SHOWN = 40          # a cell in a message is cut to this many characters
 LONG_COLUMNS = ("store", "week", "sales", "price")  # a long file's columns, found by name
 INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
@@ -2530,45 +2536,46 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None):
 
 def _engine_reduce(path, columns, x, folds, seed, by, folder):
     """A Loaded of a long CSV or Parquet file, reduced to per-store sums by DuckDB's GROUP BY in
-    one pass, within ENGINE_MEMORY (it spills to disk beyond it), whatever the file's size. The
-    engine's own queries find a missing, non-numeric or non-positive value, a store and week
-    given twice and a regressor that never changes; for a CSV file the exact reader then names
-    the line and column where it can (a file up to MAX_BYTES), else the store and week. by: a column whose
+    one pass over the file (_store_query), within ENGINE_MEMORY (it spills to disk beyond it),
+    whatever the file's size. The same pass flags a missing, non-numeric or non-positive value,
+    proves a store's weeks distinct where it can and samples stores for the lags. The first pass
+    reads numbers as numbers and labels as written; where DuckDB refuses a cell, or a label has
+    spaces to trim, a careful pass reads numbers as text and trims labels. by: a column whose
     groups (products, brands) are reduced in the same pass: {group: Loaded}."""
-    connection, source, where = _engine_source(path, columns, x, by, folder)
-    shown = _escaped(path)
-    connection.execute(f"CREATE TABLE panel AS {source}")              # one pass over the file
-    source = "panel"
-    _engine_checks(connection, source, where, path, columns, x, by)
+    import duckdb
     names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
-    P = len(names)
-    keys = ["grp"] if by else []
-    terms = ["count(*) AS n"]
-    for j in range(P):
-        for k in range(P):
-            terms.append(f"sum({names[j]} * {names[k]}) AS xx_{j}_{k}" if j <= k else f"0 AS xx_{j}_{k}")
-    terms += [f"sum({names[j]} * ln(sales)) AS xy_{j}" for j in range(P)]
-    terms += ["sum(ln(sales) * ln(sales)) AS yy", "sum(ln(sales)) AS sy"] + [f"sum({names[j]}) AS sx_{j}" for j in range(P)]
-    terms += ["min(ln(price)) AS low", "max(ln(price)) AS high"]
-    if folds:
-        keys.append(f"(hash(store, week, {int(seed)}) % {int(folds)}) AS fold")
-    query = (f"SELECT {', '.join(keys + ['store'] + terms)} FROM {source} GROUP BY ALL ORDER BY "
-             + ("grp, " if by else "") + "store")
-    table = connection.execute(query).fetchnumpy()
-    if connection.execute(f"SELECT 1 FROM {source} GROUP BY {'grp, ' if by else ''}store, week HAVING count(*) > 1 "
-                          "LIMIT 1").fetchone():   # a GROUP BY that spills to disk, unlike count(DISTINCT)
-        _engine_repeats(connection, source, path, columns, x, by)
-    lags = connection.execute(_lag_query(source, P, names, by)).fetchnumpy()
-    weeks = dict(connection.execute(f"SELECT {'grp' if by else '0'}, count(DISTINCT week) FROM {source} GROUP BY ALL").fetchall())
+    connection, where = _engine_connection(path, columns, x, by, folder)
+    every = max(1, round(_engine_rows(connection, path) / LAG_ROWS))
+    for careful in (False, True):
+        source = _engine_source(path, where, by, careful)
+        try:
+            connection.execute("CREATE OR REPLACE TEMP TABLE stores AS "
+                               + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"]))
+        except duckdb.Error:
+            if careful:
+                _exact_or(path, columns, x, by)
+                raise
+            continue
+        table = connection.execute("SELECT * EXCLUDE (week_bits, sample) FROM stores ORDER BY "
+                                   f"{'grp, ' if by else ''}store").fetchnumpy()
+        if careful or not _untrimmed(table, by):
+            break
+    weeks = _engine_checks(connection, source, where, path, columns, x, by, table["store"])
+    sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
+    lags = connection.execute(_lag_query(sample, len(names), names, by)).fetchnumpy()
     connection.close()
     table["weeks"] = np.array([weeks[group] for group in (table["grp"] if by else np.zeros(len(table["store"]), dtype=int))])
-    return _engine_loaded(table, lags, P, x, folds, by, shown)
+    table["xx_0_0"] = table["sx_0"] = table["n"]            # the intercept's sums: n, and the others' totals
+    table["xy_0"] = table["sy"]
+    for k in range(1, len(names)):
+        table[f"xx_0_{k}"] = table[f"sx_{k}"]
+    return _engine_loaded(table, lags, len(names), x, folds, by, _escaped(path))
 
 
-def _engine_source(path, columns, x, by, folder):
-    """(connection, the file as a subquery with columns grp, store, week, sales, price, x0..,
-    and {role: column name}). Parquet keeps its types; a CSV file is read as
-    text and cast (TRY_CAST: a cell that is not a number becomes NULL, and _engine_checks says so)."""
+def _engine_connection(path, columns, x, by, folder):
+    """(a DuckDB connection whose database and spill files are in folder, the file's layout:
+    {role: column index} for store, week, sales, price, x and by, with the header, separator,
+    column names by role, and whether a Parquet file's weeks are integers)."""
     import duckdb
     import os
     if not os.path.isfile(path):
@@ -2578,87 +2585,207 @@ def _engine_source(path, columns, x, by, folder):
                                         "preserve_insertion_order": False,     # lets every step stream and spill
                                         "temp_directory": os.path.join(folder, "spill")})
     connection.execute("SET enable_progress_bar = false")          # the command line says it instead
-    literal = _sql_text(path)
     if _is_parquet(path):
-        header = [row[0] for row in connection.execute(f"DESCRIBE SELECT * FROM read_parquet({literal})").fetchall()]
-        scan, sep = f"read_parquet({literal})", ","
+        described = connection.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_text(path)})").fetchall()
+        header, kinds, sep = [row[0] for row in described], [row[1] for row in described], ","
     else:
         with open(path, "rb") as handle:
             head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
         table = _table(path, head.rsplit("\n", 1)[0] + "\n")
         header, sep = table.header, table.sep
-        scan = (f"read_csv({literal}, header = true, delim = '{sep}', quote = '\"', escape = '\"', "
-                "all_varchar = true, auto_detect = false, buffer_size = 8388608, columns = {" +
-                ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for name in header) + "})")
+        kinds = ["VARCHAR"] * len(header)
     where = _long_columns(_Table(_escaped(path), sep, header, 1, iter(())), columns, x)
     if by is not None and by not in header:
         raise InputError(f"{_escaped(path)}: no column '{_shown(by)}' (--by) in the header")
+    names = {role: header[where[role]] for role in ("store", "week", "sales", "price")}
+    names |= {f"x{k}": header[j] for k, j in enumerate(where["x"])}
+    return connection, where | {"header": header, "sep": sep, "by": None if by is None else header.index(by),
+                                "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES}
 
-    def column(j, number):
+
+def _engine_rows(connection, path):
+    """The file's number of rows: from a Parquet file's metadata, or a CSV file's size over its
+    first lines' mean length (it sets the lags' sample: LAG_ROWS)."""
+    import os
+    if _is_parquet(path):
+        return connection.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata({_sql_text(path)})").fetchone()[0] or 0
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    return os.path.getsize(path) * max(head.count(b"\n"), 1) / max(len(head), 1)
+
+
+def _engine_source(path, where, by, careful):
+    """The file as a subquery with columns store, week, sales, price, x0.. (and grp). Parquet
+    keeps its types, and labels keep theirs (_store_query writes them as text). A CSV file's
+    numbers are read as numbers (DuckDB refuses a cell that is not one); carefully, as text by
+    TRY_CAST (a cell that is not a number becomes NULL, flagged), and its labels as text
+    trimmed, as the exact reader trims them."""
+    header, sep, literal = where["header"], where["sep"], _sql_text(path)
+    numbers = {where["sales"], where["price"], *where["x"]}
+    if _is_parquet(path):
+        scan, text = f"read_parquet({literal})", False
+    else:
+        kinds = {name: "VARCHAR" if careful or j not in numbers else "DOUBLE" for j, name in enumerate(header)}
+        scan, text = (f"read_csv({literal}, header = true, delim = '{sep}', quote = '\"', escape = '\"', "
+                      "auto_detect = false, buffer_size = 8388608, columns = {" +
+                      ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': '{kind}'" for name, kind in kinds.items())
+                      + "})"), careful
+
+    def column(j):
         name = '"' + header[j].replace('"', '""') + '"'
-        if not number:
-            return f"CAST({name} AS VARCHAR)"
-        text = f"trim(CAST({name} AS VARCHAR))" if sep == "," else f"replace(trim(CAST({name} AS VARCHAR)), ',', '.')"
-        return f"TRY_CAST({text} AS DOUBLE)"
-    fields = [f"{column(where['store'], False)} AS store", f"{column(where['week'], False)} AS week",
-              f"{column(where['sales'], True)} AS sales", f"{column(where['price'], True)} AS price"]
-    fields += [f"{column(j, True)} AS x{k}" for k, j in enumerate(where["x"])]
+        if j not in numbers:
+            return _trim(f"CAST({name} AS VARCHAR)") if careful else name
+        if not text:
+            return f"CAST({name} AS DOUBLE)"
+        return f"TRY_CAST({f'trim({name})' if sep == ',' else f'replace(trim({name}), {chr(39)},{chr(39)}, {chr(39)}.{chr(39)})'} AS DOUBLE)"
+    fields = [f"{column(where[role])} AS {role}" for role in ("store", "week", "sales", "price")]
+    fields += [f"{column(j)} AS x{k}" for k, j in enumerate(where["x"])]
     if by is not None:
-        fields.append(f"{column(header.index(by), False)} AS grp")
-    source = f"(SELECT {', '.join(fields)} FROM {scan})"
-    return connection, source, {role: header[j] for role, j in where.items() if role != "x"} | \
-        {f"x{k}": header[j] for k, j in enumerate(where["x"])}
+        fields.append(f"{column(where['by'])} AS grp")
+    return f"(SELECT {', '.join(fields)} FROM {scan})"
 
 
-def _engine_checks(connection, source, where, path, columns, x, by):
-    """The value checks of the exact reader, as queries: a missing, non-numeric or non-positive
-    value, a price or regressor that never changes. A CSV file up to MAX_BYTES is then read by
-    the exact reader, whose InputError names the line and column; otherwise the store and week."""
-    shown = _escaped(path)
-    numbers = ["sales", "price"] + [f"x{j}" for j in range(len(x))]
-    checks = [(f"{name} IS NULL", f"'{_shown(where[name])}' is missing or not a number") for name in numbers]
-    checks += [(f"NOT isfinite({name}) OR abs({name}) > {VALUE_LIMIT:g}",
-                f"'{_shown(where[name])}' is infinite or larger than {VALUE_LIMIT:g}") for name in numbers]
-    checks += [(f"{name} <= 0", f"'{_shown(where[name])}' is not positive (its log is taken)") for name in ("sales", "price")]
-    checks += [(f"{name} IS NULL OR trim({name}) = ''", f"the {name} is missing") for name in ("store", "week")]
-    found = connection.execute("SELECT " + ", ".join(f"bool_or({test})" for test, _ in checks) + f" FROM {source}").fetchone()
-    if any(found):
+def _untrimmed(table, by):
+    """True where a store (or group) label of the pass has white space around it: the careful pass
+    trims it."""
+    return any(label is not None and label != label.strip()
+               for label in np.concatenate([table["store"]] + ([table["grp"]] if by else [])).tolist())
+
+
+def _label(name):
+    """SQL: a label of the source as text (a Parquet file's numbers too)."""
+    return f"CAST({name} AS VARCHAR)"
+
+
+def _trim(name):
+    """SQL: a label without the white space around it, as Python's str.strip() takes it off."""
+    return f"trim({name}, '{''.join(chr(c) for c in range(0x110000) if chr(c).isspace())}')"
+
+
+def _engine_tests(Q):
+    """[(the SQL test of a faulty row, the column it names, what it says)], in the exact reader's
+    order: where the pass's extremes show a fault, the first test that finds a row names it."""
+    numbers = ["sales", "price"] + [f"x{j}" for j in range(Q)]
+    tests = [(f"{name} IS NULL", name, "is missing or not a number") for name in numbers]
+    tests += [(f"NOT isfinite({name}) OR abs({name}) > {VALUE_LIMIT:g}", name,
+               f"is infinite or larger than {VALUE_LIMIT:g}") for name in numbers]
+    tests += [(f"{name} <= 0", name, "is not positive (its log is taken)") for name in ("sales", "price")]
+    return tests + [(f"{name} IS NULL OR {_trim(_label(name))} = ''", name, "is missing") for name in ("store", "week")]
+
+
+def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
+    """The one pass: per store (and group, and fold) the sums of Sums without the intercept's
+    (n, sy and sx give them); each number's count and extremes (_engine_checks); the weeks as
+    integers: their count, range, whether each is written plainly, and their residues modulo
+    WEEK_BITS as a bitstring (_engine_repeats, _engine_weeks); and, for one store in `every` (by
+    a hash of its label), its rows as a list: the lags' sample."""
+    P, keys = Q + 2, (["grp"] if by else []) + ["store"]
+    if folds:
+        keys.append(f"(hash({_label('store')}, {_label('week')}, {int(seed)}) % {int(folds)}) AS fold")
+    regressors = ["ln(price) AS c1"] + [f"x{j} AS c{j + 2}" for j in range(Q)]
+    week = "CAST(week AS BIGINT)" if integer_weeks else "TRY_CAST(week AS BIGINT)"
+    rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, {week} AS w FROM {source}"
+    terms = ["count(*) AS n", "sum(y) AS sy", "sum(y * y) AS yy"]
+    terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}, min(c{j}) AS low_{j}, max(c{j}) AS high_{j}"
+              for j in range(1, P)]
+    terms += [f"sum(c{j} * c{k}) AS xx_{j}_{k}, 0 AS xx_{k}_{j}" if j < k else f"sum(c{j} * c{j}) AS xx_{j}_{j}"
+              for j in range(1, P) for k in range(j, P)]
+    terms += [f"count({name}) AS {name}_count, min({name}) AS {name}_low, max({name}) AS {name}_high"
+              for name in ["sales", "price"] + [f"x{j}" for j in range(Q)]]
+    terms += ["count(w) AS numbered", "min(w) AS first_week", "max(w) AS last_week",
+              "true AS plain" if integer_weeks else "bool_and(CAST(w AS VARCHAR) = week) AS plain",
+              f"bitstring_agg(((w % {WEEK_BITS}) + {WEEK_BITS}) % {WEEK_BITS}, 0, {WEEK_BITS - 1}) AS week_bits"]
+    fields = ", ".join(f"{name} := {name}" for name in ["week", "sales", "price"] + [f"x{j}" for j in range(Q)])
+    terms.append(f"list(struct_pack({fields})) FILTER (WHERE hash(store) % {int(every)} = 0) AS sample")
+    labels = ", ".join(f"CAST({key} AS VARCHAR) AS {key}" for key in keys[:len(keys) - bool(folds)])
+    return (f"SELECT {labels}, * EXCLUDE ({', '.join(keys[:len(keys) - bool(folds)])}) FROM "
+            f"(SELECT {', '.join(keys + terms)} FROM ({rows}) GROUP BY ALL)")
+
+
+def _engine_checks(connection, source, where, path, columns, x, by, stores):
+    """The exact reader's checks, from the pass's summary (_engine_summary): a missing,
+    non-numeric, infinite, too large or non-positive value, a missing store (stores: the pass's
+    labels), a price or regressor that never changes (in a group, with by), a store and week
+    given twice or a missing week (_engine_repeats). A CSV file up to REREAD_UP_TO is then read
+    by the exact reader, whose InputError names the line and column; otherwise a second pass
+    finds the store and week. Returns {group: the number of distinct weeks} (_engine_weeks)."""
+    shown, summary = _escaped(path), _engine_summary(connection, len(x), by)
+    if not all(label and label.strip() for label in stores.tolist()) or not all(row[1] for row in summary):
         _exact_or(path, columns, x, by)
-        test, words = checks[found.index(True)]
-        store, week = connection.execute(f"SELECT store, week FROM {source} WHERE {test} LIMIT 1").fetchone()
-        raise InputError(f"{shown}: store '{_shown(str(store))}', week '{_shown(str(week))}': {words}")
-    ranges = connection.execute(f"SELECT {', '.join(f'min({n}) = max({n})' for n in numbers[1:])} FROM {source}").fetchone()
-    for name, flat in zip(numbers[1:], ranges):
-        if flat:
-            raise InputError(f"{shown}: column '{_shown(where[name])}' has the same value in every row; a regressor "
-                             "that never changes cannot be estimated")
+        for test, name, words in _engine_tests(len(x)):
+            found = connection.execute(f"SELECT store, {_trim(_label('week'))} FROM {source} WHERE {test} LIMIT 1").fetchone()
+            if found:
+                what = f"the {name}" if name in ("store", "week") else f"'{_shown(where['names'][name])}'"
+                raise InputError(f"{shown}: store '{_shown(str(found[0]))}', week '{_shown(str(found[1]))}': {what} {words}")
+    for group, _, _, _, *flat in summary:
+        for name, same in zip(["price"] + [f"x{j}" for j in range(len(x))], flat):
+            if same:
+                raise InputError(f"{shown}: column '{_shown(where['names'][name])}' has the same value in every row"
+                                 + (f" of {by} '{_shown(str(group))}'" if by else "") + "; a regressor that never "
+                                 "changes cannot be estimated")
+    if not all(row[2] for row in summary):
+        _engine_repeats(connection, source, path, columns, x, by)
+    return _engine_weeks(connection, source, by, {row[0]: row[3] for row in summary})
+
+
+def _engine_summary(connection, Q, by):
+    """Per group (one row without by): (group, every number sound, every store's weeks proven
+    distinct, the number of distinct weeks where the bitstrings give it (else None), and for the
+    price and each regressor whether it never changes). Numbers are sound with a count of n and
+    extremes finite, within VALUE_LIMIT and positive where a log is taken (NaN is the largest
+    number to DuckDB). Weeks are proven distinct where they are integers with distinct residues
+    modulo WEEK_BITS (distinct integers are distinct labels), and counted where every label is an
+    integer written plainly and they span fewer than WEEK_BITS weeks."""
+    numbers = ["sales", "price"] + [f"x{j}" for j in range(Q)]
+    sound = [f"{name}_count = n AND abs({name}_low) <= {VALUE_LIMIT:g} AND abs({name}_high) <= {VALUE_LIMIT:g}"
+             for name in numbers] + [f"{name}_low > 0" for name in ("sales", "price")]
+    counted = (f"CASE WHEN bool_and(numbered = n AND plain) AND max(last_week) - min(first_week) < {WEEK_BITS} "
+               "THEN bit_count(bit_or(week_bits)) END")
+    flat = ", ".join(f"min(low_{j}) = max(high_{j})" for j in range(1, Q + 2))
+    return connection.execute(f"SELECT {'grp' if by else '0'}, bool_and(coalesce({' AND '.join(sound)}, false)), "
+                              f"bool_and(numbered = n AND bit_count(week_bits) = n), {counted}, {flat} "
+                              "FROM stores GROUP BY ALL").fetchall()
 
 
 def _engine_repeats(connection, source, path, columns, x, by):
-    """The InputError for a store and week given twice in a file the engine reads."""
-    _exact_or(path, columns, x, by)
-    store, week = connection.execute(f"SELECT store, week FROM {source} GROUP BY {'grp, ' if by else ''}store, week "
-                                     "HAVING count(*) > 1 LIMIT 1").fetchone()
-    raise InputError(f"{_escaped(path)}: store '{_shown(str(store))}', week '{_shown(str(week))}' is given twice: "
-                     "one row a store and week")
+    """Refuses a store and week given twice, or a missing week, among the stores whose weeks the
+    pass could not prove distinct (weeks written as dates, say): their rows grouped by store and
+    week, in a second pass."""
+    doubtful = "SELECT store FROM stores GROUP BY ALL HAVING NOT bool_and(numbered = n AND bit_count(week_bits) = n)"
+    found = connection.execute(f"SELECT store, {_trim(_label('week'))} AS label FROM {source} WHERE {_label('store')} IN "
+                               f"({doubtful}) GROUP BY {'grp, ' if by else ''}store, label HAVING count(*) > 1 OR label IS "
+                               "NULL OR label = '' LIMIT 1").fetchone()
+    if found:
+        _exact_or(path, columns, x, by)
+        store, week = (_shown(str(label or "")) for label in found)
+        raise InputError(f"{_escaped(path)}: store '{store}', " + (f"week '{week}' is given twice: one row a store and week"
+                                                                   if week else "week '': the week is missing"))
+
+
+def _engine_weeks(connection, source, by, counted):
+    """{group: the number of distinct week labels}: counted by the pass's bitstrings, else (None)
+    by a second pass."""
+    if any(weeks is None for weeks in counted.values()):
+        counted = dict(connection.execute(f"SELECT {_label('grp') if by else '0'}, count(DISTINCT {_trim(_label('week'))}) "
+                                          f"FROM {source} GROUP BY ALL").fetchall())
+    return counted
 
 
 def _exact_or(path, columns, x, by):
-    """Where a CSV file can be read exactly (up to MAX_BYTES, no --by), read it: the exact reader
-    raises the InputError with line and column of the fault the engine found."""
+    """Where a CSV file can be read exactly (up to REREAD_UP_TO, no --by), read it: the exact
+    reader raises the InputError with line and column of the fault the engine found."""
     import os
-    if not _is_parquet(path) and os.path.getsize(path) <= MAX_BYTES and by is None:
+    if not _is_parquet(path) and os.path.getsize(path) <= REREAD_UP_TO and by is None:
         read_long(path, x=x, **columns)
 
 
-def _lag_query(source, P, names, by):
-    """Per-store lag sums (Lags) over consecutive weeks, where the week labels are numbers, for the
-    first LAG_STORES stores (by label; in each group): the autocorrelation is a mean over stores."""
+def _lag_query(sample, P, names, by):
+    """Per-store lag sums (Lags) over consecutive weeks, where the week labels are numbers, of the
+    stores in the pass's sample (rows: grp, store, week, sales, price, x0..)."""
     lagged = ", ".join(["lag(ln(sales)) OVER w AS y_a", "lag(TRY_CAST(week AS DOUBLE)) OVER w AS t_a"]
                        + [f"lag({names[j]}) OVER w AS c{j}_a" for j in range(P)])
     inner = (f"SELECT {'grp, ' if by else ''}store, ln(sales) AS y_b, TRY_CAST(week AS DOUBLE) AS t_b, "
-             + ", ".join(f"{names[j]} AS c{j}_b" for j in range(P)) + f", {lagged} FROM {source} "
-             f"WHERE store IN (SELECT DISTINCT store FROM {source} ORDER BY store LIMIT {LAG_STORES}) "
+             + ", ".join(f"{names[j]} AS c{j}_b" for j in range(P)) + f", {lagged} FROM {sample} "
              f"WINDOW w AS (PARTITION BY {'grp, ' if by else ''}store ORDER BY TRY_CAST(week AS DOUBLE))")
     pair = "t_b - t_a = 1"
     terms = [f"count(*) FILTER (WHERE {pair}) AS pairs", f"sum(y_a * y_b) FILTER (WHERE {pair}) AS yy"]
@@ -2679,9 +2806,10 @@ def _engine_loaded(table, lags, P, x, folds, by, shown):
     for group in dict.fromkeys(groups.tolist()):
         rows = groups == group
         part = {key: np.asarray(value)[rows] for key, value in table.items()}
-        stores = list(dict.fromkeys(part["store"].tolist()))
+        labels = part["store"]                          # in order: a store's rows (one a fold) are adjacent
+        code = np.concatenate([[0], np.cumsum(labels[1:] != labels[:-1])]).astype(np.int64) if len(labels) else labels
+        stores = labels[np.r_[0, np.flatnonzero(labels[1:] != labels[:-1]) + 1]].tolist() if len(labels) else []
         index = {store: i for i, store in enumerate(stores)}
-        code = np.array([index[store] for store in part["store"]], dtype=np.int64)
         N = len(stores)
 
         def sums(mask):
@@ -2701,7 +2829,7 @@ def _engine_loaded(table, lags, P, x, folds, by, shown):
             if np.all(np.asarray(lags["numbered"])[at]):
                 lag = _engine_lags({key: np.asarray(value)[at] for key, value in lags.items()}, index, total, P)
         out[group] = Loaded(stores, int(part["weeks"][0]), total, ["intercept", "log price"] + list(x), "long",
-                            (float(np.min(part["low"])), float(np.max(part["high"]))), lag, folded)
+                            (float(np.min(part["low_1"])), float(np.max(part["high_1"]))), lag, folded)
     if by:
         return out
     return next(iter(out.values()))
@@ -3230,18 +3358,29 @@ def results_json(results):
                   lambda match: "[" + " ".join(match.group(1).split()) + "]", text)
     text = re.sub(r"\[\s*(\[[^\[\]]*\](?:,\s*\[[^\[\]]*\])*)\s*\]",
                   lambda match: "[" + " ".join(match.group(1).split()) + "]", text)
-    rows = ",\n    ".join(_store_row(store) for store in stores)
+    rows = ",\n    ".join(_store_rows(stores))
     return text[:-2] + ',\n  "store_segments": [\n    ' + rows + "\n  ]\n}\n"
 
 
-def _store_row(store, digits=f"{{:.{JSON_DIGITS}g}}".format):
-    """One store's line of results.json, as json.dumps(_tidy(store)) writes it, without its
-    generic recursion."""
-    import json
-    numbers = {key: "[" + ", ".join([repr(float(digits(value))) for value in store[key]]) + "]"
-               for key in ("posterior", "prior") if key in store}
-    return (f'{{"store": {json.dumps(store["store"])}, "segment": {store["segment"]}, "posterior": {numbers["posterior"]}'
-            + (f', "prior": {numbers["prior"]}' if "prior" in numbers else "") + "}")
+def _store_rows(stores):
+    """The stores' lines of results.json, each as json.dumps(_tidy(store)) writes it, without its
+    generic recursion: the numbers to JSON_DIGITS digits in one formatting call, with repr's
+    form (1.0, not 1). A number below 1e-290 is formatted alone (near the subnormals, fewer
+    digits can name it)."""
+    from json.encoder import encode_basestring_ascii as quoted
+    shown = {}
+    for key in ("posterior", "prior"):
+        values = [float(value) for store in stores if key in store for value in store[key]]
+        text = (f"%.{JSON_DIGITS}g\n" * len(values) % tuple(values)).split("\n")[:-1]
+        text = [cell if "." in cell or "e" in cell or "n" in cell else cell + ".0" for cell in text]
+        for k in np.flatnonzero((np.abs(values) < 1e-290) & (np.asarray(values) != 0)):
+            text[k] = repr(float(f"{values[k]:.{JSON_DIGITS}g}"))
+        cells = iter(text)
+        shown[key] = ["[" + ", ".join(next(cells) for _ in store[key]) + "]" if key in store else None
+                      for store in stores]
+    return [f'{{"store": {quoted(str(store["store"]))}, "segment": {store["segment"]}, "posterior": {posterior}'
+            + (f', "prior": {prior}' if prior is not None else "") + "}"
+            for store, posterior, prior in zip(stores, shown["posterior"], shown["prior"])]
 
 
 def segments_csv(stores, W, fit=None):

@@ -1,9 +1,11 @@
 """Tests of em_sales: brute-force cross-checks, monotone EM, recovery of a known truth,
 invariances, argument checks, and the course data when it is present.  python -m unittest"""
 import itertools
+import json
 import math
 import os
 import unittest
+import unittest.mock
 import warnings
 
 import numpy as np
@@ -1984,6 +1986,49 @@ class LargeFiles(CommandLineCase):
         self.write("twice.csv", "\n".join(lines[:1] + [lines[1], lines[1]] + lines[2:5]) + "\n")
         with self.assertRaisesRegex(E.InputError, "again|given twice"):
             self.engine(self.path("twice.csv"))
+
+    def test_store_lines_are_what_json_writes(self):
+        """results.json's store lines, formatted in one call, are json.dumps of the tidied store,
+        whatever the numbers: 0, 1, near the subnormals, with and without priors."""
+        W = np.random.default_rng(1).dirichlet([0.1, 0.1, 0.1], size=200)
+        W[:4] = [[1.0, 0.0, 5e-324], [1e-300, 0.5, 0.5], [1e-17, 1 - 1e-17, 0.0], [2.2e-308, 0.25, 0.75]]
+        stores = [{"store": label, "segment": int(w.argmax()) + 1, "posterior": w.tolist()}
+                  for label, w in zip(['é"x', "S 2"] + [f"S{i}" for i in range(198)], W)]
+        for store in stores[::3]:
+            store["prior"] = [1 / 3, 0.5, 1 / 6]
+        self.assertEqual(E._store_rows(stores), [json.dumps(E._tidy(store)) for store in stores])
+
+    @needs_duckdb
+    def test_every_way_of_writing_weeks_and_labels_reads_as_the_exact_reader_reads_it(self):
+        """The one pass proves weeks distinct only for integers; dates, spaced stores, padded
+        weeks and weeks far apart take the second pass or the careful one, and read as exactly."""
+        with open(self.path("long.csv")) as handle:
+            header, *rows = [line.split(",") for line in handle.read().splitlines()]
+
+        def variant(name, store=lambda s: s, week=lambda w: w, sales=lambda v, k: v):
+            self.write(name, "\n".join([",".join(header)] + [",".join([store(r[0]), week(r[1]), sales(r[2], k)] + r[3:])
+                                                             for k, r in enumerate(rows)]) + "\n")
+            return self.path(name)
+        paths = [variant("dates.csv", store=lambda s: f" {s}\t", week=lambda w: f"2020-{1 + int(w) // 28:02d}-{1 + int(w) % 28:02d}"),
+                 variant("padded.csv", week=lambda w: w.zfill(3) if int(w) % 2 else str(int(w) * 1000)),
+                 variant("numbers.csv", store=lambda s: s.lstrip("S")),
+                 variant("na.csv", sales=lambda v, k: v if k < len(rows) - 1 else "NA")]
+        import duckdb                                   # a Parquet file of integer stores and weeks
+        duckdb.sql(f"COPY (SELECT * FROM read_csv('{paths[2]}')) TO '{self.path('numbers.parquet')}' (FORMAT parquet)")
+        for path in paths[:3] + [self.path("numbers.parquet")]:
+            with self.subTest(path):
+                exact, engine = E.load(path if path.endswith(".csv") else paths[2], x=["deal"]), self.engine(path, x=["deal"])
+                self.assert_same_sums(exact, engine)
+                self.assertEqual(engine.weeks, exact.weeks)
+        with self.assertRaisesRegex(E.InputError, rf"line {len(rows) + 1}, column 'sales'"):
+            self.engine(paths[3], x=["deal"])
+        first, second = rows[0], next(r for r in rows if r[0] == rows[0][0] and r[1] != rows[0][1])
+        for name, week, limit in (("twice", f"{first[1]} ", E.REREAD_UP_TO), ("blank", "  ", 0)):
+            self.write(f"{name}.csv", "\n".join(",".join([r[0], week] + r[2:] if r is second else r)
+                                                 for r in [header] + rows) + "\n")
+            with self.subTest(name), unittest.mock.patch.object(E, "REREAD_UP_TO", limit):  # by line, or by store
+                with self.assertRaisesRegex(E.InputError, "given twice|again" if name == "twice" else "missing"):
+                    self.engine(self.path(f"{name}.csv"), x=["deal"])
 
     @needs_duckdb
     def test_sums_written_by_duckdb_give_the_same_fit(self):
