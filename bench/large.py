@@ -1,11 +1,13 @@
 """Large long files: em_sales' reduction (DuckDB) and whole run beside DuckDB's and polars' bare
 read-and-sum of the same file, each a subprocess in turn, wall time and peak memory (RSS).
 
-    python bench/large.py FILE.csv [FILE.parquet ...]      # a long file: store, week, sales, price
+    python bench/large.py FILE.csv [FILE.parquet ...] [--repeat 3]   # a long file: store, week, sales, price
     python bench/large.py --make 100000 big.csv             # write a 100,000-store x 52-week long CSV
 
 polars is optional (skipped where it is not installed). The run is `--K 3 --sigma common
---store-effects`; its outputs go to a temporary folder.
+--store-effects`; its outputs go to a temporary folder. With --repeat R the commands run R times,
+interleaved (one round of every command, then the next), and the table gives each one's median
+wall time, its range, and its largest peak; the ratio is the median over bare DuckDB's.
 """
 import argparse
 import os
@@ -50,24 +52,34 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*")
     parser.add_argument("--make", nargs=2, metavar=("N", "FILE"))
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
     if args.make:
         return make(int(args.make[0]), args.make[1])
     code = os.path.join(common.REPO, "em_sales.py")
     out = os.path.join(tempfile.mkdtemp(), "r.json")
-    rows = []
+    commands = {}
     for path in args.files:
-        size = os.path.getsize(path) / 2 ** 20
-        commands = {f"bare {name}": [sys.executable, "-c", script, path] for name, script in BARE.items()}
-        commands["em_sales load()"] = [sys.executable, "-c", f"import sys; sys.path.insert(0, {common.REPO!r}); "
-                                       "import em_sales; em_sales.load(sys.argv[1])", path]
-        commands["em_sales whole run"] = [sys.executable, code, path, "--K", "3", "--sigma", "common",
-                                          "--store-effects", "--output", out, "--quiet"]
-        for name, command in commands.items():
-            wall, peak = measured(command)
-            rows.append([os.path.basename(path), f"{size:.0f} MB", name,
-                         "failed" if wall is None else f"{wall:.1f} s", peak if wall is None else f"{peak:.0f} MB"])
-    print(common.table(["file", "size", "what", "wall", "peak RSS"], rows))
+        commands |= {(path, f"bare {name}"): [sys.executable, "-c", script, path] for name, script in BARE.items()}
+        commands[path, "em_sales load()"] = [sys.executable, "-c", f"import sys; sys.path.insert(0, {common.REPO!r}); "
+                                             "import em_sales; em_sales.load(sys.argv[1])", path]
+        commands[path, "em_sales whole run"] = [sys.executable, code, path, "--K", "3", "--sigma", "common",
+                                                "--store-effects", "--output", out, "--quiet"]
+    runs = {key: [] for key in commands}
+    for _ in range(args.repeat):                                  # interleaved: the machine's moods shared
+        for key, command in commands.items():
+            runs[key].append(measured(command))
+    rows = []
+    for (path, name), measures in runs.items():
+        walls = sorted(wall for wall, _ in measures if wall is not None)
+        bare = sorted(wall for wall, _ in runs[path, "bare duckdb"] if wall is not None)
+        median = walls[len(walls) // 2] if walls else None
+        rows.append([os.path.basename(path), f"{os.path.getsize(path) / 2 ** 20:.0f} MB", name,
+                     "failed" if median is None else f"{median:.2f} s",
+                     f"{walls[0]:.2f}-{walls[-1]:.2f}" if len(walls) > 1 else "",
+                     f"{median / bare[len(bare) // 2]:.2f}x" if median and bare else "",
+                     measures[-1][1] if median is None else f"{max(peak for _, peak in measures):.0f} MB"])
+    print(common.table(["file", "size", "what", "wall", "range", "/ duckdb", "peak RSS"], rows))
 
 
 if __name__ == "__main__":
