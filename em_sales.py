@@ -112,7 +112,7 @@ ENGINE_FROM = 64 << 20   # a long CSV file larger than this (and every Parquet f
 ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
 REREAD_UP_TO = 256 << 20  # a fault the engine finds in a CSV file up to this size is located by the exact
                            # reader (line and column; it takes about ten times the file); above it, by store and week
-WEEK_BITS = 2048         # the engine proves a store's weeks distinct by their residues modulo this, in its one pass
+WEEK_BITS = 2048         # the engine proves a store's weeks distinct by their residues modulo this (a power of 2)
 LAG_ROWS = 50_000        # the residual autocorrelation of a file the engine reads: from a sample of stores of about
                          # this many rows (every store, in a smaller file)
 WHITE_SPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
@@ -2696,7 +2696,7 @@ def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
               for name in ["sales", "price"] + [f"x{j}" for j in range(Q)]]
     terms += ["count(w) AS numbered", "min(w) AS first_week", "max(w) AS last_week",
               "true AS plain" if integer_weeks else "bool_and(CAST(w AS VARCHAR) = week) AS plain",
-              f"bitstring_agg(((w % {WEEK_BITS}) + {WEEK_BITS}) % {WEEK_BITS}, 0, {WEEK_BITS - 1}) AS week_bits"]
+              f"bitstring_agg(w & {WEEK_BITS - 1}, 0, {WEEK_BITS - 1}) AS week_bits"]
     fields = ", ".join(f"{name} := {name}" for name in ["week", "sales", "price"] + [f"x{j}" for j in range(Q)])
     terms.append(f"list(struct_pack({fields})) FILTER (WHERE hash(store) % {int(every)} = 0) AS sample")
     labels = ", ".join(f"CAST({key} AS VARCHAR) AS {key}" for key in keys[:len(keys) - bool(folds)])
