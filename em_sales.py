@@ -113,8 +113,8 @@ ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyo
 REREAD_UP_TO = 256 << 20  # a fault the engine finds in a CSV file up to this size is located by the exact
                            # reader (line and column; it takes about ten times the file); above it, by store and week
 WEEK_BITS = 2048         # the engine proves a store's weeks distinct by their residues modulo this (a power of 2)
-LAG_ROWS = 50_000        # the residual autocorrelation of a file the engine reads: from a sample of stores of about
-                         # this many rows (every store, in a smaller file)
+LAG_ROWS = 100_000       # the residual autocorrelation of a file the engine reads: from a sample of stores of
+                         # this many rows or more (every store, in a file of fewer than twice as many)
 WHITE_SPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # what str.strip() takes off a label
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
@@ -2547,7 +2547,7 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder):
     import duckdb
     names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
     connection, where = _engine_connection(path, columns, x, by, folder)
-    every = max(1, round(_engine_rows(connection, path) / LAG_ROWS))
+    every = max(1, int(_engine_rows(connection, path) // LAG_ROWS))
     for careful in (False, True):
         source = _engine_source(path, where, by, careful)
         try:
