@@ -2803,12 +2803,12 @@ def _lag_query(sample, P, names, by):
 
 def _engine_loaded(table, lags, P, x, folds, by, shown):
     """Loaded (or {group: Loaded}) from the engine's per-store (and per-fold) sums."""
-    groups = table["grp"] if by else np.zeros(len(table["store"]), dtype=object)
-    out = {}
-    for group in dict.fromkeys(groups.tolist()):
-        rows = groups == group
-        part = {key: np.asarray(value)[rows] for key, value in table.items()}
-        labels = part["store"]                          # in order: a store's rows (one a fold) are adjacent
+    groups, out = table["grp"] if by else None, {}
+    ends = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1 if by else [], len(table["store"])].astype(int)
+    for start, end in zip(ends[:-1], ends[1:]):          # in order: a group's rows are adjacent, and a store's
+        group = groups[start] if by else 0
+        part = {key: np.asarray(value)[start:end] for key, value in table.items()}
+        labels = part["store"]
         code = np.concatenate([[0], np.cumsum(labels[1:] != labels[:-1])]).astype(np.int64) if len(labels) else labels
         stores = labels[np.r_[0, np.flatnonzero(labels[1:] != labels[:-1]) + 1]].tolist() if len(labels) else []
         index = {store: i for i, store in enumerate(stores)}
