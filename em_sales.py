@@ -118,7 +118,8 @@ LAG_ROWS = 100_000       # the residual autocorrelation of a file the engine rea
 WHITE_SPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # what str.strip() takes off a label
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                 "UBIGINT")        # a Parquet file's week column of these types holds integer weeks
+                 "UBIGINT", "UHUGEINT")   # a Parquet file's week column of these types holds integer weeks
+NUMBER_TYPES = INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")  # numbers of these types are numbers (others: text)
 CELL_SHOWN = 40          # a cell in a message is cut to this many characters
 LONG_COLUMNS = ("store", "week", "sales", "price")  # a long file's columns, found by name
 INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
@@ -2562,7 +2563,8 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder):
                                    f"{'grp, ' if by else ''}store").fetchnumpy()
         if careful or not _untrimmed(table, by):
             break
-    weeks = _engine_checks(connection, source, where, path, columns, x, by, table["store"])
+    weeks = _engine_checks(connection, source, where, path, columns, x, by,
+                           table["store"].tolist() + (table["grp"].tolist() if by else []))
     sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
     lags = connection.execute(_lag_query(sample, len(names), names, by)).fetchnumpy()
     connection.close()
@@ -2602,7 +2604,8 @@ def _engine_connection(path, columns, x, by, folder):
     names = {role: header[where[role]] for role in ("store", "week", "sales", "price")}
     names |= {f"x{k}": header[j] for k, j in enumerate(where["x"])}
     return connection, where | {"header": header, "sep": sep, "by": None if by is None else header.index(by),
-                                "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES}
+                                "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES,
+                                "text": {j for j, kind in enumerate(kinds) if not kind.startswith(NUMBER_TYPES)}}
 
 
 def _engine_rows(connection, path):
@@ -2637,9 +2640,10 @@ def _engine_source(path, where, by, careful):
         name = '"' + header[j].replace('"', '""') + '"'
         if j not in numbers:
             return _trim(f"CAST({name} AS VARCHAR)") if careful else name
-        if not text:
+        if not text and j not in where["text"]:
             return f"CAST({name} AS DOUBLE)"
-        return f"TRY_CAST({f'trim({name})' if sep == ',' else f'replace(trim({name}), {chr(39)},{chr(39)}, {chr(39)}.{chr(39)})'} AS DOUBLE)"
+        cell = f"trim(CAST({name} AS VARCHAR))"
+        return f"TRY_CAST({cell if sep == ',' else f'replace({cell}, {chr(39)},{chr(39)}, {chr(39)}.{chr(39)})'} AS DOUBLE)"
     fields = [f"{column(where[role])} AS {role}" for role in ("store", "week", "sales", "price")]
     fields += [f"{column(j)} AS x{k}" for k, j in enumerate(where["x"])]
     if by is not None:
@@ -2664,7 +2668,7 @@ def _trim(name):
     return f"trim({name}, '{WHITE_SPACE}')"
 
 
-def _engine_tests(Q):
+def _engine_tests(Q, by=None):
     """[(the SQL test of a faulty row, the column it names, what it says)], in the exact reader's
     order: where the pass's extremes show a fault, the first test that finds a row names it."""
     numbers = ["sales", "price"] + [f"x{j}" for j in range(Q)]
@@ -2672,7 +2676,8 @@ def _engine_tests(Q):
     tests += [(f"NOT isfinite({name}) OR abs({name}) > {VALUE_LIMIT:g}", name,
                f"is infinite or larger than {VALUE_LIMIT:g}") for name in numbers]
     tests += [(f"{name} <= 0", name, "is not positive (its log is taken)") for name in ("sales", "price")]
-    return tests + [(f"{name} IS NULL OR {_trim(_label(name))} = ''", name, "is missing") for name in ("store", "week")]
+    return tests + [(f"{name} IS NULL OR {_trim(_label(name))} = ''", name, "is missing")
+                    for name in ("store", "week") + (("grp",) if by else ())]
 
 
 def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
@@ -2685,8 +2690,7 @@ def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
     if folds:
         keys.append(f"(hash({_label('store')}, {_label('week')}, {int(seed)}) % {int(folds)}) AS fold")
     regressors = ["ln(price) AS c1"] + [f"x{j} AS c{j + 2}" for j in range(Q)]
-    week = "CAST(week AS BIGINT)" if integer_weeks else "TRY_CAST(week AS BIGINT)"
-    rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, {week} AS w FROM {source}"
+    rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, TRY_CAST(week AS BIGINT) AS w FROM {source}"
     terms = ["count(*) AS n", "sum(y) AS sy", "sum(y * y) AS yy"]
     terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}, min(c{j}) AS low_{j}, max(c{j}) AS high_{j}"
               for j in range(1, P)]
@@ -2695,7 +2699,7 @@ def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
     terms += [f"count({name}) AS {name}_count, min({name}) AS {name}_low, max({name}) AS {name}_high"
               for name in ["sales", "price"] + [f"x{j}" for j in range(Q)]]
     terms += ["count(w) AS numbered", "min(w) AS first_week", "max(w) AS last_week",
-              "true AS plain" if integer_weeks else "bool_and(CAST(w AS VARCHAR) = week) AS plain",
+              "true AS plain" if integer_weeks else f"bool_and(CAST(w AS VARCHAR) = {_label('week')}) AS plain",
               f"bitstring_agg(w & {WEEK_BITS - 1}, 0, {WEEK_BITS - 1}) AS week_bits"]
     fields = ", ".join(f"{name} := {name}" for name in ["week", "sales", "price"] + [f"x{j}" for j in range(Q)])
     terms.append(f"list(struct_pack({fields})) FILTER (WHERE hash(store) % {int(every)} = 0) AS sample")
@@ -2704,20 +2708,23 @@ def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
             f"(SELECT {', '.join(keys + terms)} FROM ({rows}) GROUP BY ALL)")
 
 
-def _engine_checks(connection, source, where, path, columns, x, by, stores):
+def _engine_checks(connection, source, where, path, columns, x, by, labels):
     """The exact reader's checks, from the pass's summary (_engine_summary): a missing,
-    non-numeric, infinite, too large or non-positive value, a missing store (stores: the pass's
-    labels), a price or regressor that never changes (in a group, with by), a store and week
+    non-numeric, infinite, too large or non-positive value, a missing store or group (labels:
+    the pass's), a price or regressor that never changes (in a group, with by), a store and week
     given twice or a missing week (_engine_repeats). A CSV file up to REREAD_UP_TO is then read
     by the exact reader, whose InputError names the line and column; otherwise a second pass
     finds the store and week. Returns {group: the number of distinct weeks} (_engine_weeks)."""
     shown, summary = _escaped(path), _engine_summary(connection, len(x), by)
-    if not all(label and label.strip() for label in stores.tolist()) or not all(row[1] for row in summary):
+    if not labels:
+        raise InputError(f"{shown}: has a header but no data rows")
+    if not all(label and label.strip() for label in labels) or not all(row[1] for row in summary):
         _exact_or(path, columns, x, by)
-        for test, name, words in _engine_tests(len(x)):
+        for test, name, words in _engine_tests(len(x), by):
             found = connection.execute(f"SELECT store, {_trim(_label('week'))} FROM {source} WHERE {test} LIMIT 1").fetchone()
             if found:
-                what = f"the {name}" if name in ("store", "week") else f"'{_shown(where['names'][name])}'"
+                what = f"the {by}" if name == "grp" else f"the {name}" if name in ("store", "week") else \
+                    f"'{_shown(where['names'][name])}'"
                 raise InputError(f"{shown}: store '{_shown(str(found[0]))}', week '{_shown(str(found[1]))}': {what} {words}")
     for group, _, _, _, *flat in summary:
         for name, same in zip(["price"] + [f"x{j}" for j in range(len(x))], flat):
@@ -2741,21 +2748,28 @@ def _engine_summary(connection, Q, by):
     numbers = ["sales", "price"] + [f"x{j}" for j in range(Q)]
     sound = [f"{name}_count = n AND abs({name}_low) <= {VALUE_LIMIT:g} AND abs({name}_high) <= {VALUE_LIMIT:g}"
              for name in numbers] + [f"{name}_low > 0" for name in ("sales", "price")]
-    counted = (f"CASE WHEN bool_and(numbered = n AND plain) AND max(last_week) - min(first_week) < {WEEK_BITS} "
-               "THEN bit_count(bit_or(week_bits)) END")
-    flat = ", ".join(f"min(low_{j}) = max(high_{j})" for j in range(1, Q + 2))
+    counted = (f"CASE WHEN bool_and(numbered = n AND plain) AND CAST(max(last_week) AS HUGEINT) - min(first_week) < "
+               f"{WEEK_BITS} THEN bit_count(bit_or(week_bits)) END")
+    flat = ", ".join(["min(price_low) = max(price_high)"] + [f"min(x{j}_low) = max(x{j}_high)" for j in range(Q)])
     return connection.execute(f"SELECT {'grp' if by else '0'}, bool_and(coalesce({' AND '.join(sound)}, false)), "
-                              f"bool_and(numbered = n AND bit_count(week_bits) = n), {counted}, {flat} "
-                              "FROM stores GROUP BY ALL").fetchall()
+                              f"bool_and(store NOT IN ({_doubtful(by)})), {counted}, {flat} FROM stores GROUP BY ALL"
+                              ).fetchall()
+
+
+def _doubtful(by):
+    """SQL: the stores whose weeks the pass could not prove distinct: all integers, with distinct
+    residues over all the store's rows (with --holdout its folds, where a week written two ways
+    can fall in two folds)."""
+    return (f"SELECT store FROM stores GROUP BY {'grp, ' if by else ''}store HAVING NOT (sum(numbered) = sum(n) "
+            "AND bit_count(bit_or(week_bits)) = sum(n))")
 
 
 def _engine_repeats(connection, source, path, columns, x, by):
     """Refuses a store and week given twice, or a missing week, among the stores whose weeks the
     pass could not prove distinct (weeks written as dates, say): their rows grouped by store and
     week, in a second pass."""
-    doubtful = "SELECT store FROM stores GROUP BY ALL HAVING NOT bool_and(numbered = n AND bit_count(week_bits) = n)"
     found = connection.execute(f"SELECT store, {_trim(_label('week'))} AS label FROM {source} WHERE {_label('store')} IN "
-                               f"({doubtful}) GROUP BY {'grp, ' if by else ''}store, label HAVING count(*) > 1 OR label IS "
+                               f"({_doubtful(by)}) GROUP BY {'grp, ' if by else ''}store, label HAVING count(*) > 1 OR label IS "
                                "NULL OR label = '' LIMIT 1").fetchone()
     if found:
         _exact_or(path, columns, x, by)
@@ -3367,20 +3381,21 @@ def results_json(results):
 def _store_rows(stores):
     """The stores' lines of results.json, each as json.dumps(_tidy(store)) writes it, without its
     generic recursion: the numbers to JSON_DIGITS digits in one formatting call, with repr's
-    form (1.0, not 1). A number below 1e-290 is formatted alone (near the subnormals, fewer
-    digits can name it)."""
-    from json.encoder import encode_basestring_ascii as quoted
+    form (1.0, not 1). A number below 1e-290 (near the subnormals, fewer digits can name it), from
+    1e8 (repr writes it without an exponent) or not finite (null) is formatted alone."""
+    import json
     shown = {}
     for key in ("posterior", "prior"):
         values = [float(value) for store in stores if key in store for value in store[key]]
         text = (f"%.{JSON_DIGITS}g\n" * len(values) % tuple(values)).split("\n")[:-1]
         text = [cell if "." in cell or "e" in cell or "n" in cell else cell + ".0" for cell in text]
-        for k in np.flatnonzero((np.abs(values) < 1e-290) & (np.asarray(values) != 0)):
-            text[k] = repr(float(f"{values[k]:.{JSON_DIGITS}g}"))
+        size = np.abs(values)
+        for k in np.flatnonzero(((size < 1e-290) & (size != 0)) | ~(size < 1e8)):
+            text[k] = json.dumps(_tidy(values[k]))
         cells = iter(text)
         shown[key] = ["[" + ", ".join(next(cells) for _ in store[key]) + "]" if key in store else None
                       for store in stores]
-    return [f'{{"store": {quoted(str(store["store"]))}, "segment": {store["segment"]}, "posterior": {posterior}'
+    return [f'{{"store": {json.dumps(store["store"])}, "segment": {store["segment"]}, "posterior": {posterior}'
             + (f', "prior": {prior}' if prior is not None else "") + "}"
             for store, posterior, prior in zip(stores, shown["posterior"], shown["prior"])]
 

@@ -1989,11 +1989,13 @@ class LargeFiles(CommandLineCase):
 
     def test_store_lines_are_what_json_writes(self):
         """results.json's store lines, formatted in one call, are json.dumps of the tidied store,
-        whatever the numbers: 0, 1, near the subnormals, with and without priors."""
+        whatever the numbers: 0, 1, near the subnormals, large, not finite (null), with and without
+        priors."""
         W = np.random.default_rng(1).dirichlet([0.1, 0.1, 0.1], size=200)
-        W[:4] = [[1.0, 0.0, 5e-324], [1e-300, 0.5, 0.5], [1e-17, 1 - 1e-17, 0.0], [2.2e-308, 0.25, 0.75]]
+        W[:6] = [[1.0, 0.0, 5e-324], [1e-300, 0.5, 0.5], [1e-17, 1 - 1e-17, 0.0], [2.2e-308, 0.25, 0.75],
+                 [np.nan, np.inf, -0.0], [1.2345678912e8, 1e16, -np.inf]]
         stores = [{"store": label, "segment": int(w.argmax()) + 1, "posterior": w.tolist()}
-                  for label, w in zip(['é"x', "S 2"] + [f"S{i}" for i in range(198)], W)]
+                  for label, w in zip(['é"x', "S 2", 7] + [f"S{i}" for i in range(197)], W)]
         for store in stores[::3]:
             store["prior"] = [1 / 3, 0.5, 1 / 6]
         self.assertEqual(E._store_rows(stores), [json.dumps(E._tidy(store)) for store in stores])
@@ -2032,6 +2034,37 @@ class LargeFiles(CommandLineCase):
             with self.subTest(name), unittest.mock.patch.object(E, "REREAD_UP_TO", limit):  # by line, or by store
                 with self.assertRaisesRegex(E.InputError, "given twice|again" if name == "twice" else "missing"):
                     self.engine(self.path(f"{name}.csv"), x=["deal"])
+
+    @needs_duckdb
+    def test_odd_weeks_types_and_groups_read_as_the_exact_reader_reads_them(self):
+        import duckdb
+        head = "store,week,sales,price\n"
+        far = self.write("far.csv", head + "A,9223372036854775807,10,1\nA,-1,11,2\nB,5,3,1.5\n")   # no overflow
+        flat = self.write("flat.csv", head + "A,1,10,1e10\nA,2,11,10000000000.000002\nB,1,3,1e10\n")
+        for path in (far, flat):
+            with self.subTest(path):
+                exact, engine = E.load(path), self.engine(path)
+                self.assert_same_sums(exact, engine)
+                self.assertEqual(engine.weeks, exact.weeks)
+        self.write("zero.csv", head + "A,-0.0,10,1\nA,1,11,2\nB,0.0,3,1.5\nB,1,4,2\n")
+        duckdb.sql(f"COPY (SELECT store, CAST(week AS DOUBLE) AS week, sales, price FROM read_csv('{self.path('zero.csv')}', "
+                   f"all_varchar = true)) TO '{self.path('zero.parquet')}' (FORMAT parquet)")
+        self.assertEqual(E.load(self.path("zero.parquet")).weeks, 3)          # -0.0, 0.0 and 1.0: three labels
+        duckdb.sql(f"COPY (SELECT * FROM read_csv('{far}') WHERE false) TO '{self.path('none.parquet')}' (FORMAT parquet)")
+        with self.assertRaisesRegex(E.InputError, "no data rows"):
+            E.load(self.path("none.parquet"))
+        duckdb.sql(f"COPY (SELECT *, sales > 10 AS deal FROM read_csv('{far}')) TO '{self.path('bool.parquet')}' "
+                   "(FORMAT parquet)")
+        with self.assertRaisesRegex(E.InputError, "'deal' is missing or not a number"):
+            E.load(self.path("bool.parquet"), x=["deal"])
+        spaced = self.write("spaced.csv", head + "A,7,10,1\nA,7 ,11,2\nB,5,3,1.5\nB,6,4,2\n")
+        for seed in range(4):                            # with --holdout, a week written two ways is still one
+            with self.subTest(seed=seed), unittest.mock.patch.object(E, "REREAD_UP_TO", 0):
+                with self.assertRaisesRegex(E.InputError, "given twice"):
+                    self.engine(spaced, folds=5, seed=seed)
+        self.write("groups.csv", "brand," + head + "X,A,1,10,1\nX,A,2,11,2\n,B,1,3,1.5\n")
+        with self.assertRaisesRegex(E.InputError, "the brand is missing"):
+            E._engine_load(self.path("groups.csv"), {}, [], by="brand")
 
     @needs_duckdb
     def test_sums_written_by_duckdb_give_the_same_fit(self):
