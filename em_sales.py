@@ -2410,7 +2410,9 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0):
     columns = {role: name for role, name in (columns or {}).items() if name}
     x = _names(x, "x")
     if text is None and _use_engine(path, columns):
-        return _engine_load(path, columns, x, folds, seed)
+        loaded = _engine_load(path, columns, x, folds, seed)
+        if loaded is not None:                   # else a file DuckDB cannot read and the exact reader can
+            return loaded
     text = _read_text(path) if text is None else text
     table = _table(path, text)
     if _layout(table.header, columns) == "long":
@@ -2522,7 +2524,8 @@ def _use_engine(path, columns):
 
 def _engine_load(path, columns, x, folds=0, seed=0, by=None):
     """_engine_reduce, with the engine's own failures (out of memory or disk, a file it cannot
-    parse) as one-line InputErrors."""
+    parse) as one-line InputErrors; None for a CSV file in which DuckDB finds a fault and the
+    exact reader none (load then reads it exactly)."""
     try:
         import duckdb
     except ImportError:
@@ -2532,6 +2535,8 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None):
     try:
         with tempfile.TemporaryDirectory(prefix="em_sales_") as folder:     # the engine's database and spill
             return _engine_reduce(path, columns, x, folds, seed, by, folder)
+    except _ExactlyRead:
+        return None
     except duckdb.Error as problem:
         first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
         raise InputError(f"{_escaped(path)}: DuckDB could not reduce it: {first}") from None
@@ -2591,12 +2596,12 @@ def _engine_connection(path, columns, x, by, folder):
     connection.execute("SET enable_progress_bar = false")          # the command line says it instead
     if _is_parquet(path):
         described = connection.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_text(path)})").fetchall()
-        header, kinds, sep = [row[0] for row in described], [row[1] for row in described], ","
+        header, kinds, sep, skip = [row[0] for row in described], [row[1] for row in described], ",", 0
     else:
         with open(path, "rb") as handle:
             head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
         table = _table(path, head.rsplit("\n", 1)[0] + "\n")
-        header, sep = table.header, table.sep
+        header, sep, skip = table.header, table.sep, table.header_line - 1
         kinds = ["VARCHAR"] * len(header)
     where = _long_columns(_Table(_escaped(path), sep, header, 1, iter(())), columns, x)
     if by is not None and by not in header:
@@ -2604,7 +2609,7 @@ def _engine_connection(path, columns, x, by, folder):
     names = {role: header[where[role]] for role in ("store", "week", "sales", "price")}
     names |= {f"x{k}": header[j] for k, j in enumerate(where["x"])}
     return connection, where | {"header": header, "sep": sep, "by": None if by is None else header.index(by),
-                                "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES,
+                                "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES, "skip": skip,
                                 "text": {j for j, kind in enumerate(kinds) if not kind.startswith(NUMBER_TYPES)}}
 
 
@@ -2631,7 +2636,8 @@ def _engine_source(path, where, by, careful):
         scan, text = f"read_parquet({literal})", False
     else:
         kinds = {name: "VARCHAR" if careful or j not in numbers else "DOUBLE" for j, name in enumerate(header)}
-        scan, text = (f"read_csv({literal}, header = true, delim = '{sep}', quote = '\"', escape = '\"', "
+        scan, text = (f"read_csv({literal}, header = true, skip = {where['skip']}, delim = '{sep}', quote = '\"', "
+                      "escape = '\"', "
                       "auto_detect = false, buffer_size = 8388608, columns = {" +
                       ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': '{kind}'" for name, kind in kinds.items())
                       + "})"), careful
@@ -2787,12 +2793,18 @@ def _engine_weeks(connection, source, by, counted):
     return counted
 
 
+class _ExactlyRead(Exception):
+    """The exact reader read without a fault a file in which DuckDB found one: load reads it."""
+
+
 def _exact_or(path, columns, x, by):
     """Where a CSV file can be read exactly (up to REREAD_UP_TO, no --by), read it: the exact
-    reader raises the InputError with line and column of the fault the engine found."""
+    reader raises the InputError with line and column of the fault the engine found, or, where
+    it finds none (a row of spaces or of separators only, which it skips), _ExactlyRead."""
     import os
     if not _is_parquet(path) and os.path.getsize(path) <= REREAD_UP_TO and by is None:
         read_long(path, x=x, **columns)
+        raise _ExactlyRead
 
 
 def _lag_query(sample, P, names, by):

@@ -2062,6 +2062,10 @@ class LargeFiles(CommandLineCase):
             with self.subTest(seed=seed), unittest.mock.patch.object(E, "REREAD_UP_TO", 0):
                 with self.assertRaisesRegex(E.InputError, "given twice"):
                     self.engine(spaced, folds=5, seed=seed)
+        for name, rows in (("blank.csv", "\n" + head + "A,1,10,1\nA,2,11,2\nB,1,3,1.5\n"),   # the header on line 2
+                           ("spaces.csv", head + "A,1,10,1\nA,2,11,2\n   \nB,1,3,1.5\n"),   # a row of spaces and
+                           ("commas.csv", head + "A,1,10,1\nA,2,11,2\n,,,\nB,1,3,1.5\n")):  # one of commas: skipped
+            self.assert_same_sums(E.load(self.path(name), text=rows), self.engine(self.write(name, rows)))
         self.write("groups.csv", "brand," + head + "X,A,1,10,1\nX,A,2,11,2\n,B,1,3,1.5\n")
         with self.assertRaisesRegex(E.InputError, "the brand is missing"):
             E._engine_load(self.path("groups.csv"), {}, [], by="brand")
