@@ -2698,8 +2698,7 @@ def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
     regressors = ["ln(price) AS c1"] + [f"x{j} AS c{j + 2}" for j in range(Q)]
     rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, TRY_CAST(week AS BIGINT) AS w FROM {source}"
     terms = ["count(*) AS n", "sum(y) AS sy", "sum(y * y) AS yy"]
-    terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}, min(c{j}) AS low_{j}, max(c{j}) AS high_{j}"
-              for j in range(1, P)]
+    terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}" for j in range(1, P)]
     terms += [f"sum(c{j} * c{k}) AS xx_{j}_{k}, 0 AS xx_{k}_{j}" if j < k else f"sum(c{j} * c{j}) AS xx_{j}_{j}"
               for j in range(1, P) for k in range(j, P)]
     terms += [f"count({name}) AS {name}_count, min({name}) AS {name}_low, max({name}) AS {name}_high"
@@ -2857,7 +2856,7 @@ def _engine_loaded(table, lags, P, x, folds, by, shown):
             if np.all(np.asarray(lags["numbered"])[at]):
                 lag = _engine_lags({key: np.asarray(value)[at] for key, value in lags.items()}, index, total, P)
         out[group] = Loaded(stores, int(part["weeks"][0]), total, ["intercept", "log price"] + list(x), "long",
-                            (float(np.min(part["low_1"])), float(np.max(part["high_1"]))), lag, folded)
+                            (float(np.log(np.min(part["price_low"]))), float(np.log(np.max(part["price_high"])))), lag, folded)
     if by:
         return out
     return next(iter(out.values()))
