@@ -2610,7 +2610,8 @@ def _engine_connection(path, columns, x, by, folder):
     names |= {f"x{k}": header[j] for k, j in enumerate(where["x"])}
     return connection, where | {"header": header, "sep": sep, "by": None if by is None else header.index(by),
                                 "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES, "skip": skip,
-                                "text": {j for j, kind in enumerate(kinds) if not kind.startswith(NUMBER_TYPES)}}
+                                "text": {j for j, kind in enumerate(kinds) if _is_parquet(path) and
+                                         not kind.startswith(NUMBER_TYPES)}}
 
 
 def _engine_rows(connection, path):

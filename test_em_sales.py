@@ -2027,6 +2027,10 @@ class LargeFiles(CommandLineCase):
                 self.assertEqual(engine.weeks, exact.weeks)
         with self.assertRaisesRegex(E.InputError, rf"line {len(rows) + 1}, column 'sales'"):
             self.engine(paths[3], x=["deal"])
+        connection, where = E._engine_connection(paths[2], {}, ["deal"], None, self.folder.name)
+        connection.close()                   # the first pass reads a CSV file's numbers as numbers, the careful one as text
+        self.assertEqual([source.count("TRY_CAST") for careful in (False, True)
+                          for source in [E._engine_source(paths[2], where, None, careful)]], [0, 3])
         first, second = rows[0], next(r for r in rows if r[0] == rows[0][0] and r[1] != rows[0][1])
         for name, week, limit in (("twice", f"{first[1]} ", E.REREAD_UP_TO), ("blank", "  ", 0)):
             self.write(f"{name}.csv", "\n".join(",".join([r[0], week] + r[2:] if r is second else r)
