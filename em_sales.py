@@ -2553,26 +2553,26 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder):
     import duckdb
     names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
     connection, where = _engine_connection(path, columns, x, by, folder)
-    every = max(1, int(_engine_rows(connection, path) // LAG_ROWS))
-    for careful in (False, True):
-        source = _engine_source(path, where, by, careful)
-        try:
-            connection.execute("CREATE OR REPLACE TEMP TABLE stores AS "
-                               + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"]))
-        except duckdb.Error:
-            if careful:
-                _exact_or(path, columns, x, by)
-                raise
-            continue
-        table = connection.execute("SELECT * EXCLUDE (week_bits, sample) FROM stores ORDER BY "
-                                   f"{'grp, ' if by else ''}store").fetchnumpy()
-        if careful or not _untrimmed(table, by):
-            break
-    weeks = _engine_checks(connection, source, where, path, columns, x, by,
-                           table["store"].tolist() + (table["grp"].tolist() if by else []))
-    sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
-    lags = connection.execute(_lag_query(sample, len(names), names, by)).fetchnumpy()
-    connection.close()
+    with connection:                             # closed however it ends
+        every = max(1, int(_engine_rows(connection, path) // LAG_ROWS))
+        for careful in (False, True):
+            source = _engine_source(path, where, by, careful)
+            try:
+                connection.execute("CREATE OR REPLACE TEMP TABLE stores AS "
+                                   + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"]))
+            except duckdb.Error:
+                if careful:
+                    _exact_or(path, columns, x, by)
+                    raise
+                continue
+            table = connection.execute("SELECT * EXCLUDE (week_bits, sample) FROM stores ORDER BY "
+                                       f"{'grp, ' if by else ''}store").fetchnumpy()
+            if careful or not _untrimmed(table, by):
+                break
+        weeks = _engine_checks(connection, source, where, path, columns, x, by,
+                               table["store"].tolist() + (table["grp"].tolist() if by else []))
+        sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
+        lags = connection.execute(_lag_query(sample, len(names), names, by)).fetchnumpy()
     table["weeks"] = np.array([weeks[group] for group in (table["grp"] if by else np.zeros(len(table["store"]), dtype=int))])
     table["xx_0_0"] = table["sx_0"] = table["n"]            # the intercept's sums: n, and the others' totals
     table["xy_0"] = table["sy"]
@@ -2606,12 +2606,13 @@ def _engine_connection(path, columns, x, by, folder):
     where = _long_columns(_Table(_escaped(path), sep, header, 1, iter(())), columns, x)
     if by is not None and by not in header:
         raise InputError(f"{_escaped(path)}: no column '{_shown(by)}' (--by) in the header")
+    numbers = {where["sales"], where["price"], *where["x"]}
     names = {role: header[where[role]] for role in ("store", "week", "sales", "price")}
     names |= {f"x{k}": header[j] for k, j in enumerate(where["x"])}
     return connection, where | {"header": header, "sep": sep, "by": None if by is None else header.index(by),
                                 "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES, "skip": skip,
                                 "text": {j for j, kind in enumerate(kinds) if _is_parquet(path) and
-                                         not kind.startswith(NUMBER_TYPES)}}
+                                         not kind.startswith(NUMBER_TYPES if j in numbers else INTEGER_TYPES + ("VARCHAR",))}}
 
 
 def _engine_rows(connection, path):
@@ -2627,7 +2628,8 @@ def _engine_rows(connection, path):
 
 def _engine_source(path, where, by, careful):
     """The file as a subquery with columns store, week, sales, price, x0.. (and grp). Parquet
-    keeps its types, and labels keep theirs (_store_query writes them as text). A CSV file's
+    keeps its types: integer and text labels keep theirs (_store_query writes them as text),
+    others are text from the start (DuckDB groups -0.0 with 0.0). A CSV file's
     numbers are read as numbers (DuckDB refuses a cell that is not one); carefully, as text by
     TRY_CAST (a cell that is not a number becomes NULL, flagged), and its labels as text
     trimmed, as the exact reader trims them."""
@@ -2636,17 +2638,14 @@ def _engine_source(path, where, by, careful):
     if _is_parquet(path):
         scan, text = f"read_parquet({literal})", False
     else:
-        kinds = {name: "VARCHAR" if careful or j not in numbers else "DOUBLE" for j, name in enumerate(header)}
+        kinds = ", ".join(f"'c{j}': '{'VARCHAR' if careful or j not in numbers else 'DOUBLE'}'" for j in range(len(header)))
         scan, text = (f"read_csv({literal}, header = true, skip = {where['skip']}, delim = '{sep}', quote = '\"', "
-                      "escape = '\"', "
-                      "auto_detect = false, buffer_size = 8388608, columns = {" +
-                      ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': '{kind}'" for name, kind in kinds.items())
-                      + "})"), careful
+                      f"escape = '\"', auto_detect = false, buffer_size = 8388608, columns = {{{kinds}}})"), careful
 
-    def column(j):
-        name = '"' + header[j].replace('"', '""') + '"'
+    def column(j):                               # a CSV file's columns by position, whatever its header says
+        name = '"' + header[j].replace('"', '""') + '"' if _is_parquet(path) else f"c{j}"
         if j not in numbers:
-            return _trim(f"CAST({name} AS VARCHAR)") if careful else name
+            return _trim(f"CAST({name} AS VARCHAR)") if careful else f"CAST({name} AS VARCHAR)" if j in where["text"] else name
         if not text and j not in where["text"]:
             return f"CAST({name} AS DOUBLE)"
         cell = f"trim(CAST({name} AS VARCHAR))"
@@ -2731,7 +2730,8 @@ def _engine_checks(connection, source, where, path, columns, x, by, labels):
             if found:
                 what = f"the {by}" if name == "grp" else f"the {name}" if name in ("store", "week") else \
                     f"'{_shown(where['names'][name])}'"
-                raise InputError(f"{shown}: store '{_shown(str(found[0]))}', week '{_shown(str(found[1]))}': {what} {words}")
+                store, week = ("" if label is None else _shown(str(label)) for label in found)
+                raise InputError(f"{shown}: store '{store}', week '{week}': {what} {words}")
     for group, _, _, _, *flat in summary:
         for name, same in zip(["price"] + [f"x{j}" for j in range(len(x))], flat):
             if same:
@@ -2779,7 +2779,7 @@ def _engine_repeats(connection, source, path, columns, x, by):
                                "NULL OR label = '' LIMIT 1").fetchone()
     if found:
         _exact_or(path, columns, x, by)
-        store, week = (_shown(str(label or "")) for label in found)
+        store, week = ("" if label is None else _shown(str(label)) for label in found)
         raise InputError(f"{_escaped(path)}: store '{store}', " + (f"week '{week}' is given twice: one row a store and week"
                                                                    if week else "week '': the week is missing"))
 
@@ -3983,8 +3983,8 @@ def _main(argv):
     import sys
 
     args = _arguments(argv)
-    if not args.quiet and (args.by or (not args.sums and _use_engine(args.path, {}))):
-        import os
+    import os
+    if not args.quiet and os.path.isfile(args.path) and (args.by or (not args.sums and _use_engine(args.path, {}))):
         print(f"reading {_escaped(args.path)} ({os.path.getsize(args.path) / 2 ** 20:.0f} MB): DuckDB reduces it to "
               "per-store sums", file=sys.stderr, flush=True)
     with warnings.catch_warnings():

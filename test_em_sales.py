@@ -2070,6 +2070,16 @@ class LargeFiles(CommandLineCase):
                            ("spaces.csv", head + "A,1,10,1\nA,2,11,2\n   \nB,1,3,1.5\n"),   # a row of spaces and
                            ("commas.csv", head + "A,1,10,1\nA,2,11,2\n,,,\nB,1,3,1.5\n")):  # one of commas: skipped
             self.assert_same_sums(E.load(self.path(name), text=rows), self.engine(self.write(name, rows)))
+        self.write("zeros.csv", head + "-0.0,1,10,1\n-0.0,2,11,2\n0.0,1,3,1.5\n0.0,2,4,2\n")     # two stores
+        duckdb.sql(f"COPY (SELECT CAST(store AS DOUBLE) AS store, week, sales, price FROM read_csv('{self.path('zeros.csv')}', "
+                   f"all_varchar = true)) TO '{self.path('zeros.parquet')}' (FORMAT parquet)")
+        self.assertEqual(sorted(E.load(self.path("zeros.parquet")).stores), ["-0.0", "0.0"])
+        text = ",Store,week,sales,price,store\n1,x,1,10,1,A\n2,x,2,11,2,A\n3,x,1,3,1.5,B\n"
+        with unittest.mock.patch.object(E, "REREAD_UP_TO", 0):          # an unnamed column, names alike but for case
+            self.assert_same_sums(E.load(self.path("odd.csv"), columns={"store": "store"}, text=text),
+                                  self.engine(self.write("odd.csv", text), columns={"store": "store"}))
+        for argv in ([self.path("absent.parquet")], [self.path("absent.csv"), "--by", "brand"]):
+            self.assert_refused("no such file", *argv, "--K", "1")          # one line, not a traceback
         self.write("groups.csv", "brand," + head + "X,A,1,10,1\nX,A,2,11,2\n,B,1,3,1.5\n")
         with self.assertRaisesRegex(E.InputError, "the brand is missing"):
             E._engine_load(self.path("groups.csv"), {}, [], by="brand")
