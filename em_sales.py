@@ -2398,19 +2398,20 @@ class Loaded(NamedTuple):
     folds: list = None                           # Sums of each holdout fold (load's folds)
 
 
-def load(path, columns=None, x=(), text=None, folds=0, seed=0):
+def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None):
     """Read a wide or a long CSV file (long: a 'store' column, or columns named by `columns`, a
     dict with keys store, week, sales, price) into a Loaded; the file is read once. x: further
     regressors of a long file (a name or a list). X = [1, log price, x]; y = log sales. text: the
     file's text, where it is not read from path (path then only names it in messages). path may
     be a pandas DataFrame in either layout. folds: also the Sums of that many random folds of the
-    store-weeks (drawn with seed), for the holdout check."""
+    store-weeks (drawn with seed), for the holdout check. progress(percent): called every second
+    while DuckDB reduces a large file (_engine_load)."""
     if hasattr(path, "to_csv"):                  # a pandas DataFrame: the same reader, as CSV text
         path, text = "DataFrame", path.to_csv(index=False)
     columns = {role: name for role, name in (columns or {}).items() if name}
     x = _names(x, "x")
     if text is None and _use_engine(path, columns):
-        loaded = _engine_load(path, columns, x, folds, seed)
+        loaded = _engine_load(path, columns, x, folds, seed, progress=progress)
         if loaded is not None:                   # else a file DuckDB cannot read and the exact reader can
             return loaded
     text = _read_text(path) if text is None else text
@@ -2522,7 +2523,7 @@ def _use_engine(path, columns):
 # Large long files and Parquet: per-store sums by DuckDB, out of core
 # ---------------------------------------------------------------------------------------------
 
-def _engine_load(path, columns, x, folds=0, seed=0, by=None):
+def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):
     """_engine_reduce, with the engine's own failures (out of memory or disk, a file it cannot
     parse) as one-line InputErrors; None for a CSV file in which DuckDB finds a fault and the
     exact reader none (load then reads it exactly)."""
@@ -2534,7 +2535,7 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None):
     import tempfile
     try:
         with tempfile.TemporaryDirectory(prefix="em_sales_") as folder:     # the engine's database and spill
-            return _engine_reduce(path, columns, x, folds, seed, by, folder)
+            return _engine_reduce(path, columns, x, folds, seed, by, folder, progress)
     except _ExactlyRead:
         return None
     except duckdb.Error as problem:
@@ -2542,14 +2543,15 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None):
         raise InputError(f"{_escaped(path)}: DuckDB could not reduce it: {first}") from None
 
 
-def _engine_reduce(path, columns, x, folds, seed, by, folder):
+def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
     """A Loaded of a long CSV or Parquet file, reduced to per-store sums by DuckDB's GROUP BY in
     one pass over the file (_store_query), within ENGINE_MEMORY (it spills to disk beyond it),
     whatever the file's size. The same pass flags a missing, non-numeric or non-positive value,
     proves a store's weeks distinct where it can and samples stores for the lags. The first pass
     reads numbers as numbers and labels as written; where DuckDB refuses a cell, or a label has
     spaces to trim, a careful pass reads numbers as text and trims labels. by: a column whose
-    groups (products, brands) are reduced in the same pass: {group: Loaded}."""
+    groups (products, brands) are reduced in the same pass: {group: Loaded}. progress(percent):
+    DuckDB's estimate of the pass's progress, every second."""
     import duckdb
     names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
     connection, where = _engine_connection(path, columns, x, by, folder)
@@ -2558,8 +2560,8 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder):
         for careful in (False, True):
             source = _engine_source(path, where, by, careful)
             try:
-                connection.execute("CREATE OR REPLACE TEMP TABLE stores AS "
-                                   + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"]))
+                _watched(connection, "CREATE OR REPLACE TEMP TABLE stores AS "
+                         + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"]), progress)
             except duckdb.Error:
                 if careful:
                     _exact_or(path, columns, x, by)
@@ -2579,6 +2581,32 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder):
     for k in range(1, len(names)):
         table[f"xx_0_{k}"] = table[f"sx_{k}"]
     return _engine_loaded(table, lags, len(names), x, folds, by, _escaped(path))
+
+
+def _watched(connection, query, progress, every=1.0):
+    """connection.execute(query), with progress(percent) every `every` seconds while it runs,
+    from another thread: DuckDB's own estimate (its progress bar, not printed), doubled and
+    kept below 100: DuckDB counts the pass's two pipelines as halves, and the first (reading the
+    file into the grouping) is all but the whole time."""
+    if progress is None:
+        return connection.execute(query)
+    import threading
+    connection.execute("SET enable_progress_bar = true")
+    connection.execute("SET enable_progress_bar_print = false")
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(every):
+            share = connection.query_progress()
+            if share >= 0:
+                progress(min(99.0, 2 * share))
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return connection.execute(query)
+    finally:
+        done.set()
+        watcher.join()
 
 
 def _engine_connection(path, columns, x, by, folder):
@@ -2959,7 +2987,7 @@ def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, sto
     if by is not None:
         return _analyse_groups(path, Ks, n_init, seed, tol, progress, name, model, columns, x, holdout, bootstrap,
                                min_share, by), {}, None
-    data = read_sums(path) if sums else load(path, columns, x, folds=folds, seed=seed)
+    data = read_sums(path) if sums else load(path, columns, x, folds=folds, seed=seed, progress=_reading(progress))
     return _analyse_data(data, Ks, n_init, seed, tol, progress, name or ("DataFrame" if hasattr(path, "to_csv") else path),
                          model, stores, holdout, bootstrap, min_share)
 
@@ -3020,7 +3048,7 @@ def _analyse_groups(path, Ks, n_init, seed, tol, progress, name, model, columns,
     import concurrent.futures
     import os
     groups = _engine_load(path, {role: name for role, name in (columns or {}).items() if name}, _names(x, "x"),
-                          HOLDOUT_FOLDS if holdout else 0, seed, by)
+                          HOLDOUT_FOLDS if holdout else 0, seed, by, _reading(progress))
     label = name or path
     jobs = {group: (data, Ks, n_init, seed, tol, None, f"{label} [{by} = {group}]", model, None, holdout, bootstrap,
                     min_share) for group, data in groups.items()}
@@ -4039,6 +4067,11 @@ def _say(text):
         raise _Refused(f"cannot write the report to standard output: {problem.strerror}") from None
 
 
+def _reading(progress):
+    """The sweep's progress(K, done, total) as load's progress(percent) while DuckDB reads."""
+    return None if progress is None else lambda percent: progress("reading", percent, 100)
+
+
 def _progress(quiet):
     """progress(K, done, total) for a sweep: a line on stderr every 2 s once a run is slow, with
     the time left for this K's starts at the pace so far (done None: a round of moves)."""
@@ -4053,6 +4086,8 @@ def _progress(quiet):
         if done is None:
             rounds[K] = rounds.get(K, 0) + 1
             what = f"split-and-merge moves, round {rounds[K]}"
+        elif K == "reading":
+            what = f"{done:.0f}% of the file reduced"
         else:
             since, before = first.setdefault(K, (now, done))
             left = (f", about {(now - since) / (done - before) * (total - done):.0f} s left for its starts"

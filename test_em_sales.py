@@ -2085,6 +2085,15 @@ class LargeFiles(CommandLineCase):
             E._engine_load(self.path("groups.csv"), {}, [], by="brand")
 
     @needs_duckdb
+    def test_progress_while_the_engine_reads(self):
+        import duckdb
+        connection, seen = duckdb.connect(), []
+        E._watched(connection, "CREATE TABLE t AS SELECT i % 1000 AS store, sum(ln(i + 1)) FROM range(20000000) r(i) "
+                   "GROUP BY store", seen.append, every=0.02)
+        self.assertTrue(seen and all(0 <= share < 100 for share in seen), seen)
+        self.assertEqual(connection.execute("SELECT count(*) FROM t").fetchone()[0], 1000)
+
+    @needs_duckdb
     def test_sums_written_by_duckdb_give_the_same_fit(self):
         """The README's query, run by DuckDB, writes a table of sums; --sums fits from it what the
         program fits from the file itself."""
