@@ -2929,8 +2929,9 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
     """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
     dictionary, whose "data" is `name` (default: the path). Warns when the data reject a fixed
     sigma, when BIC picks the largest K tried and when a segment is not supported.
-    progress(K, done, n_init), if given, is called after each start, and progress(K, None,
-    n_init) at each round of split-and-merge moves. stores, covariates: a stores file and the
+    progress(K, done, n_init), if given, is called after each start, progress(K, None, n_init)
+    at each round of split-and-merge moves, and progress("reading", percent, 100) every second
+    while DuckDB reduces a large file. stores, covariates: a stores file and the
     names of its columns that are covariates of membership (read_stores). How many segments:
     holdout (the predictive log-likelihood of held-out weeks, _holdout), bootstrap B (a parametric
     bootstrap test of K against K + 1, _bootstrap), min_share S (the best K whose every segment
