@@ -2610,9 +2610,11 @@ def _watched(connection, query, progress, every=1.0):
 
 
 def _engine_connection(path, columns, x, by, folder):
-    """(a DuckDB connection whose database and spill files are in folder, the file's layout:
-    {role: column index} for store, week, sales, price, x and by, with the header, separator,
-    column names by role, and whether a Parquet file's weeks are integers)."""
+    """(a DuckDB connection whose database and spill files are in folder, the file's layout):
+    the layout is {role: column index} for store, week, sales, price, x and by, with the header,
+    separator, lines before the header (skip), column names by role (names), whether a Parquet
+    file's weeks are integers, and its columns to read as text (text: numbers of a type that is
+    not a number's, labels of a type other than integers and text)."""
     import duckdb
     import os
     if not os.path.isfile(path):
@@ -2621,7 +2623,7 @@ def _engine_connection(path, columns, x, by, folder):
                                 config={"memory_limit": ENGINE_MEMORY, "threads": os.cpu_count() or 1,
                                         "preserve_insertion_order": False,     # lets every step stream and spill
                                         "temp_directory": os.path.join(folder, "spill")})
-    connection.execute("SET enable_progress_bar = false")          # the command line says it instead
+    connection.execute("SET enable_progress_bar = false")          # printed into the report: _watched reads it
     if _is_parquet(path):
         described = connection.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_text(path)})").fetchall()
         header, kinds, sep, skip = [row[0] for row in described], [row[1] for row in described], ",", 0
@@ -2637,10 +2639,11 @@ def _engine_connection(path, columns, x, by, folder):
     numbers = {where["sales"], where["price"], *where["x"]}
     names = {role: header[where[role]] for role in ("store", "week", "sales", "price")}
     names |= {f"x{k}": header[j] for k, j in enumerate(where["x"])}
-    return connection, where | {"header": header, "sep": sep, "by": None if by is None else header.index(by),
-                                "names": names, "integer_weeks": kinds[where["week"]] in INTEGER_TYPES, "skip": skip,
-                                "text": {j for j, kind in enumerate(kinds) if _is_parquet(path) and
-                                         not kind.startswith(NUMBER_TYPES if j in numbers else INTEGER_TYPES + ("VARCHAR",))}}
+    text = {j for j, kind in enumerate(kinds) if _is_parquet(path)
+            and not kind.startswith(NUMBER_TYPES if j in numbers else INTEGER_TYPES + ("VARCHAR",))}
+    return connection, where | {"header": header, "sep": sep, "skip": skip, "names": names, "text": text,
+                                "by": None if by is None else header.index(by),
+                                "integer_weeks": kinds[where["week"]] in INTEGER_TYPES}
 
 
 def _engine_rows(connection, path):
@@ -2672,8 +2675,10 @@ def _engine_source(path, where, by, careful):
 
     def column(j):                               # a CSV file's columns by position, whatever its header says
         name = '"' + header[j].replace('"', '""') + '"' if _is_parquet(path) else f"c{j}"
-        if j not in numbers:
-            return _trim(f"CAST({name} AS VARCHAR)") if careful else f"CAST({name} AS VARCHAR)" if j in where["text"] else name
+        if j not in numbers:                     # a label
+            if careful:
+                return _trim(f"CAST({name} AS VARCHAR)")
+            return f"CAST({name} AS VARCHAR)" if j in where["text"] else name
         if not text and j not in where["text"]:
             return f"CAST({name} AS DOUBLE)"
         cell = f"trim(CAST({name} AS VARCHAR))"
