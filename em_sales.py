@@ -2569,18 +2569,17 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
                 continue
             table = connection.execute("SELECT * EXCLUDE (week_bits, sample) FROM stores ORDER BY "
                                        f"{'grp, ' if by else ''}store").fetchnumpy()
-            if careful or not _untrimmed(table, by):
+            labels = table["store"].tolist() + (table["grp"].tolist() if by else [])
+            if careful or not _untrimmed(labels):
                 break
-        weeks = _engine_checks(connection, source, where, path, columns, x, by,
-                               table["store"].tolist() + (table["grp"].tolist() if by else []))
+        weeks = _engine_checks(connection, source, where, path, columns, x, by, labels)
         sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
         lags = connection.execute(_lag_query(sample, len(names), names, by)).fetchnumpy()
-    table["weeks"] = np.array([weeks[group] for group in (table["grp"] if by else np.zeros(len(table["store"]), dtype=int))])
     table["xx_0_0"] = table["sx_0"] = table["n"]            # the intercept's sums: n, and the others' totals
     table["xy_0"] = table["sy"]
     for k in range(1, len(names)):
         table[f"xx_0_{k}"] = table[f"sx_{k}"]
-    return _engine_loaded(table, lags, len(names), x, folds, by, _escaped(path))
+    return _engine_loaded(table, lags, weeks, len(names), x, folds, by)
 
 
 def _watched(connection, query, progress, every=1.0):
@@ -2612,7 +2611,8 @@ def _watched(connection, query, progress, every=1.0):
 def _engine_connection(path, columns, x, by, folder):
     """(a DuckDB connection whose database and spill files are in folder, the file's layout):
     the layout is {role: column index} for store, week, sales, price, x and by, with the header,
-    separator, lines before the header (skip), column names by role (names), whether a Parquet
+    separator, lines before the header (skip), column names by role (names), the columns of
+    numbers (numbers), whether a Parquet
     file's weeks are integers, and its columns to read as text (text: numbers of a type that is
     not a number's, labels of a type other than integers and text)."""
     import duckdb
@@ -2642,6 +2642,7 @@ def _engine_connection(path, columns, x, by, folder):
     text = {j for j, kind in enumerate(kinds) if _is_parquet(path)
             and not kind.startswith(NUMBER_TYPES if j in numbers else INTEGER_TYPES + ("VARCHAR",))}
     return connection, where | {"header": header, "sep": sep, "skip": skip, "names": names, "text": text,
+                                "numbers": numbers,
                                 "by": None if by is None else header.index(by),
                                 "integer_weeks": kinds[where["week"]] in INTEGER_TYPES}
 
@@ -2664,8 +2665,7 @@ def _engine_source(path, where, by, careful):
     numbers are read as numbers (DuckDB refuses a cell that is not one); carefully, as text by
     TRY_CAST (a cell that is not a number becomes NULL, flagged), and its labels as text
     trimmed, as the exact reader trims them."""
-    header, sep, literal = where["header"], where["sep"], _sql_text(path)
-    numbers = {where["sales"], where["price"], *where["x"]}
+    header, sep, literal, numbers = where["header"], where["sep"], _sql_text(path), where["numbers"]
     if _is_parquet(path):
         scan, text = f"read_parquet({literal})", False
     else:
@@ -2690,11 +2690,10 @@ def _engine_source(path, where, by, careful):
     return f"(SELECT {', '.join(fields)} FROM {scan})"
 
 
-def _untrimmed(table, by):
+def _untrimmed(labels):
     """True where a store (or group) label of the pass has white space around it: the careful pass
     trims it."""
-    return any(label is not None and label != label.strip()
-               for label in np.concatenate([table["store"]] + ([table["grp"]] if by else [])).tolist())
+    return any(label is not None and label != label.strip() for label in labels)
 
 
 def _label(name):
@@ -2702,15 +2701,25 @@ def _label(name):
     return f"CAST({name} AS VARCHAR)"
 
 
+def _shown_label(label):
+    """A label the engine found, for a message: NULL as empty."""
+    return "" if label is None else _shown(str(label))
+
+
 def _trim(name):
     """SQL: a label without the white space around it, as Python's str.strip() takes it off."""
     return f"trim({name}, '{WHITE_SPACE}')"
 
 
+def _numbers(Q):
+    """The source's number columns: sales, price and the regressors x0.. x{Q-1}."""
+    return ["sales", "price"] + [f"x{j}" for j in range(Q)]
+
+
 def _engine_tests(Q, by=None):
     """[(the SQL test of a faulty row, the column it names, what it says)], in the exact reader's
     order: where the pass's extremes show a fault, the first test that finds a row names it."""
-    numbers = ["sales", "price"] + [f"x{j}" for j in range(Q)]
+    numbers = _numbers(Q)
     tests = [(f"{name} IS NULL", name, "is missing or not a number") for name in numbers]
     tests += [(f"NOT isfinite({name}) OR abs({name}) > {VALUE_LIMIT:g}", name,
                f"is infinite or larger than {VALUE_LIMIT:g}") for name in numbers]
@@ -2725,25 +2734,22 @@ def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
     integers: their count, range, whether each is written plainly, and their residues modulo
     WEEK_BITS as a bitstring (_engine_repeats, _engine_weeks); and, for one store in `every` (by
     a hash of its label), its rows as a list: the lags' sample."""
-    P, keys = Q + 2, (["grp"] if by else []) + ["store"]
-    if folds:
-        keys.append(f"(hash({_label('store')}, {_label('week')}, {int(seed)}) % {int(folds)}) AS fold")
+    P, labels = Q + 2, (["grp"] if by else []) + ["store"]
+    keys = labels + ([f"(hash({_label('store')}, {_label('week')}, {int(seed)}) % {int(folds)}) AS fold"] if folds else [])
     regressors = ["ln(price) AS c1"] + [f"x{j} AS c{j + 2}" for j in range(Q)]
     rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, TRY_CAST(week AS BIGINT) AS w FROM {source}"
     terms = ["count(*) AS n", "sum(y) AS sy", "sum(y * y) AS yy"]
     terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}" for j in range(1, P)]
-    terms += [f"sum(c{j} * c{k}) AS xx_{j}_{k}, 0 AS xx_{k}_{j}" if j < k else f"sum(c{j} * c{j}) AS xx_{j}_{j}"
-              for j in range(1, P) for k in range(j, P)]
+    terms += [f"sum(c{j} * c{k}) AS xx_{j}_{k}" for j in range(1, P) for k in range(j, P)]
     terms += [f"count({name}) AS {name}_count, min({name}) AS {name}_low, max({name}) AS {name}_high"
-              for name in ["sales", "price"] + [f"x{j}" for j in range(Q)]]
+              for name in _numbers(Q)]
     terms += ["count(w) AS numbered", "min(w) AS first_week", "max(w) AS last_week",
               "true AS plain" if integer_weeks else f"bool_and(CAST(w AS VARCHAR) = {_label('week')}) AS plain",
               f"bitstring_agg(w & {WEEK_BITS - 1}, 0, {WEEK_BITS - 1}) AS week_bits"]
-    fields = ", ".join(f"{name} := {name}" for name in ["week", "sales", "price"] + [f"x{j}" for j in range(Q)])
+    fields = ", ".join(f"{name} := {name}" for name in ["week"] + _numbers(Q))
     terms.append(f"list(struct_pack({fields})) FILTER (WHERE hash(store) % {int(every)} = 0) AS sample")
-    labels = ", ".join(f"CAST({key} AS VARCHAR) AS {key}" for key in keys[:len(keys) - bool(folds)])
-    return (f"SELECT {labels}, * EXCLUDE ({', '.join(keys[:len(keys) - bool(folds)])}) FROM "
-            f"(SELECT {', '.join(keys + terms)} FROM ({rows}) GROUP BY ALL)")
+    return (f"SELECT {', '.join(f'CAST({key} AS VARCHAR) AS {key}' for key in labels)}, * EXCLUDE ({', '.join(labels)}) "
+            f"FROM (SELECT {', '.join(keys + terms)} FROM ({rows}) GROUP BY ALL)")
 
 
 def _engine_checks(connection, source, where, path, columns, x, by, labels):
@@ -2763,10 +2769,10 @@ def _engine_checks(connection, source, where, path, columns, x, by, labels):
             if found:
                 what = f"the {by}" if name == "grp" else f"the {name}" if name in ("store", "week") else \
                     f"'{_shown(where['names'][name])}'"
-                store, week = ("" if label is None else _shown(str(label)) for label in found)
+                store, week = map(_shown_label, found)
                 raise InputError(f"{shown}: store '{store}', week '{week}': {what} {words}")
     for group, _, _, _, *flat in summary:
-        for name, same in zip(["price"] + [f"x{j}" for j in range(len(x))], flat):
+        for name, same in zip(_numbers(len(x))[1:], flat):
             if same:
                 raise InputError(f"{shown}: column '{_shown(where['names'][name])}' has the same value in every row"
                                  + (f" of {by} '{_shown(str(group))}'" if by else "") + "; a regressor that never "
@@ -2784,12 +2790,12 @@ def _engine_summary(connection, Q, by):
     number to DuckDB). Weeks are proven distinct where they are integers with distinct residues
     modulo WEEK_BITS (distinct integers are distinct labels), and counted where every label is an
     integer written plainly and they span fewer than WEEK_BITS weeks."""
-    numbers = ["sales", "price"] + [f"x{j}" for j in range(Q)]
+    numbers = _numbers(Q)
     sound = [f"{name}_count = n AND abs({name}_low) <= {VALUE_LIMIT:g} AND abs({name}_high) <= {VALUE_LIMIT:g}"
              for name in numbers] + [f"{name}_low > 0" for name in ("sales", "price")]
     counted = (f"CASE WHEN bool_and(numbered = n AND plain) AND CAST(max(last_week) AS HUGEINT) - min(first_week) < "
                f"{WEEK_BITS} THEN bit_count(bit_or(week_bits)) END")
-    flat = ", ".join(["min(price_low) = max(price_high)"] + [f"min(x{j}_low) = max(x{j}_high)" for j in range(Q)])
+    flat = ", ".join(f"min({name}_low) = max({name}_high)" for name in numbers[1:])
     return connection.execute(f"SELECT {'grp' if by else '0'}, bool_and(coalesce({' AND '.join(sound)}, false)), "
                               f"bool_and(store NOT IN ({_doubtful(by)})), {counted}, {flat} FROM stores GROUP BY ALL"
                               ).fetchall()
@@ -2812,7 +2818,7 @@ def _engine_repeats(connection, source, path, columns, x, by):
                                "NULL OR label = '' LIMIT 1").fetchone()
     if found:
         _exact_or(path, columns, x, by)
-        store, week = ("" if label is None else _shown(str(label)) for label in found)
+        store, week = map(_shown_label, found)
         raise InputError(f"{_escaped(path)}: store '{store}', " + (f"week '{week}' is given twice: one row a store and week"
                                                                    if week else "week '': the week is missing"))
 
@@ -2860,8 +2866,9 @@ def _lag_query(sample, P, names, by):
             f"FROM ({inner}) GROUP BY ALL")
 
 
-def _engine_loaded(table, lags, P, x, folds, by, shown):
-    """Loaded (or {group: Loaded}) from the engine's per-store (and per-fold) sums."""
+def _engine_loaded(table, lags, weeks, P, x, folds, by):
+    """Loaded (or {group: Loaded}) from the engine's per-store (and per-fold) sums; weeks: {group:
+    the number of weeks}."""
     groups, out = table["grp"] if by else None, {}
     ends = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1 if by else [], len(table["store"])].astype(int)
     for start, end in zip(ends[:-1], ends[1:]):          # in order: a group's rows are adjacent, and a store's
@@ -2889,7 +2896,7 @@ def _engine_loaded(table, lags, P, x, folds, by, shown):
             at = (lags["grp"] == group) if by else np.ones(len(lags["store"]), dtype=bool)
             if np.all(np.asarray(lags["numbered"])[at]):
                 lag = _engine_lags({key: np.asarray(value)[at] for key, value in lags.items()}, index, total, P)
-        out[group] = Loaded(stores, int(part["weeks"][0]), total, ["intercept", "log price"] + list(x), "long",
+        out[group] = Loaded(stores, int(weeks[group]), total, ["intercept", "log price"] + list(x), "long",
                             (float(np.log(np.min(part["price_low"]))), float(np.log(np.max(part["price_high"])))), lag, folded)
     if by:
         return out
