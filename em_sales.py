@@ -61,6 +61,7 @@ SIGMA_RANGE = (1e-100, 1e100)   # a fixed sigma outside this range cannot be com
 LOG_SALES_LIMIT = 100.0  # |log S| above this is no log of a real quantity (e^100 = 2.7e43)
 SPREAD_FLOOR = 1e-5      # a regressor whose sd is below this x max(1, |mean|) is a constant
 COLLINEAR = 1e-12        # smallest eigenvalue of X'X in correlation form: below it, collinear
+ABSORBED = 1e-12         # a column's within-store sum of squares below this x its raw one: constant there
 EXACT_FIT = 1e-12        # pooled residual variance below this x mean y^2: fitted exactly (to rounding)
 # The search (Estimate): starts, then split-and-merge moves ranked in a tournament
 N_INIT = 10              # default starts (k-means++ on the stores' own coefficients)
@@ -83,6 +84,7 @@ STORE_MOVES = 8          # the most ambiguous stores, each moved to its second s
 MISFIT_POOL = 20         # stores scored by greedy EM's criterion for a quiet new segment
 MISFIT_ITERATIONS = 10   # EM iterations on the new segment's weight in that criterion
 BLAS_THREADS_FROM = 20_000  # fits of fewer stores hold numpy's BLAS to one thread (threadpoolctl)
+TINY = 1e-300            # a floor for divisors and logs of what may be 0 (near the smallest normal float)
 EXP_CAP = 700.0          # exp() arguments are capped here (exp(709) overflows)
 GAMMA_LIMIT = 10.0       # |gamma| (membership log-odds against the largest segment, per sd of a covariate)
                          # beyond this: the covariates separate the segment (no finite maximum; odds 22,000:1)
@@ -97,6 +99,8 @@ HOLDOUT_FOLDS = 5          # --holdout: each store's weeks in this many random f
 BOOTSTRAP_LEVEL = 0.05     # --bootstrap: K + 1 is preferred to K where the p-value is at most this
 CREDIBLE_STORES = 2.5      # a segment of fewer stores (posterior weight) ...
 CREDIBLE_SPREAD = 5.0      # ... with a coefficient more than this many robust sds from the stores' own: flagged
+TINY_SPREAD = 1e-12        # ... (a robust sd below this counts as this: stores all alike)
+MAD_SD = 1.4826            # a robust sd: this x the median absolute deviation (the sd of a normal)
 LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
 SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
 LR_DECIMALS = 6            # a difference of log-likelihoods keeps their absolute noise (1e-9)
@@ -121,12 +125,20 @@ INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYIN
                  "UBIGINT", "UHUGEINT")   # a Parquet file's week column of these types holds integer weeks
 NUMBER_TYPES = INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")  # numbers of these types are numbers (others: text)
 CELL_SHOWN = 40          # a cell in a message is cut to this many characters
+STORES_NAMED = 5         # a note names at most this many stores
 LONG_COLUMNS = ("store", "week", "sales", "price")  # a long file's columns, found by name
 INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
                "unnamed: 0", "month", "year")          # a first column so named is no price
 STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr", "store_no", "shop",
                "shop_id", "outlet", "outlet_id", "retailer", "retailer_id", "id", "branch", "location",
                "customer", "account", "site")          # ... and one so named is a long file's
+
+
+class InputError(ValueError):
+    """What the caller gave cannot be used: a file (the message names it, the line and the column),
+    an argument (named), or a panel the model cannot be estimated from (said why). A ValueError,
+    so that callers who catch that catch it; the command line tells it from a failure of the
+    program (any other exception) by this type."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -301,14 +313,14 @@ class Fit(_Unpacks):
             pd.DataFrame(values, index=index, columns=columns)
 
     def plot(self, file=None):
-        """The picture of plot() for this fit (PNG bytes; written to file if given). Needs the
-        data: a fit from analyse or fit_frame."""
+        """The picture of plot() for this fit (bytes: PNG, or PDF or SVG as file's name says;
+        written to file if given). Needs the data: a fit from analyse or fit_frame."""
         if self.data is None:
-            raise ValueError("plot needs the data: fit with fit_frame or analyse")
+            raise InputError("plot needs the data: fit with fit_frame or analyse")
         results = {"data": "fit", "settings": {"sigma": self.model.sigma if self.model.sigma != "fixed" else
                                                 self.model.fixed, "store_effects": self.model.store_effects},
                    "models": [{"K": self.K, "bic": self.bic}], "best_K": self.K}
-        picture = plot(results, {self.K: self}, self.data, self.K)
+        picture = plot(results, {self.K: self}, self.data, self.K, _extension(file) or "png")
         if file is not None:
             with open(file, "wb") as out:
                 out.write(picture)
@@ -323,11 +335,12 @@ class Fit(_Unpacks):
         return _predict(self, covariates, y, X)
 
     def log_sales(self, X):
-        """Predicted log sales (T, K) of each segment at regressors X (T, P), the columns of the
-        fit's X. With store effects theta holds the slopes only: the prediction is then each
-        segment's change in log sales relative to the store's own level (X without its intercept)."""
-        X = _array(X, "X")
-        return X @ self.theta.T
+        """Predicted log sales (T, K) of each segment at regressors X (T, P): the columns of the X
+        the fit was estimated from, as predict takes them. With store effects theta holds the
+        slopes only: the prediction is then each segment's change in log sales relative to the
+        store's own level (X's constant column is ignored)."""
+        X = _check_new_X(_array(X, "X"), self._stats, "X")
+        return X[:, list(self._stats.columns)] @ self.theta.T
 
     def summary(self):
         """The report's table of this fit."""
@@ -404,10 +417,10 @@ def StandardErrors(theta, pi=None, y=None, X=None, sigma=1.0, store_effects=Fals
     if isinstance(theta, Fit):
         return theta.se
     if y is None or X is None:
-        raise ValueError("StandardErrors takes a Fit, or theta, pi, y and X")
+        raise InputError("StandardErrors takes a Fit, or theta, pi, y and X")
     stats, params = _given(y, X, theta, pi, sigma, store_effects)
     if np.ptp(params[2]) > 0:
-        raise ValueError("StandardErrors(theta, pi, y, X, sigma) is for a fixed sigma (one value); "
+        raise InputError("StandardErrors(theta, pi, y, X, sigma) is for a fixed sigma (one value); "
                          "for estimated sigmas pass the Fit: StandardErrors(fit)")
     stats = stats._replace(model=stats.model._replace(fixed=float(params[2][0])))
     return _standard_errors(stats, _Run(*params, *_e_step(stats, *params)[::-1], 0, True))
@@ -422,14 +435,14 @@ def _whole(value, name, low, high=None, why=""):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
             or (high is not None and value > high):
         span = f"from {low:,} to {high:,}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be a whole number {span}{why}; got {value!r}")
+        raise InputError(f"{name} must be a whole number {span}{why}; got {value!r}")
     return int(value)
 
 
 def _check_flag(value, name):
     """A flag must be True or False: a string such as "False" would be taken as True."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
+        raise InputError(f"{name} must be True or False; got {value!r}")
     return bool(value)
 
 
@@ -439,7 +452,7 @@ def _check_K(K, N, where=None):
     where = where or f"the {N} stores in y"
     K = _whole(K, "K (segments)", 1)
     if K > 1 and K > N // 2:
-        raise ValueError(f"K = {K} segments for {where}: at most K = {max(N // 2, 1)} (two stores a "
+        raise InputError(f"K = {K} segments for {where}: at most K = {max(N // 2, 1)} (two stores a "
                          "segment on average); more cannot be told apart from each store's own fit")
     return K
 
@@ -448,7 +461,7 @@ def _check_run(tol, max_iter, n_init=1, seed=None):
     """tol, max_iter, n_init and seed of a run or a search."""
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) \
             or not (MIN_TOL <= tol < math.inf):
-        raise ValueError(f"tol must be a number from {MIN_TOL:g} (what a log-likelihood's rounding lets "
+        raise InputError(f"tol must be a number from {MIN_TOL:g} (what a log-likelihood's rounding lets "
                          f"us measure) up; got {tol!r}")
     _whole(max_iter, "max_iter", 1)
     _whole(n_init, "n_init", 1, MAX_STARTS, " (each start is a whole EM run; 10 to 100 are plenty)")
@@ -462,12 +475,12 @@ def _model(sigma=1.0, store_effects=False, covariates=()):
     _check_flag(store_effects, "store_effects")
     covariates = tuple(_names(covariates, "covariates"))
     if len(set(covariates)) < len(covariates):
-        raise ValueError(f"covariates must be distinct names; got {list(covariates)}")
+        raise InputError(f"covariates must be distinct names; got {list(covariates)}")
     if isinstance(sigma, str) and sigma in SIGMA and sigma != "fixed":
         return Model(sigma, 1.0, bool(store_effects), covariates)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)) \
             or not SIGMA_RANGE[0] <= sigma <= SIGMA_RANGE[1]:
-        raise ValueError(f"sigma must be 'common', 'segment' or a number from {SIGMA_RANGE[0]:g} to "
+        raise InputError(f"sigma must be 'common', 'segment' or a number from {SIGMA_RANGE[0]:g} to "
                          f"{SIGMA_RANGE[1]:g} (sigma fixed at it); got {sigma!r}")
     return Model("fixed", float(sigma), bool(store_effects), covariates)
 
@@ -477,7 +490,7 @@ def _array(value, name):
     try:
         return np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of numbers; got {type(value).__name__} "
+        raise InputError(f"{name} must be an array of numbers; got {type(value).__name__} "
                          f"{_shown(repr(value), 60)}") from None
 
 
@@ -488,20 +501,20 @@ def _check_parameters(stats, theta, pi, sigma):
     P = stats.P
     pi = _array(pi, "pi").ravel()
     if pi.size == 0 or not np.all(np.isfinite(pi)) or (pi < 0).any() or abs(pi.sum() - 1) > 1e-8:
-        raise ValueError(f"pi must be a probability vector (entries >= 0 summing to 1); got {pi}")
+        raise InputError(f"pi must be a probability vector (entries >= 0 summing to 1); got {pi}")
     K = pi.size
     theta = _array(theta, "theta")
     if theta.size != K * P or theta.ndim not in (1, 2) or (theta.ndim == 2 and theta.shape != (K, P)):
         extra = " (with store effects, X's intercept column is dropped)" if stats.model.store_effects else ""
-        raise ValueError(f"theta has shape {theta.shape}; with K = {K} segments (the length of pi) "
+        raise InputError(f"theta has shape {theta.shape}; with K = {K} segments (the length of pi) "
                          f"and P = {P} coefficients{extra} it must have K*P = {K * P} entries, flat or K x P")
     if not np.all(np.abs(theta) <= VALUE_LIMIT):
-        raise ValueError(f"theta must be finite numbers no larger than {VALUE_LIMIT:g} in size; got {theta.ravel()}")
+        raise InputError(f"theta must be finite numbers no larger than {VALUE_LIMIT:g} in size; got {theta.ravel()}")
     if isinstance(sigma, str):
-        raise ValueError(f"sigma must be given as numbers here (one, or one per segment); got {sigma!r}")
+        raise InputError(f"sigma must be given as numbers here (one, or one per segment); got {sigma!r}")
     sigma = _array(sigma, "sigma").ravel()
     if sigma.size not in (1, K) or not np.all((sigma >= SIGMA_RANGE[0]) & (sigma <= SIGMA_RANGE[1])):
-        raise ValueError(f"sigma must be one number or K = {K} numbers from {SIGMA_RANGE[0]:g} to "
+        raise InputError(f"sigma must be one number or K = {K} numbers from {SIGMA_RANGE[0]:g} to "
                          f"{SIGMA_RANGE[1]:g}; got {sigma}")
     return theta.reshape(K, P), pi, np.broadcast_to(sigma, (K,)).copy()
 
@@ -515,12 +528,12 @@ def _given(y, X, theta, pi, sigma, store_effects):
 def _check_W(W, N):
     W = _array(W, "W")
     if W.ndim != 2 or W.shape[0] != N or W.shape[1] < 1:
-        raise ValueError(f"W must be N x K with N = {N} stores (the columns of y); got shape {W.shape}")
+        raise InputError(f"W must be N x K with N = {N} stores (the columns of y); got shape {W.shape}")
     if not np.all((W >= 0) & (W <= 1)):
-        raise ValueError("W must hold probabilities between 0 and 1")
+        raise InputError("W must hold probabilities between 0 and 1")
     bad = np.abs(W.sum(axis=1) - 1) > 1e-6
     if bad.any():
-        raise ValueError(f"each row of W must sum to 1; row {int(np.argmax(bad))} sums to "
+        raise InputError(f"each row of W must sum to 1; row {int(np.argmax(bad))} sums to "
                          f"{W[np.argmax(bad)].sum():.6g}")
     return W
 
@@ -568,6 +581,7 @@ class Stats(NamedTuple):
     z_scale     (mean (Q,), sd (Q,)) of the covariates as given
     moments     (N, P*P + P + 1): X_i'X_i, X_i'y_i, y_i'y_i side by side, for _rss's one product
     lags        the panel's Lags where its week order is known (analyse, fit_frame), else None
+    width       the number of columns of X as given (before store effects drop the constant one)
     """
     n: np.ndarray
     m: np.ndarray
@@ -583,6 +597,8 @@ class Stats(NamedTuple):
     z_scale: tuple = None
     moments: np.ndarray = None
     lags: "Lags" = None
+    width: int = None
+
 
     P = property(lambda self: self.Xty.shape[1])
 
@@ -594,21 +610,21 @@ def _wide_sums(y, X):
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim != 2 or X.ndim not in (2, 3):
-        raise ValueError(f"y must be T x N and X must be T x P or T x N x P; got shapes {y.shape} and {X.shape}")
+        raise InputError(f"y must be T x N and X must be T x P or T x N x P; got shapes {y.shape} and {X.shape}")
     T, N = y.shape
     if X.shape[0] != T:
-        raise ValueError(f"y has {T} rows (weeks) but X has {X.shape[0]}: they must match")
+        raise InputError(f"y has {T} rows (weeks) but X has {X.shape[0]}: they must match")
     if X.ndim == 3 and X.shape[1] != N:
-        raise ValueError(f"X is T x N x P with N = {X.shape[1]} but y has {N} columns (stores)")
+        raise InputError(f"X is T x N x P with N = {X.shape[1]} but y has {N} columns (stores)")
     if N == 0 or T == 0 or X.shape[-1] == 0:
-        raise ValueError(f"the panel is empty: y has shape {y.shape}, X {X.shape}")
+        raise InputError(f"the panel is empty: y has shape {y.shape}, X {X.shape}")
     block = max(1, BATCH_CELLS // T)
     parts = [_wide_block(y[:, a:a + block], X[:, a:a + block] if X.ndim == 3 else X, a)
              for a in range(0, N, block)]
     if X.ndim == 2:
         rows = ~np.isnan(y).all(axis=1)           # weeks some store observes: X must be finite there
         if not np.all(np.isfinite(X[rows])):
-            raise ValueError("X has a missing or infinite entry in a week where y is observed "
+            raise InputError("X has a missing or infinite entry in a week where y is observed "
                              "(a missing, zero or negative price?)")
     _check_scale(np.array([part[1] for part in parts]), np.array([part[2] for part in parts]))
     sums = [np.concatenate([part[0][k] for part in parts]) for k in range(6)]
@@ -618,12 +634,12 @@ def _wide_sums(y, X):
 def _wide_block(y, X, first):
     """(the Sums fields, max |y|, max |X|) of a block of stores (columns first, first + 1, ...)."""
     if np.isinf(y).any():
-        raise ValueError("y has an infinite entry (log of a zero sale?)")
+        raise InputError("y has an infinite entry (log of a zero sale?)")
     observed = ~np.isnan(y)
     n = observed.sum(axis=0)
     if (n == 0).any():
         store = first + int(np.argmax(n == 0))
-        raise ValueError(f"store {store} (column {store} of y) has no observed week")
+        raise InputError(f"store {store} (column {store} of y) has no observed week")
     T, N = y.shape
     P = X.shape[-1]
     y0 = np.where(observed, y, 0.0)
@@ -639,7 +655,7 @@ def _wide_block(y, X, first):
         top_x = np.abs(X0[observed.any(axis=1)]).max() if observed.any() else 0.0
     else:
         if not np.all(np.isfinite(X[observed])):
-            raise ValueError("X has a missing or infinite entry in a week where y is observed "
+            raise InputError("X has a missing or infinite entry in a week where y is observed "
                              "(a missing, zero or negative price?)")
         X0 = np.where(observed[:, :, None], X, 0.0)
         XtX = np.einsum("tnp,tnq->npq", X0, X0).reshape(N, P * P)
@@ -657,7 +673,7 @@ def _check_scale(y, X):
     for name, values in (("y", y), ("X", X)):
         top = np.abs(values).max() if values.size else 0.0
         if top > VALUE_LIMIT:
-            raise ValueError(f"{name} has values as large as {top:.3g}: too large to estimate from "
+            raise InputError(f"{name} has values as large as {top:.3g}: too large to estimate from "
                              "(y is log sales, X holds 1, log price, ...)")
     top = np.abs(y).max() if y.size else 0.0
     if top > LOG_SALES_LIMIT:
@@ -760,21 +776,21 @@ def _statistics(sums, model, names=None, covariates=None):
     varies = _spread(sums)
     constant = [j for j in range(P) if not varies[j]]
     if len(constant) > 1:                        # one constant column is the intercept
-        raise ValueError(f"{name(constant[-1])} is constant (or varies too little to tell from a "
+        raise InputError(f"{name(constant[-1])} is constant (or varies too little to tell from a "
                          "constant), so its effect cannot be estimated: a price that never changes cannot "
                          "identify a price effect")
     columns, m, offset = tuple(range(P)), n, np.zeros(N)
     if model.store_effects:
         columns = tuple(j for j in range(P) if varies[j])
         if not columns:
-            raise ValueError("with store effects X needs a column that varies (the log price)")
+            raise InputError("with store effects X needs a column that varies (the log price)")
         Q = len(columns)
         m, offset, XtX, Xty, yty = _within(sums, columns)
         within = XtX.sum(axis=0).reshape(Q, Q).diagonal()
         raw = sums.XtX.sum(axis=0).reshape(P, P).diagonal()[list(columns)]
-        absorbed = within <= 1e-12 * raw
+        absorbed = within <= ABSORBED * raw
         if absorbed.any():
-            raise ValueError(f"{name(columns[int(np.argmax(absorbed))])} is constant within every store (or "
+            raise InputError(f"{name(columns[int(np.argmax(absorbed))])} is constant within every store (or "
                              "every store has one week): the store effects absorb it, so it cannot be estimated")
         price, P = 0, Q
     else:
@@ -782,15 +798,15 @@ def _statistics(sums, model, names=None, covariates=None):
     A = XtX.sum(axis=0).reshape(P, P)
     scale = np.sqrt(np.maximum(A.diagonal(), 1e-300))
     if not A.diagonal().min() > 0 or P > 1 and np.linalg.eigvalsh(A / np.outer(scale, scale)).min() < COLLINEAR:
-        raise ValueError(f"the columns of X are collinear (rank < {P}): a price that never changes, or "
+        raise InputError(f"the columns of X are collinear (rank < {P}): a price that never changes, or "
                          "changes too little to tell from a constant, cannot identify a price effect")
     theta = np.linalg.solve(A, Xty.sum(axis=0))
     pooled_s2 = max(yty.sum() - theta @ Xty.sum(axis=0), 0.0) / max(m.sum(), 1.0)
     if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), 1e-300):
-        raise ValueError("every observation is fitted exactly by one regression (are all sales equal?): "
+        raise InputError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
     stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model,
-                  moments=np.column_stack([XtX, Xty, yty]))
+                  moments=np.column_stack([XtX, Xty, yty]), width=sums.Xty.shape[1])
     return _covariates(stats, covariates) if model.covariates else stats
 
 
@@ -800,9 +816,14 @@ def _within(sums, columns):
     N, P = Xty.shape
     keep = np.array(columns)
     s = sx[:, keep]
-    XtX = XtX.reshape(N, P, P)[:, keep][:, :, keep] - s[:, :, None] * s[:, None, :] / n[:, None, None]
-    return (n - 1.0, -0.5 * np.log(n), XtX.reshape(N, len(keep) ** 2), Xty[:, keep] - s * (sy / n)[:, None],
-            np.maximum(yty - sy * sy / n, 0.0))
+    raw = XtX.reshape(N, P, P)[:, keep][:, :, keep]
+    XtX = raw - s[:, :, None] * s[:, None, :] / n[:, None, None]
+    Xty = Xty[:, keep] - s * (sy / n)[:, None]
+    flat = np.diagonal(XtX, axis1=1, axis2=2) <= ABSORBED * np.diagonal(raw, axis1=1, axis2=2)
+    if flat.any():                               # constant within the store: exactly none of it, not rounding
+        XtX[flat[:, :, None] | flat[:, None, :]] = 0.0
+        Xty[flat] = 0.0
+    return n - 1.0, -0.5 * np.log(n), XtX.reshape(N, len(keep) ** 2), Xty, np.maximum(yty - sy * sy / n, 0.0)
 
 
 def _covariates(stats, z):
@@ -812,18 +833,18 @@ def _covariates(stats, z):
     z = _array(z, "covariates")
     N = len(stats.n)
     if z.shape != (N, len(names)):
-        raise ValueError(f"covariates must be N x Q = {N} x {len(names)} (a row a store, a column each of "
+        raise InputError(f"covariates must be N x Q = {N} x {len(names)} (a row a store, a column each of "
                          f"{', '.join(names)}); got shape {z.shape}")
     for j, name in enumerate(names):
         if not np.all(np.isfinite(z[:, j])):
-            raise ValueError(f"covariate {name!r} is missing (or not finite) for store {int(np.argmax(~np.isfinite(z[:, j])))}")
+            raise InputError(f"covariate {name!r} is missing (or not finite) for store {int(np.argmax(~np.isfinite(z[:, j])))}")
     mean, sd = z.mean(axis=0), z.std(axis=0)
     for j, name in enumerate(names):
         if not sd[j] >= SPREAD_FLOOR * max(1.0, abs(mean[j])):
-            raise ValueError(f"covariate {name!r} is the same for every store: it cannot tell segments apart")
+            raise InputError(f"covariate {name!r} is the same for every store: it cannot tell segments apart")
     Z = np.column_stack([np.ones(N), (z - mean) / sd])
     if np.linalg.eigvalsh(Z.T @ Z / N).min() < COLLINEAR:
-        raise ValueError(f"the covariates {', '.join(names)} are collinear (one is a combination of the "
+        raise InputError(f"the covariates {', '.join(names)} are collinear (one is a combination of the "
                          "others, or there are more covariates than stores): drop one")
     return stats._replace(Z=Z, z_scale=(mean, sd))
 
@@ -1139,7 +1160,7 @@ def _moved(stats, theta, pi, sigma, step):
         reference = _reference(stats, pi)
         free = _others(K, reference)
         new_gamma = np.zeros(pi.shape)
-        new_gamma[free] = pi[free] - pi[reference] + step[KP + nt:].reshape(K - 1, -1)
+        new_gamma[free] = pi[free] - pi[reference] + step[KP + nt:].reshape(K - 1, pi.shape[1])
         return theta + step[:KP].reshape(K, P), new_gamma, new_sigma
     logits = np.append(np.log(pi[:K - 1]) - np.log(pi[K - 1]) + step[KP + nt:], 0.0)
     new_pi = np.exp(logits - logits.max())
@@ -1391,6 +1412,11 @@ def _search_covariates(stats, K, n_init, seed, tol, max_iter, names, previous, p
     plain = stats._replace(Z=None, z_scale=None, model=stats.model._replace(covariates=()))
     base = _search(plain, K, n_init, seed, tol, max_iter, names,
                    previous.without_covariates if previous is not None else None, progress)
+    if K == 1:                                   # one segment: nothing to choose, so no membership to model
+        fit = _finished(stats, _run_of(base)._replace(pi=np.zeros((1, stats.Z.shape[1]))), "Estimate", names,
+                        base.search)
+        fit.without_covariates = base
+        return fit
     starts = [base]
     for run in sorted(getattr(base, "_ends", []), key=lambda run: -run.loglik):
         if all(abs(run.loglik - other.loglik) > SAME_LOGLIK * max(1.0, abs(run.loglik)) for other in starts):
@@ -1520,6 +1546,52 @@ def _store_coefficients(stats):
         return np.linalg.solve(XtX, stats.Xty[:, :, None])[:, :, 0]
     except np.linalg.LinAlgError:
         return (np.linalg.pinv(XtX) @ stats.Xty[:, :, None])[:, :, 0]
+
+
+class OwnFits(NamedTuple):
+    """Each store's own least-squares regression, for the diagnostics that set stores beside
+    segments. usable (N,): the store identifies every coefficient (more weeks that carry
+    information than coefficients, and X_i'X_i of full rank); b (N, P) its coefficients, s2 (N,)
+    its residual variance R_i(b_i) / (m_i - P), var (N, P) the variances of b_i: NaN where not
+    usable. short (N,): no more weeks than coefficients; flat (N,) the first column constant
+    within the store (zero X_i'X_i diagonal), -1 where none; collinear (N,): columns that vary
+    but are collinear (a regressor constant within the store beside the intercept)."""
+    usable: np.ndarray
+    b: np.ndarray
+    s2: np.ndarray
+    var: np.ndarray
+    short: np.ndarray
+    flat: np.ndarray
+    collinear: np.ndarray
+
+
+def _own_fits(XtX, Xty, yty, m):
+    """OwnFits of stores with sums XtX (N, P*P), Xty (N, P), yty (N,) and m (N,) informative weeks.
+    Rank is judged in correlation form, by the rule of the pooled design (COLLINEAR), so that a
+    store whose promotion never changes is set aside rather than inverted."""
+    N, P = Xty.shape
+    A = XtX.reshape(N, P, P)
+    d = np.diagonal(A, axis1=1, axis2=2)
+    root = np.sqrt(np.where(d > 0, d, 1.0))
+    flat = np.where((d <= 0).any(axis=1), np.argmax(d <= 0, axis=1), -1)
+    smallest = np.linalg.eigvalsh(A / (root[:, :, None] * root[:, None, :]))[:, 0]
+    short = m <= P
+    collinear = (flat < 0) & ~short & ~(smallest > COLLINEAR)
+    usable = ~short & (flat < 0) & ~collinear
+    b, var, s2 = np.full((N, P), np.nan), np.full((N, P), np.nan), np.full(N, np.nan)
+    if usable.any():
+        inverse = np.linalg.inv(A[usable])
+        b[usable] = (inverse @ Xty[usable][:, :, None])[:, :, 0]
+        s2[usable] = np.maximum(yty[usable] - (b[usable] * Xty[usable]).sum(axis=1), 0.0) / (m[usable] - P)
+        var[usable] = s2[usable][:, None] * np.diagonal(inverse, axis1=1, axis2=2)
+    return OwnFits(usable, b, s2, var, short, flat, collinear)
+
+
+def _pooled_fit(XtX, Xty):
+    """Least squares over all stores and weeks from per-store sums: (P,), the minimum-norm
+    solution where the pooled design is singular."""
+    P = Xty.shape[1]
+    return np.linalg.lstsq(XtX.sum(axis=0).reshape(P, P), Xty.sum(axis=0), rcond=None)[0]
 
 
 def _distances(stats, coefficients, centres):
@@ -1834,37 +1906,48 @@ def _autocorrelation(fit):
     return float((fit.W * product).sum() / lags.pairs.sum() / variance)
 
 
+def _check_new_X(X, stats, name, per_store=False):
+    """X of new weeks, (T, P) or with per_store (T, M, P) too, with the columns of the X the fit
+    was estimated from; else an InputError naming the argument and the columns expected."""
+    width = stats.width or stats.P
+    if X.ndim not in ((2, 3) if per_store else (2,)) or X.shape[-1] != width:
+        shape = "T x P or T x M x P" if per_store else "T x P"
+        raise InputError(f"{name} must be {shape} with the {width} columns of the X the fit was estimated from "
+                         f"(intercept, log price, ... as given; with store effects the constant one is ignored); "
+                         f"got shape {X.shape}")
+    return X
+
+
 def _predict(fit, covariates, y, X):
     """Fit.predict's work: the prior from the covariates (standardised as in the fit), then Bayes'
     rule with each new store's likelihood in each segment from its own sums (_log_joint)."""
     stats, K = fit._stats, fit.K
     if stats.Z is not None:
         if covariates is None:
-            raise ValueError(f"this fit has covariates of membership: give covariates (M x {len(fit.model.covariates)}: "
+            raise InputError(f"this fit has covariates of membership: give covariates (M x {len(fit.model.covariates)}: "
                              f"{', '.join(fit.model.covariates)})")
         z = np.atleast_2d(_array(covariates, "covariates"))
         if z.shape[1] != len(fit.model.covariates) or not np.all(np.isfinite(z)):
-            raise ValueError(f"covariates must be M x {len(fit.model.covariates)} finite numbers "
+            raise InputError(f"covariates must be M x {len(fit.model.covariates)} finite numbers "
                              f"({', '.join(fit.model.covariates)}); got shape {z.shape}")
         mean, sd = stats.z_scale
         new = stats._replace(Z=np.column_stack([np.ones(len(z)), (z - mean) / sd]))
         log_prior = _log_prior(new, fit.gamma)                      # (K, M)
     elif covariates is not None:
-        raise ValueError("this fit has no covariates of membership: its prior is pi for every store")
+        raise InputError("this fit has no covariates of membership: its prior is pi for every store")
     else:
         M = 1 if y is None else np.shape(y)[1] if np.ndim(y) == 2 else 1
         log_prior = np.log(np.maximum(np.repeat(fit.pi[:, None], M, axis=1), 1e-300))
     prior = np.exp(log_prior).T
     if y is None:
         return Prediction(prior, None, prior.argmax(axis=1) + 1)
+    X = _check_new_X(_array(X, "X"), stats, "X", per_store=True)
     sums = _wide_sums(y, X)
     if len(sums.n) != len(prior):
-        raise ValueError(f"y has {len(sums.n)} stores (columns) but covariates {len(prior)} rows")
-    if sums.Xty.shape[1] <= max(stats.columns):
-        raise ValueError(f"X must have the columns of the fit's X (intercept, log price, ...); got {sums.Xty.shape[1]}")
+        raise InputError(f"y has {len(sums.n)} stores (columns) but covariates {len(prior)} rows")
     if fit.model.store_effects:
         if (sums.n < 2).any():
-            raise ValueError("with store effects a new store needs two weeks of sales or more")
+            raise InputError("with store effects a new store needs two weeks of sales or more")
         m, offset, XtX, Xty, yty = _within(sums, stats.columns)
     else:
         m, offset, XtX, Xty, yty = sums.n, np.zeros(len(sums.n)), sums.XtX, sums.Xty, sums.yty
@@ -1938,7 +2021,7 @@ def _standard_errors(stats, run, robust=False):
     if stats.Z is None:
         return Params(se[:KP].reshape(K, P), se[KP + nt:], se_sigma)
     se_gamma = np.full(run.pi.shape, np.nan)                 # the reference's row is not estimated
-    se_gamma[_others(K, _reference(stats, run.pi))] = se[KP + nt:].reshape(K - 1, -1)
+    se_gamma[_others(K, _reference(stats, run.pi))] = se[KP + nt:].reshape(K - 1, run.pi.shape[1])
     return Params(se[:KP].reshape(K, P), np.full(K, np.nan), se_sigma, se_gamma)
 
 
@@ -1948,10 +2031,6 @@ def _standard_errors(stats, run, robust=False):
 # wide: first column the price, every other column a store, one row a week;
 # long: one row a store and week, columns store, week, sales, price and further regressors.
 # Every error is an InputError naming the file, the line and the column.
-
-class InputError(ValueError):
-    """A file that cannot be used, with a message naming the file, where and what."""
-
 
 def _escaped(text):
     """text with control characters (a newline in a file name) written as escapes: one line."""
@@ -2189,8 +2268,15 @@ def _checked_panel(table, values, lines):
     if values.shape[1] < 2:
         raise InputError(f"{table.path}: has only one column (the price): no store columns")
     names = [name or f"column {j + 1}" for j, name in enumerate(table.header)]
-    price, sales = values[:, 0], values[:, 1:]
-    _check_first_column(table, price, names[0], lines)
+    at = _price_column(table)
+    price, sales = values[:, at], np.delete(values, at, axis=1)
+    if at == 0:
+        _check_first_column(table, price, names[0], lines)
+    index = next((name for j, name in enumerate(names) if j != at and name.strip().lower() in INDEX_NAMES), None)
+    if index is not None:
+        raise InputError(f"{table.path}: column '{_shown(index)}' is named like a week, date or index, not a store: "
+                         f"a wide file has the price ('{_shown(names[at])}') and one column a store")
+    names = [names[at]] + names[:at] + names[at + 1:]
     _check_values(table, names[0], price, lines, positive=True, what="the price ")
     if T < 2:
         raise InputError(f"{table.path}: has {T} week; at least 2 weeks are needed for the 2 coefficients "
@@ -2204,6 +2290,18 @@ def _checked_panel(table, values, lines):
         raise InputError(f"{table.path}: column '{names[1 + int(np.argmax(empty))]}' has no observed week "
                          "(every cell is empty)")
     return price, sales, names[1:]
+
+
+def _price_column(table):
+    """The wide file's price column: the one whose header names a price (Price, price_usd, Unit
+    price, ...), wherever it stands, else the first. Two such columns are refused by name."""
+    import re
+    named = [j for j, name in enumerate(table.header) if re.search(r"(^|[^a-z])prices?([^a-z]|$)", name.lower())]
+    if len(named) > 1:
+        raise InputError(f"{table.path}: line {table.header_line}: columns " + " and ".join(
+            f"'{_shown(table.header[j])}'" for j in named[:2]) + " are both named like a price: a wide file has one "
+                         "price column, then one column a store")
+    return named[0] if named else 0
 
 
 def _check_first_column(table, price, name, lines):
@@ -2256,7 +2354,7 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
     name, or a list of names). Store and week labels are text, kept exactly as written: 0002 and
     2 are two stores. Weeks need not be aligned across stores. Returns a LongPanel."""
     table = _table(path, _read_text(path) if text is None else text)
-    where = _long_columns(table, dict(store=store, week=week, sales=sales, price=price), _names(x, "x"))
+    where = _long_columns(table, dict(store=store, week=week, sales=sales, price=price), _names(x, "x", path))
     numbers = [where["sales"], where["price"]] + where["x"]
     from array import array                      # 8 bytes a number, not a Python float each
     labels = ({}, {})
@@ -2336,11 +2434,13 @@ def read_stores(path, stores, covariates, text=None, store=None):
     return values[[index[str(store)] for store in stores]]
 
 
-def _names(x, what):
-    """A list of column names: one name given as a string is one name, never its letters."""
+def _names(x, what, source=None):
+    """A list of column names: one name given as a string is one name, never its letters. source:
+    the file they are columns of, for the message."""
     names = [x] if isinstance(x, str) else list(x or ())
-    if not all(isinstance(name, str) and name for name in names):
-        raise ValueError(f"{what} must be column names; got {x!r}")
+    if not all(isinstance(name, str) and name.strip() for name in names):
+        where = f"{_escaped(source)}: " if isinstance(source, str) else ""
+        raise InputError(f"{where}{what} must be column names; got {x!r}")
     return names
 
 
@@ -2409,7 +2509,7 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None):
     if hasattr(path, "to_csv"):                  # a pandas DataFrame: the same reader, as CSV text
         path, text = "DataFrame", path.to_csv(index=False)
     columns = {role: name for role, name in (columns or {}).items() if name}
-    x = _names(x, "x")
+    x = _names(x, "x", path if isinstance(path, str) else "DataFrame")
     if text is None and _use_engine(path, columns):
         loaded = _engine_load(path, columns, x, folds, seed, progress=progress)
         if loaded is not None:                   # else a file DuckDB cannot read and the exact reader can
@@ -2426,8 +2526,11 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None):
                       _long_lags(panel.store, _week_numbers(panel), y, X, sums),
                       _fold_sums(panel.store, y, X, N, folds, seed) if folds else None)
     if x:
-        raise InputError(f"{table.path}: --x needs a long file (one row a store and week, with a 'store' "
-                         "column); this one is wide (first column the price, a column a store)")
+        _refuse_long_as_wide(table)
+        raise InputError(f"{table.path}: --x needs a long file (one row a store and week), and this one has no "
+                         "column called 'store', so it reads as a wide one (first column the price, a column a store): "
+                         f"name its store column with --store COL (and --week, --sales, --price where they are not "
+                         "called so)")
     price, sales, stores = read_panel(path, text)
     y, X = panel_arrays(price, sales)
     folded = None
@@ -2574,7 +2677,7 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
                 break
         weeks = _engine_checks(connection, source, where, path, columns, x, by, labels)
         sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
-        lags = connection.execute(_lag_query(sample, len(names), names, by)).fetchnumpy()
+        lags = _watched(connection, _lag_query(sample, len(names), names, by)).fetchnumpy()
     table["xx_0_0"] = table["sx_0"] = table["n"]            # the intercept's sums: n, and the others' totals
     table["xy_0"] = table["sy"]
     for k in range(1, len(names)):
@@ -2582,30 +2685,40 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
     return _engine_loaded(table, lags, weeks, len(names), x, folds, by)
 
 
-def _watched(connection, query, progress, every=1.0):
-    """connection.execute(query), with progress(percent) every `every` seconds while it runs,
-    from another thread: DuckDB's own estimate (its progress bar, not printed), doubled and
-    kept below 100: DuckDB counts the pass's two pipelines as halves, and the first (reading the
-    file into the grouping) is all but the whole time."""
-    if progress is None:
-        return connection.execute(query)
+def _watched(connection, query, progress=None, every=1.0):
+    """connection.execute(query), run in a worker thread while this one waits, so that Ctrl-C and
+    SIGTERM reach the run at once: the query is interrupted and the engine's folder removed.
+    With progress(percent), DuckDB's own estimate every `every` seconds (its progress bar, not
+    printed), doubled and kept below 100: DuckDB counts the pass's two pipelines as halves, and
+    the first (reading the file into the grouping) is all but the whole time."""
     import threading
-    connection.execute("SET enable_progress_bar = true")
-    connection.execute("SET enable_progress_bar_print = false")
-    done = threading.Event()
+    if progress is not None:
+        connection.execute("SET enable_progress_bar = true")
+        connection.execute("SET enable_progress_bar_print = false")
+    outcome, finished = {}, threading.Event()    # an Event, not join(): a join cut short by a signal can
+                                                    # return early later, while the query still runs
 
-    def watch():
-        while not done.wait(every):
-            share = connection.query_progress()
-            if share >= 0:
-                progress(min(99.0, 2 * share))
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    def work():
+        try:
+            outcome["result"] = connection.execute(query)
+        except BaseException as problem:         # handed to the waiting thread
+            outcome["error"] = problem
+        finally:
+            finished.set()
+    threading.Thread(target=work, daemon=True).start()
     try:
-        return connection.execute(query)
-    finally:
-        done.set()
-        watcher.join()
+        while not finished.wait(every):          # a signal's handler runs here, in the main thread
+            if progress is not None:
+                share = connection.query_progress()
+                if share >= 0:
+                    progress(min(99.0, 2 * share))
+    except BaseException:
+        connection.interrupt()
+        finished.wait()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _engine_connection(path, columns, x, by, folder):
@@ -2765,7 +2878,7 @@ def _engine_checks(connection, source, where, path, columns, x, by, labels):
     if not all(label and label.strip() for label in labels) or not all(row[1] for row in summary):
         _exact_or(path, columns, x, by)
         for test, name, words in _engine_tests(len(x), by):
-            found = connection.execute(f"SELECT store, {_trim(_label('week'))} FROM {source} WHERE {test} LIMIT 1").fetchone()
+            found = _watched(connection, f"SELECT store, {_trim(_label('week'))} FROM {source} WHERE {test} LIMIT 1").fetchone()
             if found:
                 what = f"the {by}" if name == "grp" else f"the {name}" if name in ("store", "week") else \
                     f"'{_shown(where['names'][name])}'"
@@ -2813,9 +2926,9 @@ def _engine_repeats(connection, source, path, columns, x, by):
     """Refuses a store and week given twice, or a missing week, among the stores whose weeks the
     pass could not prove distinct (weeks written as dates, say): their rows grouped by store and
     week, in a second pass."""
-    found = connection.execute(f"SELECT store, {_trim(_label('week'))} AS label FROM {source} WHERE {_label('store')} IN "
-                               f"({_doubtful(by)}) GROUP BY {'grp, ' if by else ''}store, label HAVING count(*) > 1 OR label IS "
-                               "NULL OR label = '' LIMIT 1").fetchone()
+    found = _watched(connection, f"SELECT store, {_trim(_label('week'))} AS label FROM {source} WHERE {_label('store')} "
+                     f"IN ({_doubtful(by)}) GROUP BY {'grp, ' if by else ''}store, label HAVING count(*) > 1 OR label IS "
+                     "NULL OR label = '' LIMIT 1").fetchone()
     if found:
         _exact_or(path, columns, x, by)
         store, week = map(_shown_label, found)
@@ -2827,8 +2940,8 @@ def _engine_weeks(connection, source, by, counted):
     """{group: the number of distinct week labels}: counted by the pass's bitstrings, else (None)
     by a second pass."""
     if any(weeks is None for weeks in counted.values()):
-        counted = dict(connection.execute(f"SELECT {_label('grp') if by else '0'}, count(DISTINCT {_trim(_label('week'))}) "
-                                          f"FROM {source} GROUP BY ALL").fetchall())
+        counted = dict(_watched(connection, f"SELECT {_label('grp') if by else '0'}, count(DISTINCT "
+                                f"{_trim(_label('week'))}) FROM {source} GROUP BY ALL").fetchall())
     return counted
 
 
@@ -2960,7 +3073,7 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
 def _check_share(share):
     if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
                               or not 0 < share < 1):
-        raise ValueError(f"min_share must be a share of the stores between 0 and 1; got {share!r}")
+        raise InputError(f"min_share must be a share of the stores between 0 and 1; got {share!r}")
     return share
 
 
@@ -2976,13 +3089,13 @@ def fit_frame(frame, K, store="store", week="week", sales="sales", price="price"
     posterior (a DataFrame by store), segment (a Series), predict, plot."""
     for name, value in (("frame", frame), ("stores", stores)):
         if value is not None and not hasattr(value, "to_csv"):
-            raise ValueError(f"{name} must be a pandas DataFrame; got {type(value).__name__}")
+            raise InputError(f"{name} must be a pandas DataFrame; got {type(value).__name__}")
     model = _model(sigma, store_effects, covariates)
     data = load(frame, dict(store=store, week=week, sales=sales, price=price), x)
     z = None
     if model.covariates:
         if stores is None:
-            raise ValueError("covariates need stores: a DataFrame with one row a store")
+            raise InputError("covariates need stores: a DataFrame with one row a store")
         table = stores if store in stores.columns else stores.rename_axis(store).reset_index()
         z = read_stores("stores DataFrame", data.stores, model.covariates, table.to_csv(index=False), store)
     stats = _statistics(data.sums, model, data.coefficients, z)._replace(lags=data.lags)
@@ -3025,6 +3138,8 @@ def _analyse_data(data, Ks, n_init, seed, tol, progress, path, model, stores=Non
     fits = {}
     for K in sorted(Ks):                         # each K grows the last one too: nested maxima
         report_start = (lambda done, K=K: progress(K, done, n_init)) if progress else None
+        if progress:
+            progress(K, 0, n_init if K > 1 else 1)
         with warnings.catch_warnings():           # an empty segment is said below, plainly
             warnings.simplefilter("ignore", RuntimeWarning)
             fits[K] = _search(stats, K, n_init, seed, tol, names=names, progress=report_start,
@@ -3032,20 +3147,24 @@ def _analyse_data(data, Ks, n_init, seed, tol, progress, path, model, stores=Non
     models = [_model_summary(fits[K]) for K in Ks]
     best = min(models, key=lambda model: model["bic"])["K"]
     results = {"data": name, "stores": len(data.stores), "weeks": data.weeks,
-               "observations": int(stats.n.sum()),
+               "observations": int(stats.n.sum()), **_stores_apart(stats, data.sums, data.stores, data.coefficients),
                "settings": {"n_init": n_init, "seed": seed, "tol": tol,
                             "sigma": model.fixed if model.sigma == "fixed" else model.sigma,
                             "store_effects": model.store_effects, "regressors": names, "format": data.layout},
                "models": models, "best_K": best, "notes": []}
+    failed = {}
     if model.sigma == "fixed":
-        results["sigma_check"] = _sigma_check(data, fits[best], tol)
+        results["sigma_check"] = _diagnostic(failed, "sigma check", lambda: _sigma_check(data, fits[best], tol), None)
     if min_share is not None:
         fitting = [m for m in models if min(m["pi"]) >= min_share]
         results["min_share"] = {"share": min_share, "K": min(fitting, key=lambda m: m["bic"])["K"] if fitting else None}
     if holdout:
-        results["holdout"] = _holdout(data, stats, Ks, n_init, seed, tol, z)
+        results["holdout"] = _diagnostic(failed, "holdout", lambda: _holdout(data, stats, Ks, n_init, seed, tol, z), None)
     if bootstrap:
-        results["bootstrap"] = _bootstrap(stats, fits, bootstrap, n_init, seed, tol, progress)
+        results["bootstrap"] = _diagnostic(failed, "bootstrap test",
+                                           lambda: _bootstrap(stats, fits, bootstrap, n_init, seed, tol, progress), None)
+    if failed:
+        results["failed"] = failed
     results["notes"] = _notes(results)
     for note in results["notes"]:
         _warn(note, UserWarning)
@@ -3060,7 +3179,7 @@ def _analyse_groups(path, Ks, n_init, seed, tol, progress, name, model, columns,
     process, the machine's cores across groups. {"data", "by", "groups": {group: results}}."""
     import concurrent.futures
     import os
-    groups = _engine_load(path, {role: name for role, name in (columns or {}).items() if name}, _names(x, "x"),
+    groups = _engine_load(path, {role: name for role, name in (columns or {}).items() if name}, _names(x, "x", path),
                           HOLDOUT_FOLDS if holdout else 0, seed, by, _reading(progress))
     label = name or path
     jobs = {group: (data, Ks, n_init, seed, tol, None, f"{label} [{by} = {group}]", model, None, holdout, bootstrap,
@@ -3095,43 +3214,54 @@ def _holdout(data, stats, Ks, n_init, seed, tol, z=None):
     and the held-out weeks scored under it. With sums only: a store's held-out score is
     log sum_c pi_ic f_ic(all its weeks) - log sum_c pi_ic f_ic(its training weeks), at the
     training fit (with store effects, the ratio of within likelihoods is the predictive density
-    with the store's level integrated out). Beside it two baselines: one pooled regression
-    (K = 1) and each store's own regression (its own coefficients and sigma from its training
-    weeks; the pooled one where it has too few). {"folds", "loglik": {K: ...}, "pooled", "own"}."""
-    all_sums, model = data.sums, stats.model
+    with the store's level integrated out). A store with no training week in a fold (a store of
+    one week, say) has nothing to be predicted from there: it sits that fold out, for every K
+    and baseline alike (unscored). Beside it two baselines: one pooled regression (K = 1) and
+    each store's own regression (its own coefficients and sigma from its training weeks; the
+    pooled one where it has none). {"folds", "loglik": {K: ...}, "pooled", "own",
+    "own_pooled_stores", "unscored"}, or {"folds", "skipped": why}."""
+    model = stats.model
     Ks = sorted(set(Ks) | {1})
-    scores, own = {K: 0.0 for K in Ks}, 0.0
+    scores, own, own_pooled, unscored = {K: 0.0 for K in Ks}, 0.0, 0, 0
     for fold in data.folds:
-        train = Sums(*(a - b for a, b in zip(all_sums, fold)))
-        if (train.n < (2 if model.store_effects else 1)).any():
-            return {"folds": len(data.folds), "skipped": "a store has too few weeks outside a fold"}
-        trained = _statistics(train, model, data.coefficients, z)
+        train = Sums(*(a - b for a, b in zip(data.sums, fold)))
+        keep = train.n > 0
+        unscored += int((~keep & (fold.n > 0)).sum())
+        train, fold, every = (Sums(*(a[keep] for a in sums)) for sums in (train, fold, data.sums))
+        try:
+            trained, scoring = (_statistics(sums, model, data.coefficients, None if z is None else z[keep])
+                                for sums in (train, every))
+            if max(Ks) > 1:
+                _check_K(max(Ks), len(train.n))
+        except InputError as problem:
+            return {"folds": len(data.folds), "skipped": f"a fold's training weeks cannot be fitted ({problem})"}
         previous = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for K in Ks:
                 fit = previous = _search(trained, K, n_init, seed, tol, previous=previous)
-                scores[K] += _e_step(stats, fit.theta, fit.membership, fit.sigma)[1] - fit.loglik
-        own += _own_holdout(train, fold)
-    return {"folds": len(data.folds), "loglik": {str(K): scores[K] for K in Ks}, "pooled": scores[1], "own": own}
+                scores[K] += _e_step(scoring, fit.theta, fit.membership, fit.sigma)[1] - fit.loglik
+        score, pooled = _own_holdout(train, fold)
+        own, own_pooled = own + score, max(own_pooled, pooled)
+    return {"folds": len(data.folds), "loglik": {str(K): scores[K] for K in Ks}, "pooled": scores[1], "own": own,
+            "own_pooled_stores": own_pooled, "unscored": unscored}
 
 
 def _own_holdout(train, fold):
     """The held-out log-likelihood of each store's own regression on all of X's columns (its
-    coefficients b_i and sigma_i^2 = R_i(b_i) / (n_i - P) from its training weeks); a store with
-    no more training weeks than columns is predicted by the pooled regression."""
+    coefficients b_i and sigma_i^2 = R_i(b_i) / (n_i - P) from its training weeks, _own_fits); a
+    store without an own regression (no more training weeks than columns, or a regressor constant
+    within it) is predicted by the pooled regression. (score, stores predicted by the pooled one)."""
     N, P = train.Xty.shape
-    XtX = train.XtX.reshape(N, P, P)
-    usable = train.n > P
-    pooled = np.linalg.lstsq(XtX.sum(axis=0), train.Xty.sum(axis=0), rcond=None)[0]
-    b = np.tile(pooled, (N, 1))
-    b[usable] = np.linalg.solve(XtX[usable], train.Xty[usable][:, :, None])[:, :, 0]
+    own = _own_fits(train.XtX, train.Xty, train.yty, train.n)
+    pooled = _pooled_fit(train.XtX, train.Xty)
+    b = np.where(own.usable[:, None], own.b, pooled)
 
     def rss(sums, b):
         return sums.yty - 2 * (b * sums.Xty).sum(axis=1) + np.einsum("np,npq,nq->n", b, sums.XtX.reshape(N, P, P), b)
     pooled_s2 = rss(train, np.broadcast_to(pooled, (N, P))).sum() / max(train.n.sum() - P, 1.0)
-    s2 = np.where(usable, np.maximum(rss(train, b), 1e-300) / np.maximum(train.n - P, 1.0), pooled_s2)
-    return float((-0.5 * fold.n * np.log(2 * math.pi * s2) - rss(fold, b) / (2 * s2)).sum())
+    s2 = np.where(own.usable, np.maximum(own.s2, TINY), pooled_s2)
+    return float((-0.5 * fold.n * np.log(2 * math.pi * s2) - rss(fold, b) / (2 * s2)).sum()), int((~own.usable).sum())
 
 
 def _bootstrap(stats, fits, B, n_init, seed, tol, progress=None):
@@ -3209,9 +3339,57 @@ def _sigma_check(data, fit, tol):
             "rejects": bool(lr > LR_CRITICAL and abs(estimate / fixed - 1) > SIGMA_MARGIN)}
 
 
+def _stores_apart(stats, sums, stores, names):
+    """The stores that a diagnostic or the model itself sees differently, for results.json:
+    "uninformative", those that carry no information on the price effect under the model (one
+    week under store effects: the posterior is the prior; a price that never changes under store
+    effects), kept in the fit, each with why; "own_regression", how many stores have their own
+    regression (_own_fits) for the diagnostics that set stores beside segments (captured,
+    not-credible, the picture), and why the others are left out of them (a column that never
+    changes within the store is named from the raw sums)."""
+    N = len(stats.n)
+    price = stats.XtX.reshape(N, stats.P, stats.P)[:, stats.price, stats.price]
+    uninformative = [{"store": stores[i], "why": "a single week" if stats.m[i] == 0 else "its price never changes"
+                      if stats.model.store_effects else "its log price is 0 in every week"}
+                     for i in np.flatnonzero((stats.m == 0) | ~(price > 0))]
+    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
+    P = sums.Xty.shape[1]
+    square = np.diagonal(sums.XtX.reshape(N, P, P), axis1=1, axis2=2) / sums.n[:, None]
+    spread = square - (sums.sx / sums.n[:, None]) ** 2
+    constant = (spread <= ABSORBED * square) & (_spread(sums)[None, :])           # varies overall, not here
+    why = {}
+    for i in np.flatnonzero(~own.usable):
+        reason = ("with no more weeks than coefficients" if own.short[i] else
+                  f"in which {names[int(np.argmax(constant[i]))]} never changes" if constant[i].any() else
+                  "whose regressors are collinear")
+        why.setdefault(reason, []).append(stores[i])
+    return {"uninformative": uninformative,
+            "own_regression": {"stores": int(own.usable.sum()),
+                               "left_out": {reason: {"count": len(labels), "stores": labels[:STORES_NAMED]}
+                                            for reason, labels in why.items()}}}
+
+
 def _notes(results):
     """What the reader must know beyond the tables, one sentence each."""
     notes, best, Ks = [], results["best_K"], [model["K"] for model in results["models"]]
+    apart = results.get("uninformative")
+    if apart:
+        notes.append(f"{len(apart)} store{'s carry' if len(apart) > 1 else ' carries'} no information on the price "
+                     f"effect under this model and stay{'s' * (len(apart) == 1)} in the fit, placed by what their other "
+                     "weeks say: "
+                     + ", ".join(f"'{store['store']}' ({store['why']})" for store in apart[:STORES_NAMED])
+                     + (f" and {len(apart) - STORES_NAMED} more" if len(apart) > STORES_NAMED else ""))
+    left = results.get("own_regression", {}).get("left_out")
+    if left:
+        count = sum(reason["count"] for reason in left.values())
+        notes.append(f"{count} store{'s are' if count > 1 else ' is'} left out of the diagnostics that need each "
+                     "store's own regression (captured, not-credible, the holdout's own regression, the picture): "
+                     + "; ".join(f"{reason['count']} {why} (" + ", ".join(f"'{store}'" for store in reason["stores"])
+                                 + (", ..." if reason["count"] > len(reason["stores"]) else "") + ")"
+                                 for why, reason in left.items()))
+    for what, why in results.get("failed", {}).items():
+        notes.append(f"the {what} could not be computed ({why}); the fits are delivered: please report it with the "
+                     "command")
     check = results.get("sigma_check")
     if check and check["rejects"]:
         notes.append(f"the data reject sigma = {check['fixed']:g}: at K = {best} the estimated common sigma is "
@@ -3236,55 +3414,48 @@ def _notes(results):
     for model in results["models"]:
         if model["unsupported"]:
             problems = "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
-            notes.append(f"K = {model['K']}: {problems}; the data support at most {model['supported_K']} segments")
+            notes.append(f"K = {model['K']}: {problems}; the data support at most {model['supported_K']} segment{'s' * (model['supported_K'] != 1)}")
         for c, why in model.get("not_credible", {}).items():
             notes.append(f"K = {model['K']}: segment {c} {why}")
+        for what, why in model.get("failed", {}).items():
+            notes.append(f"K = {model['K']}: the {what} could not be computed ({why}); the fit itself is delivered: "
+                         "please report it with the command")
     return notes
 
 
 def _captured(fit):
     """The share of the spread of the stores' own price coefficients (their own least squares,
     weighted by precision 1 / var(b_i)) that the segments' explain: a weighted R^2 of b_i on
-    sum_c w_ic beta_c. None where fewer than 3 stores have more weeks than coefficients."""
+    sum_c w_ic beta_c, over the stores with an own regression (_own_fits). None where fewer than
+    3 stores have one."""
     stats = fit._stats
-    own, weight = _own_estimates(stats)
-    if weight is None:
+    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
+    keep = own.usable & (np.nan_to_num(own.var[:, stats.price]) > 0)
+    if keep.sum() < 3:
         return None
-    b, segment = own[:, stats.price], fit.W @ fit.theta[:, stats.price]
+    weight = 1 / own.var[keep, stats.price]
+    b, segment = own.b[keep, stats.price], (fit.W @ fit.theta[:, stats.price])[keep]
     centre = np.average(b, weights=weight)
     total = (weight * (b - centre) ** 2).sum()
     return float(max(0.0, 1 - (weight * (b - segment) ** 2).sum() / total)) if total > 0 else None
 
 
-def _own_estimates(stats):
-    """Each store's own least-squares coefficients (N, P) and the precision of its price coefficient
-    (N,), 0 for a store with no more weeks than coefficients; (own, None) where fewer than 3 have."""
-    own = _store_coefficients(stats)
-    usable = stats.m > stats.P
-    if usable.sum() < 3:
-        return own, None
-    N, P = own.shape
-    residual = np.maximum(stats.yty - (own * stats.Xty).sum(axis=1), 0.0) / np.maximum(stats.m - P, 1.0)
-    XtX = stats.XtX.reshape(N, P, P)
-    XtX = np.where(usable[:, None, None], XtX, np.eye(P))
-    variance = residual * np.linalg.inv(XtX)[:, stats.price, stats.price]
-    return own, np.where(usable & (variance > 0), 1 / np.maximum(variance, 1e-300), 0.0)
-
-
 def _not_credible(fit):
     """{segment: why} for a segment of fewer than CREDIBLE_STORES stores whose coefficient lies
-    more than CREDIBLE_SPREAD robust sds (1.4826 MAD) from the median of the stores' own."""
-    own, weight = _own_estimates(fit._stats)
-    if weight is None:
+    more than CREDIBLE_SPREAD robust sds (MAD_SD x the median absolute deviation) from the median
+    of the stores' own (those with an own regression, _own_fits)."""
+    stats = fit._stats
+    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
+    if own.usable.sum() < 3:
         return {}
-    own = own[weight > 0]
-    median = np.median(own, axis=0)
-    spread = 1.4826 * np.median(np.abs(own - median), axis=0)
+    b = own.b[own.usable]
+    median = np.median(b, axis=0)
+    spread = MAD_SD * np.median(np.abs(b - median), axis=0)
     found = {}
     for c in np.flatnonzero(fit.W.sum(axis=0) < CREDIBLE_STORES):
-        far = np.abs(fit.theta[c] - median) > CREDIBLE_SPREAD * np.maximum(spread, 1e-12)
+        far = np.abs(fit.theta[c] - median) > CREDIBLE_SPREAD * np.maximum(spread, TINY_SPREAD)
         if far.any():
-            j = int(np.argmax(np.abs(fit.theta[c] - median) / np.maximum(spread, 1e-12)))
+            j = int(np.argmax(np.abs(fit.theta[c] - median) / np.maximum(spread, TINY_SPREAD)))
             found[c] = (f"({fit.W[:, c].sum():.1f} stores) is not credible: its {fit.names[j]} coefficient "
                         f"{fit.theta[c, j]:.3g} lies far outside the stores' own estimates (median {median[j]:.3g}, "
                         f"robust sd {spread[j]:.3g}); it describes those stores, not a segment")
@@ -3292,30 +3463,66 @@ def _not_credible(fit):
 
 
 def _model_summary(fit):
-    """Everything results.json says of one Fit: estimates, standard errors, criteria.
+    """Everything results.json says of one Fit: estimates, standard errors, criteria, diagnostics.
     n_params = K P + K - 1 + the sigmas estimated (store effects are not counted: the within
     likelihood is free of them); AIC = 2 k - 2 log L; BIC = k log(observed cells) - 2 log L;
-    ICL = BIC + 2 EN, EN = -sum_ic w_ic log w_ic; entropy = 1 - EN / (N log K)."""
-    se, robust = fit.se, fit.se_robust
-    se_theta, se_pi, se_sigma = se.theta.copy(), se.pi.copy(), se.sigma.copy()
+    ICL = BIC + 2 EN, EN = -sum_ic w_ic log w_ic; entropy = 1 - EN / (N log K). A diagnostic that
+    fails leaves its value empty and says so (failed), never the fit."""
+    failed = {}
+    se = _diagnostic(failed, "standard errors", lambda: fit.se, None)
+    robust = _diagnostic(failed, "store-clustered standard errors", lambda: fit.se_robust, None)
+    K, P = fit.theta.shape
+    blank = Params(np.full((K, P), np.nan), np.full(K, np.nan), np.full(K, np.nan))
+    se_theta, se_pi, se_sigma = ((se or blank).theta.copy(), (se or blank).pi.copy(), (se or blank).sigma.copy())
+    robust_theta, robust_sigma = (robust or blank).theta.copy(), (robust or blank).sigma.copy()
     unsupported = overfitted(fit)
     for c in unsupported:                         # no standard error means anything for these
         se_theta[c], se_pi[c], se_sigma[c] = np.nan, np.nan, np.nan
-        robust.theta[c], robust.sigma[c] = np.nan, np.nan
-    return {"K": fit.K, "coefficients": fit.names, "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
-            "sigma": fit.sigma.tolist(),
-            "se": {"theta": se_theta.tolist(), "pi": se_pi.tolist(), "sigma": se_sigma.tolist()},
-            "se_robust": {"theta": robust.theta.tolist(), "sigma": robust.sigma.tolist()},
-            "autocorrelation": fit.autocorrelation,
-            "loglik": fit.loglik, "n_params": fit.n_params, "aic": fit.aic, "bic": fit.bic, "icl": fit.icl,
-            "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
-            "smallest_segment": {"stores": int(min(np.bincount(fit.W.argmax(axis=1), minlength=fit.K))),
-                                 "share": float(fit.pi.min())},
-            "entropy": fit.entropy, "iterations": fit.n_iter, "converged": fit.converged,
-            "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
-            "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
-            "supported_K": fit.K - len(unsupported), "search": fit.search, "captured": _captured(fit),
-            "not_credible": {str(c + 1): why for c, why in _not_credible(fit).items()}, **_membership_summary(fit)}
+        robust_theta[c], robust_sigma[c] = np.nan, np.nan
+    summary = {"K": fit.K, "coefficients": fit.names, "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
+               "sigma": fit.sigma.tolist(),
+               "se": {"theta": se_theta.tolist(), "pi": se_pi.tolist(), "sigma": se_sigma.tolist()},
+               "se_robust": {"theta": robust_theta.tolist(), "sigma": robust_sigma.tolist()},
+               "autocorrelation": _diagnostic(failed, "residual autocorrelation", lambda: fit.autocorrelation, None),
+               "loglik": fit.loglik, "n_params": fit.n_params, "aic": fit.aic, "bic": fit.bic, "icl": fit.icl,
+               "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
+               "smallest_segment": {"stores": int(min(np.bincount(fit.W.argmax(axis=1), minlength=fit.K))),
+                                    "share": float(fit.pi.min())},
+               "entropy": fit.entropy, "iterations": fit.n_iter, "converged": fit.converged,
+               "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
+               "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
+               "supported_K": fit.K - len(unsupported), "search": fit.search,
+               "captured": _diagnostic(failed, "captured share", lambda: _captured(fit), None),
+               "not_credible": {str(c + 1): why for c, why in
+                                _diagnostic(failed, "not-credible check", lambda: _not_credible(fit), {}).items()},
+               "few_stores": {str(c + 1): {"stores": count, "weight": held} for c, (count, held) in _few_stores(fit).items()},
+               **_diagnostic(failed, "membership summary", lambda: _membership_summary(fit), {})}
+    if failed:
+        summary["failed"] = failed
+    return summary
+
+
+def _diagnostic(failed, what, compute, otherwise):
+    """compute(), or where it fails, otherwise, with the failure recorded in failed[what]: a
+    diagnostic never stops a fit that succeeded from being delivered. An interruption is not a
+    failure."""
+    try:
+        return compute()
+    except Exception as problem:                 # noqa: BLE001 - any failure of a diagnostic, said in the notes
+        failed[what] = f"{type(problem).__name__}: {problem}"
+        return otherwise
+
+
+def _few_stores(fit):
+    """{segment: (the stores most likely in it, the stores' posterior weight it holds)} for a
+    segment, not unsupported (overfitted says those), that is most likely for one or two stores or
+    holds less than CREDIBLE_STORES stores' weight: it describes those stores rather than a
+    segment of the market."""
+    held, count = fit.W.sum(axis=0), np.bincount(fit.W.argmax(axis=1), minlength=fit.K)
+    unsupported = _unsupported(fit)
+    twinned = set(unsupported) | {twin for _, twin in unsupported.values()}     # a copy's stores go either way
+    return {c: (int(count[c]), float(held[c])) for c in range(fit.K)
+            if fit.K > 1 and c not in twinned and (held[c] < CREDIBLE_STORES or 1 <= count[c] <= 2)}
 
 
 def _membership_summary(fit):
@@ -3521,10 +3728,11 @@ def _fit_lines(model, sigma_estimated):
     widths = [max(10, len(name)) for name, _, _ in columns]
     lines.append("  segment" + "".join(f" {name:>{width}}    (s.e.)" for (name, _, _), width in zip(columns, widths))
                  + "   stores")
+    few = model.get("few_stores", {})
     for c in range(model["K"]):
         cells = "".join(f" {_number_cell(values[c], width)} ({_number_cell(errors[c], 7)})"
                         for (_, values, errors), width in zip(columns, widths))
-        lines.append(f"  {c + 1:7d}{cells} {model['stores_in_segment'][c]:8d}")
+        lines.append(f"  {c + 1:7d}{cells} {model['stores_in_segment'][c]:8d}" + (" !" if str(c + 1) in few else ""))
     if "se_robust" in model:
         lines.append("  store-clustered s.e. (robust to autocorrelated weeks): " + "; ".join(
             f"{name} " + " ".join(_number_cell(row[j], 6).strip() for row in model["se_robust"]["theta"])
@@ -3532,9 +3740,13 @@ def _fit_lines(model, sigma_estimated):
             + ("" if model.get("autocorrelation") is None else
                f"   (residual autocorrelation within stores {model['autocorrelation']:.2f})"))
     lines += _membership_lines(model)
+    if few:
+        lines.append("  ! " + ", ".join(f"segment {c} is most likely for {held['stores']} store{'s' * (held['stores'] != 1)} "
+                                       f"({held['weight']:.1f} stores' weight)" for c, held in few.items())
+                     + ": a segment of one or two stores describes those stores, not a segment of the market")
     if model.get("unsupported"):
         lines.append("  ! " + "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
-                     + f": the data support at most {model['supported_K']} segments (n/a: no standard "
+                     + f": the data support at most {model['supported_K']} segment{'s' * (model['supported_K'] != 1)} (n/a: no standard "
                      "error means anything there)")
     return lines
 
@@ -3545,6 +3757,9 @@ def _membership_lines(model):
     who is in each segment in words."""
     if "gamma" not in model:
         return []
+    if model["K"] == 1:
+        return ["  covariates of membership: with one segment there is no membership to model, so K = 1 is the "
+                "model without them (likelihood ratio 0 on 0 df)"]
     names, K, reference = model["covariates"]["names"], model["K"], model["reference_segment"] - 1
     others = [c for c in range(K) if c != reference]
     test = model["without_covariates"]
@@ -3657,7 +3872,11 @@ def _how_many_lines(results):
                      + f"; one pooled regression {holdout['pooled']:.2f}; each store's own regression "
                      f"{holdout['own']:.2f}. Best: K = {best}"
                      + (" (better than each store's own)" if scored[best] > holdout["own"] else
-                        ", below each store's own regression: segments predict new weeks less well than the stores' own lines"))
+                        ", below each store's own regression: segments predict new weeks less well than the stores' own lines")
+                     + (f". {holdout['unscored']} store-folds had no training week and were not scored"
+                        if holdout.get("unscored") else "")
+                     + (f"; up to {holdout['own_pooled_stores']} stores a fold had no own regression and were "
+                        "predicted by the pooled one there" if holdout.get("own_pooled_stores") else ""))
     elif holdout:
         lines.append(f"Holdout: skipped ({holdout['skipped']})")
     boot = results.get("bootstrap")
@@ -3665,7 +3884,12 @@ def _how_many_lines(results):
         tests = "; ".join(f"K = {t['K']} against {t['K'] + 1}: LR {t['lr']:.2f}, p = {t['p']:.3f}" for t in boot["tests"])
         choice = (f"it keeps K = {boot['K']}" if boot["K"] is not None else
                   "every K tried is rejected for the next: the largest K may be too few")
-        lines.append(f"Bootstrap test ({boot['B']} panels simulated from each K fit, {boot['seconds']:.1f} s): {tests}; {choice}.")
+        rho = next((m.get("autocorrelation") for m in models if m["K"] == results["best_K"]), None)
+        caveat = ("" if rho is None or not rho > AUTOCORRELATION else
+                  f" The weeks' residuals are autocorrelated within stores (rho = {rho:.2f}), and the test simulates "
+                  "independent weeks: it rejects too often, so read its p-values as too small.")
+        lines.append(f"Bootstrap test ({boot['B']} panels simulated from each K fit, {boot['seconds']:.1f} s; the "
+                     f"smallest p that {boot['B']} panels can give is {1 / (boot['B'] + 1):.3f}): {tests}; {choice}.{caveat}")
     share = results.get("min_share")
     if share:
         lines.append(f"With every segment holding at least {100 * share['share']:.0f}% of the stores (--min-share): "
@@ -3687,7 +3911,10 @@ def report(results):
                             for group, each in results["groups"].items())
     settings = results["settings"]
     names = results["models"][0].get("coefficients", ["intercept", "log price"])
-    lines = [f"{results['data']}: {results['stores']} stores x {results['weeks']} weeks, "
+    apart = len(results.get("uninformative", []))
+    stores = f"{results['stores']} stores" + (f" ({apart} of them with no information on the price effect: see the "
+                                              "notes)" if apart else "")
+    lines = [f"{results['data']}: {stores} x {results['weeks']} weeks, "
              f"{results['observations']} observed cells; best of {settings['n_init']} "
              f"starts for each K (seed {settings['seed']})",
              f"model: log sales on {', '.join(settings.get('regressors', names))}; {_describe(settings)}", ""]
@@ -3696,6 +3923,10 @@ def report(results):
         lines += _fit_lines(model, isinstance(settings.get("sigma", 1.0), str)) + [""]
     lines += _how_many_lines(results)
     ranked = sorted(results["models"], key=lambda model: model["bic"])
+    if len(ranked) == 1:
+        lines.append(f"One K fitted (K = {ranked[0]['K']}, BIC {ranked[0]['bic']:.2f}): BIC compares models, so "
+                     "nothing was chosen; give several K (--K 1 2 3 4) to choose among them.")
+        return "\n".join(lines)
     others = ", ".join(f"K = {model['K']}: +{model['bic'] - ranked[0]['bic']:.2f}" for model in ranked[1:])
     lines.append(f"BIC chooses K = {results['best_K']}: the lowest BIC, {ranked[0]['bic']:.2f}"
                  + (f" ({others})." if others else "."))
@@ -3711,8 +3942,18 @@ def report(results):
 # The picture (matplotlib, imported only for it)
 # ---------------------------------------------------------------------------------------------
 
-def plot(results, fits, data, K=None):
-    """The PNG (bytes) of one K (default: BIC's choice): each store's own (elasticity, level)
+PICTURES = ("png", "pdf", "svg")   # the formats --plot writes, by the file's extension
+
+
+def _extension(path):
+    """The picture format a file name asks for (PICTURES), or None."""
+    import os
+    extension = os.path.splitext(str(path))[1].lower().lstrip(".")
+    return extension if extension in PICTURES else None
+
+
+def plot(results, fits, data, K=None, format="png"):
+    """The picture (bytes; format png, pdf or svg) of one K (default: BIC's choice): each store's own (elasticity, level)
     coloured by its segment, with the segment centres; the segments' demand curves over the
     observed prices; BIC against K. results, fits, data: what analyse's run gives (_analyse)."""
     plt = _pyplot()
@@ -3720,11 +3961,12 @@ def plot(results, fits, data, K=None):
     fit = fits[K]
     names = fit.names
     price = names.index("log price")
-    own = _store_coefficients(_statistics(data.sums, Model()))          # (N, columns of X): raw fit
+    fits_own = _own_fits(data.sums.XtX, data.sums.Xty, data.sums.yty, data.sums.n)     # raw: with its level
+    own = fits_own.b
     segment = fit.W.argmax(axis=1)
     colours = plt.get_cmap("tab10")(np.arange(K) % 10)
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
-    keep = np.isfinite(own).all(axis=1) & (data.sums.n > data.sums.Xty.shape[1])
+    keep = fits_own.usable
     level = names.index("intercept") if "intercept" in names else None
     for c in range(K):
         mine = keep & (segment == c)
@@ -3759,7 +4001,7 @@ def plot(results, fits, data, K=None):
     figure.tight_layout()
     import io
     picture = io.BytesIO()
-    figure.savefig(picture, format="png", dpi=110)
+    figure.savefig(picture, format=format, dpi=110)
     plt.close(figure)
     return picture.getvalue()
 
@@ -3871,14 +4113,14 @@ def _parser():
 
 def _integer(text):
     if not text.strip().lstrip("+-").isdigit():
-        raise ValueError(f"expected a whole number; got {text!r}")
+        raise InputError(f"expected a whole number; got {text!r}")
     return int(text)
 
 
 def _float(text):
     value = _number(text, ",")
     if value is None or math.isnan(value):
-        raise ValueError(f"expected a number; got {text!r}")
+        raise InputError(f"expected a number; got {text!r}")
     return value
 
 
@@ -3921,6 +4163,8 @@ def _arguments(argv):
     if args.csv is None and not os.path.exists(args.path):      # run from another folder
         args.path = os.path.join(here, "data", "example.csv")
     _check_outputs(args)
+    if args.plot and _extension(args.plot) is None:
+        raise _Refused(f"--plot {args.plot}: the picture is written as PNG, PDF or SVG: name the file .png, .pdf or .svg")
     return args
 
 
@@ -3951,8 +4195,9 @@ def _check_outputs(args):
 
 class _Outputs:
     """The run's files, replaced all together or not at all: each is written to a temporary file
-    beside its target first (stage); commit() moves them all into place with Ctrl-C held back
-    until the last is done; any temporary file left is removed (close), whatever happens."""
+    beside its target first (stage); commit() moves them all into place with Ctrl-C and SIGTERM
+    held back until the last is done; any temporary file left is removed (close), whatever
+    happens short of SIGKILL."""
 
     def __init__(self):
         self.staged = []
@@ -3971,7 +4216,8 @@ class _Outputs:
     def commit(self):
         import os
         import signal
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) \
+            if hasattr(signal, "pthread_sigmask") else None
         try:
             for temporary, target in self.staged:
                 os.replace(temporary, target)
@@ -3999,28 +4245,61 @@ def _quiet_stdout():
         pass
 
 
+class _Terminated(BaseException):
+    """SIGTERM (what timeout, systemd and Kubernetes send), raised in the main thread so that the run
+    ends as an interrupted one does: temporary files removed, the old outputs left."""
+
+
+class _Step:
+    """What the command line is doing: named in the message if the program fails there."""
+
+    def __init__(self):
+        self.now = "reading the arguments"
+
+
 def main(argv=None):
     """The command line (python em_sales.py --help). Returns the exit code: 0; 2 for input or
-    arguments that cannot be used (one line on stderr, no file touched); 130 interrupted
-    (Ctrl-C); 141 standard output closed early (| head). Never a traceback."""
+    arguments that cannot be used (one line on stderr, no file touched); 3 a failure of the program
+    itself (one line, no file touched: please report it); 130 interrupted (Ctrl-C); 141 standard
+    output closed early (| head); 143 terminated (SIGTERM). Never a traceback."""
+    import signal
     import sys
+    step = _Step()
+
+    def terminate(number, frame):
+        raise _Terminated
     try:
-        return _main(argv)
-    except _Refused as problem:
+        before = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:                           # not the main thread: SIGTERM keeps its default
+        before = None
+    try:
+        return _main(argv, step)
+    except (_Refused, InputError) as problem:
         print(f"error: {_escaped(problem)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         _quiet_stdout()
         return 141
     except MemoryError:
         print("error: out of memory", file=sys.stderr)
         return 2
+    except Exception as problem:                 # a failure of the program, never of the input
+        print(f"error: internal error while {step.now} ({type(problem).__name__}: {_escaped(problem)}): please "
+              "report it with the command", file=sys.stderr)
+        return 3
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
-def _main(argv):
+def _main(argv, step):
+    import contextlib
     import sys
 
     args = _arguments(argv)
@@ -4028,21 +4307,21 @@ def _main(argv):
     if not args.quiet and os.path.isfile(args.path) and (args.by or (not args.sums and _use_engine(args.path, {}))):
         print(f"reading {_escaped(args.path)} ({os.path.getsize(args.path) / 2 ** 20:.0f} MB): DuckDB reduces it to "
               "per-store sums", file=sys.stderr, flush=True)
-    with warnings.catch_warnings():
+    step.now = f"reading {_escaped(args.path)}"
+    progress = _Progress(args.quiet, step)
+    with warnings.catch_warnings(), contextlib.closing(progress):
         warnings.showwarning = lambda message, *rest, **named: print(f"warning: {_escaped(message)}", file=sys.stderr)
-        try:
-            with np.errstate(all="ignore"):
-                results, fits, data = _analyse(args.path, args.K, args.n_init, args.seed, args.tol,
-                                               _progress(args.quiet), args.csv or "data/example.csv",
-                                               _model(args.sigma, args.store_effects, args.covariates),
-                                               {role: getattr(args, role) for role in LONG_COLUMNS}, args.x,
-                                               args.stores, args.holdout, args.bootstrap, args.min_share, args.by,
-                                               args.sums)
-        except ValueError as problem:            # InputError, or a panel the model cannot use
-            raise _Refused(str(problem)) from None
+        with np.errstate(all="ignore"):
+            results, fits, data = _analyse(args.path, args.K, args.n_init, args.seed, args.tol,
+                                           progress, args.csv or "data/example.csv",
+                                           _model(args.sigma, args.store_effects, args.covariates),
+                                           {role: getattr(args, role) for role in LONG_COLUMNS}, args.x,
+                                           args.stores, args.holdout, args.bootstrap, args.min_share, args.by,
+                                           args.sums)
     every = list(results["groups"].values()) if "groups" in results else [results]
     if not all(np.isfinite(model["loglik"]) for each in every for model in each["models"]):
         raise _Refused(f"{_escaped(args.path)}: the estimates are not finite numbers (values too extreme to fit)")
+    step.now = "writing the outputs"
     outputs = _Outputs()
     try:
         outputs.stage(args.output, results_json(results))
@@ -4054,7 +4333,7 @@ def _main(argv):
         if args.plot:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                outputs.stage(args.plot, plot(results, fits, data, K))
+                outputs.stage(args.plot, plot(results, fits, data, K, _extension(args.plot)))
         written = ", ".join(name for name in (args.output, args.segments, args.predict and args.predict[1], args.plot)
                             if name)
         _say("" if args.quiet else report(results) + "\n")
@@ -4085,31 +4364,67 @@ def _reading(progress):
     return None if progress is None else lambda percent: progress("reading", percent, 100)
 
 
-def _progress(quiet):
-    """progress(K, done, total) for a sweep: a line on stderr every 2 s once a run is slow, with
-    the time left for this K's starts at the pace so far (done None: a round of moves)."""
-    import sys
-    import time
-    start = last = time.perf_counter()
-    first, rounds = {}, {}                       # K: (time, starts done) at its first report
+class _Progress:
+    """progress(K, done, total) for a sweep: a line on stderr every 2 s once a run is slow, with the
+    time left for this K's starts at the pace so far (done None: a round of split-and-merge moves;
+    K "reading": the percent of a large file reduced; K "bootstrap ...": simulated panels). A start
+    that takes longer than its predecessors is reported while it runs, and the time left grows
+    with it: a line every 2 s from a watcher thread, which close() stops. step.now names the work."""
 
-    def progress(K, done, total):
-        nonlocal last
-        now = time.perf_counter()
+    def __init__(self, quiet, step=None):
+        import threading
+        import time
+        self.quiet, self.step, self.clock = quiet, step, time.perf_counter
+        self.start = self.last = self.clock()
+        self.first, self.rounds, self.state = {}, {}, None      # K: (time, done) at its first report
+        self.done = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        if not quiet:
+            self.watcher.start()
+
+    def __call__(self, K, done, total):
+        now = self.clock()
+        if self.step is not None and K != "reading":
+            self.step.now = f"fitting K = {K}" if not isinstance(K, str) else K
         if done is None:
-            rounds[K] = rounds.get(K, 0) + 1
-            what = f"split-and-merge moves, round {rounds[K]}"
-        elif K == "reading":
-            what = f"{done:.0f}% of the file reduced"
-        else:
-            since, before = first.setdefault(K, (now, done))
-            left = (f", about {(now - since) / (done - before) * (total - done):.0f} s left for its starts"
-                    if before < done < total else "")
-            what = f"{done} of {total} starts done{left}"
-        if not quiet and now - start > 2 and (now - last > 2 or done == total):
-            print(f"{K if isinstance(K, str) else f'K = {K}'}: {what}, {now - start:.1f} s", file=sys.stderr, flush=True)
-            last = now
-    return progress
+            self.rounds[K] = self.rounds.get(K, 0) + 1
+            self.state = None
+            self._say(now, K, f"split-and-merge moves, round {self.rounds[K]}")
+            return
+        if K == "reading":
+            self._say(now, K, f"{done:.0f}% of the file reduced")
+            return
+        unit = "panels" if isinstance(K, str) else "starts"
+        since, before = self.first.setdefault(K, (now, done))
+        self.state = (K, done, total, unit, since, before, now)
+        self._say(now, K, self._line(now), final=done == total)
+
+    def _line(self, now):
+        """The state's line: done of total, and the time left at the pace so far, or at the pace of
+        the start running now where it is slower."""
+        K, done, total, unit, since, before, finished = self.state
+        left = ""
+        if before < done < total:
+            pace = (finished - since) / (done - before)
+            running = now - finished
+            left = f", about {max(pace, running) * (total - done) - running:.0f} s left for its {unit}"
+        return f"{done} of {total} {unit} done{left}"
+
+    def _say(self, now, K, what, final=False):
+        if not self.quiet and now - self.start > 2 and (now - self.last > 2 or final):
+            import sys
+            print(f"{K if isinstance(K, str) else f'K = {K}'}: {what}, {now - self.start:.1f} s", file=sys.stderr,
+                  flush=True)
+            self.last = now
+
+    def _watch(self):
+        while not self.done.wait(1.0):
+            state, now = self.state, self.clock()
+            if state is not None and state[1] < state[2] and now - self.last > 2:
+                self._say(now, state[0], self._line(now))
+
+    def close(self):
+        self.done.set()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ segments close to the K = 3 estimate on it.
 """
 import argparse
 import json
+import math
 import os
 import sys
 from typing import NamedTuple
@@ -134,6 +135,37 @@ def write_long(path, price, sales, x=None, x_names=()):
                 if not np.isnan(sales[t, i]):
                     extra = "".join(f",{value:.10g}" for value in (x[t, i] if x is not None else ()))
                     out.write(f"S{i + 1},{t + 1},{sales[t, i]:.10g},{price[t, i]:.2f}{extra}\n")
+
+
+ODD_STORES = {"never featured": (0, 1, 2, 3), "one week": (4,), "two weeks": (5,), "a fixed price": (6,),
+              "always on deal": (7, 8)}    # stores of odd_panel, by what is odd about them; every 5th enters late
+
+
+def odd_panel(path, N=60, T=30, seed=3):
+    """A long file (store, week, sales, price, deal, feat) with every odd store a real panel has
+    (ODD_STORES): stores never featured, with one week or two, with a fixed price, always on
+    deal, and every fifth store entering late and leaving early. Two segments, price
+    coefficients -3 (even stores) and -1 (odd ones), deal +0.3 and feat +0.5, store levels around
+    5, store prices around 2, sigma 0.2. Returns each store's segment (N,) in 0..1, stores s0..s{N-1}."""
+    rng = np.random.default_rng(seed)
+    segment, beta = np.arange(N) % 2, np.array([-3.0, -1.0])
+    level = rng.normal(5.0, 0.5, N)
+    odd = {i: what for what, stores in ODD_STORES.items() for i in stores}
+    with open(path, "w", newline="") as out:
+        out.write("store,week,sales,price,deal,feat\n")
+        for i in range(N):
+            weeks = np.arange(rng.integers(0, 10), rng.integers(20, T)) if i % 5 == 4 else np.arange(T)
+            weeks = weeks[:1] if odd.get(i) == "one week" else weeks[:2] if odd.get(i) == "two weeks" else weeks
+            price = 2.0 * np.exp(rng.normal(0.0, 0.15, len(weeks)))
+            deal = (rng.random(len(weeks)) < 0.2).astype(float)
+            feat = (rng.random(len(weeks)) < 0.15).astype(float)
+            price[:] = 2.0 if odd.get(i) == "a fixed price" else price
+            feat[:] = 0.0 if odd.get(i) == "never featured" else feat
+            deal[:] = 1.0 if odd.get(i) == "always on deal" else deal
+            y = level[i] + beta[segment[i]] * np.log(price) + 0.3 * deal + 0.5 * feat + rng.normal(0, 0.2, len(weeks))
+            out.writelines(f"s{i},{w},{math.exp(v):.6g},{p:.4f},{d:g},{f:g}\n"
+                           for w, v, p, d, f in zip(weeks, y, price, deal, feat))
+    return segment
 
 
 def write_stores(path, labels, z):
