@@ -3147,11 +3147,12 @@ def _analyse_data(data, Ks, n_init, seed, tol, progress, path, model, stores=Non
     models = [_model_summary(fits[K]) for K in Ks]
     best = min(models, key=lambda model: model["bic"])["K"]
     results = {"data": name, "stores": len(data.stores), "weeks": data.weeks,
-               "observations": int(stats.n.sum()), **_stores_apart(stats, data.sums, data.stores, data.coefficients),
+               "observations": int(stats.n.sum()),
                "settings": {"n_init": n_init, "seed": seed, "tol": tol,
                             "sigma": model.fixed if model.sigma == "fixed" else model.sigma,
                             "store_effects": model.store_effects, "regressors": names, "format": data.layout},
-               "models": models, "best_K": best, "notes": []}
+               "models": models, "best_K": best, "notes": [],
+               **_stores_apart(stats, data.sums, data.stores, data.coefficients)}
     failed = {}
     if model.sigma == "fixed":
         results["sigma_check"] = _diagnostic(failed, "sigma check", lambda: _sigma_check(data, fits[best], tol), None)
@@ -3482,16 +3483,16 @@ def _model_summary(fit):
     summary = {"K": fit.K, "coefficients": fit.names, "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
                "sigma": fit.sigma.tolist(),
                "se": {"theta": se_theta.tolist(), "pi": se_pi.tolist(), "sigma": se_sigma.tolist()},
-               "se_robust": {"theta": robust_theta.tolist(), "sigma": robust_sigma.tolist()},
-               "autocorrelation": _diagnostic(failed, "residual autocorrelation", lambda: fit.autocorrelation, None),
                "loglik": fit.loglik, "n_params": fit.n_params, "aic": fit.aic, "bic": fit.bic, "icl": fit.icl,
-               "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
-               "smallest_segment": {"stores": int(min(np.bincount(fit.W.argmax(axis=1), minlength=fit.K))),
-                                    "share": float(fit.pi.min())},
                "entropy": fit.entropy, "iterations": fit.n_iter, "converged": fit.converged,
                "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
                "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
                "supported_K": fit.K - len(unsupported), "search": fit.search,
+               "se_robust": {"theta": robust_theta.tolist(), "sigma": robust_sigma.tolist()},
+               "autocorrelation": _diagnostic(failed, "residual autocorrelation", lambda: fit.autocorrelation, None),
+               "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
+               "smallest_segment": {"stores": int(min(np.bincount(fit.W.argmax(axis=1), minlength=fit.K))),
+                                    "share": float(fit.pi.min())},
                "captured": _diagnostic(failed, "captured share", lambda: _captured(fit), None),
                "not_credible": {str(c + 1): why for c, why in
                                 _diagnostic(failed, "not-credible check", lambda: _not_credible(fit), {}).items()},
