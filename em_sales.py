@@ -3271,10 +3271,10 @@ def _bootstrap(stats, fits, B, n_init, seed, tol, progress=None):
     (_simulated), each fitted with K and K + 1 segments by the same search, and the p-value
     (1 + #{LR_b >= LR}) / (B + 1) of the observed likelihood ratio LR = 2 (loglik_{K+1} -
     loglik_K). It stops after the first K whose p-value is above BOOTSTRAP_LEVEL: that K is its
-    choice (B = 19 is the least that can reject at 5%; 99 is usual). {"B", "tests": [{"K", "lr", "p"}], "K", "seconds"}."""
-    import time
+    choice (B = 19 is the least that can reject at 5%; 99 is usual). {"B", "tests": [{"K", "lr", "p"}], "K"} (no
+    timing: results.json holds none)."""
     import numpy.random
-    start, tests, chosen = time.perf_counter(), [], None
+    tests, chosen = [], None
     rng = numpy.random.default_rng(seed)
     for K in sorted(fits):
         if K + 1 not in fits:
@@ -3294,7 +3294,7 @@ def _bootstrap(stats, fits, B, n_init, seed, tol, progress=None):
         if tests[-1]["p"] > BOOTSTRAP_LEVEL:
             chosen = K
             break
-    return {"B": B, "tests": tests, "K": chosen, "seconds": round(time.perf_counter() - start, 1)}
+    return {"B": B, "tests": tests, "K": chosen}
 
 
 def _simulated(stats, fit, rng):
@@ -3889,7 +3889,7 @@ def _how_many_lines(results):
         caveat = ("" if rho is None or not rho > AUTOCORRELATION else
                   f" The weeks' residuals are autocorrelated within stores (rho = {rho:.2f}), and the test simulates "
                   "independent weeks: it rejects too often, so read its p-values as too small.")
-        lines.append(f"Bootstrap test ({boot['B']} panels simulated from each K fit, {boot['seconds']:.1f} s; the "
+        lines.append(f"Bootstrap test ({boot['B']} panels simulated from each K fit; the "
                      f"smallest p that {boot['B']} panels can give is {1 / (boot['B'] + 1):.3f}): {tests}; {choice}.{caveat}")
     share = results.get("min_share")
     if share:
