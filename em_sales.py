@@ -3151,8 +3151,7 @@ def _analyse_data(data, Ks, n_init, seed, tol, progress, path, model, stores=Non
                "settings": {"n_init": n_init, "seed": seed, "tol": tol,
                             "sigma": model.fixed if model.sigma == "fixed" else model.sigma,
                             "store_effects": model.store_effects, "regressors": names, "format": data.layout},
-               "models": models, "best_K": best, "notes": [],
-               **_stores_apart(stats, data.sums, data.stores, data.coefficients)}
+               "models": models, "best_K": best, "notes": [], **_stores_apart(stats, data.sums, data.stores, data.coefficients)}
     failed = {}
     if model.sigma == "fixed":
         results["sigma_check"] = _diagnostic(failed, "sigma check", lambda: _sigma_check(data, fits[best], tol), None)
@@ -3488,6 +3487,7 @@ def _model_summary(fit):
                "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
                "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
                "supported_K": fit.K - len(unsupported), "search": fit.search,
+               "few_stores": {str(c + 1): {"stores": count, "weight": held} for c, (count, held) in _few_stores(fit).items()},
                "se_robust": {"theta": robust_theta.tolist(), "sigma": robust_sigma.tolist()},
                "autocorrelation": _diagnostic(failed, "residual autocorrelation", lambda: fit.autocorrelation, None),
                "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
@@ -3496,7 +3496,6 @@ def _model_summary(fit):
                "captured": _diagnostic(failed, "captured share", lambda: _captured(fit), None),
                "not_credible": {str(c + 1): why for c, why in
                                 _diagnostic(failed, "not-credible check", lambda: _not_credible(fit), {}).items()},
-               "few_stores": {str(c + 1): {"stores": count, "weight": held} for c, (count, held) in _few_stores(fit).items()},
                **_diagnostic(failed, "membership summary", lambda: _membership_summary(fit), {})}
     if failed:
         summary["failed"] = failed
