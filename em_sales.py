@@ -24,7 +24,11 @@ and regressors). Everything runs on per-store sufficient statistics (n_i, X_i'X_
 y_i'y_i); README.md and docs/derivations.md derive every formula.
 
 Run as a program, `python em_sales.py data.csv` estimates K = 2, 3, 4, prints a report and writes
-results.json (python em_sales.py --help).
+results.json (python em_sales.py --help). This file is the estimator and stands alone on numpy:
+copied into an empty folder it reads the course's wide file and writes the assignment's
+results.json. The analyst's package em_sales_tools (long and Parquet files, covariates from a
+stores file, how many segments, prices, Spark, the picture) sits beside it and imports it; where
+it is importable, main() hands the command line to it (README, "A map of the code").
 """
 import math
 import warnings
@@ -32,11 +36,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-__version__ = "1.0.0"
-__all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model", "Prediction",
-           "analyse", "fit_frame", "load", "read_panel", "read_long", "read_stores", "read_sums", "panel_arrays", "report", "results_json",
-           "segments_csv", "plot", "overfitted", "main", "Loaded", "LongPanel", "Sums", "Lags", "InputError",
-           "ConvergenceWarning", "__version__"]
+__version__ = "1.1.0"
+__all__ = ["LogL", "EStep", "MStep", "EM", "Estimate", "StandardErrors", "Fit", "Params", "Model", "Search", "Progress",
+           "read_panel", "panel_arrays", "sweep", "results", "report", "results_json", "segments_csv", "overfitted",
+           "main", "Sums", "InputError", "ConvergenceWarning", "__version__"]
+
 
 # ---------------------------------------------------------------------------------------------
 # The rules, each in one place
@@ -93,45 +97,23 @@ GAMMA_STEPS = 100        # Newton iterations of the membership M-step (a weighte
 UNSUPPORTED_WEIGHT = 0.5   # a segment with less posterior weight than half a store holds almost none ...
 EMPTY_WEIGHT = 0.005       # ... and with less than this, none (an empty segment: a flat ridge)
 EQUAL_SEGMENTS = 1e-3      # segments whose theta and sigma agree to this (relative) are one
-AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
-ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median): the model-based are too small
-HOLDOUT_FOLDS = 5          # --holdout: each store's weeks in this many random folds
-BOOTSTRAP_LEVEL = 0.05     # --bootstrap: K + 1 is preferred to K where the p-value is at most this
-CREDIBLE_STORES = 2.5      # a segment of fewer stores (posterior weight) ...
-CREDIBLE_SPREAD = 5.0      # ... with a coefficient more than this many robust sds from the stores' own: flagged
-TINY_SPREAD = 1e-12        # ... (a robust sd below this counts as this: stores all alike)
-MAD_SD = 1.4826            # a robust sd: this x the median absolute deviation (the sd of a normal)
-LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
-SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
-LR_DECIMALS = 6            # a difference of log-likelihoods keeps their absolute noise (1e-9)
+CREDIBLE_STORES = 2.5      # a segment holding less stores' weight than this (or most likely for 1 or 2): a few stores
 BIC_STRENGTH = ((10, "very strong"), (6, "strong"), (2, "positive"), (0, "weak"))  # Kass-Raftery
 JSON_DIGITS = 8            # significant digits in results.json: rounding noise (up to 2e-11, relative, between
                            # machines and BLAS kernels) is left out ...
 JSON_DIGITS_LOGLIK = 10    # ... and for log-likelihoods and criteria, whose noise is 1e-14 relative
-
 # Reading files
 MISSING = ("", "NA", "NaN", "nan")            # cells that mean "no observation this week"
 MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused by the exact reader, not read into memory
-ENGINE_FROM = 64 << 20   # a long CSV file larger than this (and every Parquet file) is reduced by DuckDB
-ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
-REREAD_UP_TO = 256 << 20  # a fault the engine finds in a CSV file up to this size is located by the exact
-                           # reader (line and column; it takes about ten times the file); above it, by store and week
-WEEK_BITS = 2048         # the engine proves a store's weeks distinct by their residues modulo this (a power of 2)
-LAG_ROWS = 100_000       # the residual autocorrelation of a file the engine reads: from a sample of stores of
-                         # this many rows or more (every store, in a file of fewer than twice as many)
-WHITE_SPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
-               "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # what str.strip() takes off a label
-INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                 "UBIGINT", "UHUGEINT")   # a Parquet file's week column of these types holds integer weeks
-NUMBER_TYPES = INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")  # numbers of these types are numbers (others: text)
 CELL_SHOWN = 40          # a cell in a message is cut to this many characters
 STORES_NAMED = 5         # a note names at most this many stores
-LONG_COLUMNS = ("store", "week", "sales", "price")  # a long file's columns, found by name
 INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
                "unnamed: 0", "month", "year")          # a first column so named is no price
 STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr", "store_no", "shop",
                "shop_id", "outlet", "outlet_id", "retailer", "retailer_id", "id", "branch", "location",
                "customer", "account", "site")          # ... and one so named is a long file's
+TOOLS_OPTIONS = ("--x", "--store", "--week", "--sales", "--price", "--stores", "--covariates", "--predict", "--by",
+                 "--sums", "--holdout", "--bootstrap", "--min-share", "--plot")   # the analyst's package serves these
 
 
 class InputError(ValueError):
@@ -146,10 +128,10 @@ class ConvergenceWarning(UserWarning):
 
 
 def _warn(message, category=UserWarning):
-    """warnings.warn pointing at the first caller outside this file (the user's line)."""
+    """warnings.warn pointing at the first caller outside em_sales and em_sales_tools (the user's line)."""
     import sys
     level, frame = 2, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("em_sales", "em_sales_tools"):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
 
@@ -242,20 +224,24 @@ class Fit(_Unpacks):
 
     theta (K, P), pi (K,), sigma (K,), loglik (of exactly these parameters, in this order),
     W (N, K) posteriors, n_iter, converged, model, names (of theta's columns); n_params, n_obs,
-    aic, bic, icl, entropy; se (a Params of standard errors, computed on first use); summary().
-    Segments are in canonical order: increasing price coefficient (most price-sensitive first)."""
+    aic, bic, icl, entropy, aic3, caic, sabic; se (a Params of standard errors, computed on first
+    use) and se_robust (store-clustered); search (what the search did: results.json's record) and
+    ends (the runs of its starts); with covariates of membership gamma (K, R), prior (N, K),
+    separated and without_covariates (the Fit without them); log_sales(X); summary(). Segments
+    are in canonical order: increasing price coefficient (most price-sensitive first)."""
     _unpacks = ("theta", "pi", "loglik")
 
-    def __init__(self, run, stats, names=None):
+    def __init__(self, run, stats, names=None, search=None, ends=(), separated=None, without_covariates=None):
         self.theta, self.membership, self.sigma, self.loglik, self.W, self.n_iter, self.converged = run
         self._stats, self.model = stats, stats.model
         self.names = list(names) if names else [f"x{j}" for j in stats.columns]      # X's columns
-        self._se, self._se_robust, self.search, self.without_covariates = None, None, None, None
-        self.stores, self.data, self._pandas = None, None, False          # set where a file or frame is known
+        self.search, self.ends = search, list(ends)
+        self.separated = separated or {}          # with covariates: {segment: entries beyond GAMMA_LIMIT}
+        self.without_covariates = without_covariates
         self.gamma = self.membership if stats.Z is not None else None
         self.prior = np.exp(np.broadcast_to(_log_prior(stats, self.membership), (len(self.theta), len(self.W)))).T
         self.pi = self.prior.mean(axis=0) if stats.Z is not None else self.membership
-        self.separated = {}                       # with covariates: {segment: entries beyond GAMMA_LIMIT}
+        self._se, self._se_robust = None, None
 
     K = property(lambda self: len(self.pi))
     n_obs = property(lambda self: int(self._stats.n.sum()))
@@ -292,53 +278,11 @@ class Fit(_Unpacks):
             self._se_robust = _standard_errors(self._stats, _run_of(self), robust=True)
         return self._se_robust
 
-    autocorrelation = property(lambda self: _autocorrelation(self))
-
-    @property
-    def segment(self):
-        """Each store's most likely segment, 1..K (a Series by store from fit_frame)."""
-        return self._by_store(self.W.argmax(axis=1) + 1, None)
-
-    @property
-    def posterior(self):
-        """W (N, K) (a DataFrame by store, columns segment_1..K, from fit_frame)."""
-        return self._by_store(self.W, [f"segment_{c + 1}" for c in range(self.K)])
-
-    def _by_store(self, values, columns):
-        if not self._pandas:
-            return values
-        import pandas as pd
-        index = pd.Index(self.stores, name="store")
-        return pd.Series(values, index=index, name="segment") if columns is None else \
-            pd.DataFrame(values, index=index, columns=columns)
-
-    def plot(self, file=None):
-        """The picture of plot() for this fit (bytes: PNG, or PDF or SVG as file's name says;
-        written to file if given). Needs the data: a fit from analyse or fit_frame."""
-        if self.data is None:
-            raise InputError("plot needs the data: fit with fit_frame or analyse")
-        results = {"data": "fit", "settings": {"sigma": self.model.sigma if self.model.sigma != "fixed" else
-                                                self.model.fixed, "store_effects": self.model.store_effects},
-                   "models": [{"K": self.K, "bic": self.bic}], "best_K": self.K}
-        picture = plot(results, {self.K: self}, self.data, self.K, _extension(file) or "png")
-        if file is not None:
-            with open(file, "wb") as out:
-                out.write(picture)
-        return picture
-
-    def predict(self, covariates=None, y=None, X=None):
-        """Segments of new stores: a Prediction of (M, K) arrays, prior (from covariates of
-        membership: covariates (M, Q) in the units of the stores file, columns as
-        model.covariates; without them pi for every store) and, given a few weeks of sales,
-        posterior: y (T, M) log sales (NaN where missing) and X (T, P) or (T, M, P) with the
-        columns of the fit's X (with store effects two weeks or more a store)."""
-        return _predict(self, covariates, y, X)
-
     def log_sales(self, X):
         """Predicted log sales (T, K) of each segment at regressors X (T, P): the columns of the X
-        the fit was estimated from, as predict takes them. With store effects theta holds the
-        slopes only: the prediction is then each segment's change in log sales relative to the
-        store's own level (X's constant column is ignored)."""
+        the fit was estimated from. With store effects theta holds the slopes only: the
+        prediction is then each segment's change in log sales relative to the store's own level
+        (X's constant column is ignored)."""
         X = _check_new_X(_array(X, "X"), self._stats, "X")
         return X[:, list(self._stats.columns)] @ self.theta.T
 
@@ -350,12 +294,26 @@ class Fit(_Unpacks):
         return f"<Fit K={self.K} loglik={self.loglik:.6f} bic={self.bic:.3f} ({_describe(self.model)})>"
 
 
-class Prediction(NamedTuple):
-    """Fit.predict's answer: prior (M, K), posterior (M, K) or None, segment (M,) 1..K (the
-    posterior's most likely, or the prior's without sales)."""
-    prior: np.ndarray
-    posterior: np.ndarray
-    segment: np.ndarray
+class Search(NamedTuple):
+    """How hard Estimate searches: n_init starts (k-means++ on the stores' own coefficients, drawn
+    with seed; None draws fresh ones), each EM run to a certified maximum within tol, or
+    max_iter iterations."""
+    n_init: int = N_INIT
+    seed: int = None
+    tol: float = TOL
+    max_iter: int = MAX_ITER
+
+
+class Progress(NamedTuple):
+    """What a long run says as it goes: progress(event) with kind "starts" (done of total starts
+    of K's search, done 0 before the first), "moves" (a round of K's split-and-merge moves),
+    "reading" (done percent of a large file reduced) or "panels" (done of total panels of a
+    simulation test, what it tests)."""
+    kind: str
+    K: int = None
+    done: float = None
+    total: int = None
+    what: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,7 +364,7 @@ def Estimate(K, y, X, n_init=N_INIT, seed=None, tol=TOL, max_iter=MAX_ITER, sigm
     starts, improved by split-and-merge moves until none helps; a Fit (unpacks as (theta, pi,
     loglik)). Same seed, same result."""
     stats = _statistics(_wide_sums(y, X), _model(sigma, store_effects))
-    return _search(stats, K, n_init, seed, tol, max_iter)
+    return _search(stats, K, Search(n_init, seed, tol, max_iter))
 
 
 def StandardErrors(theta, pi=None, y=None, X=None, sigma=1.0, store_effects=False):
@@ -538,6 +496,18 @@ def _check_W(W, N):
     return W
 
 
+def _check_new_X(X, stats, name, per_store=False):
+    """X of new weeks, (T, P) or with per_store (T, M, P) too, with the columns of the X the fit
+    was estimated from; else an InputError naming the argument and the columns expected."""
+    width = stats.width or stats.P
+    if X.ndim not in ((2, 3) if per_store else (2,)) or X.shape[-1] != width:
+        shape = "T x P or T x M x P" if per_store else "T x P"
+        raise InputError(f"{name} must be {shape} with the {width} columns of the X the fit was estimated from "
+                         f"(intercept, log price, ... as given; with store effects the constant one is ignored); "
+                         f"got shape {X.shape}")
+    return X
+
+
 def _random(seed):
     """The starts' own random generator (never the global state): Python's, as importing
     numpy.random would add 10 ms to every start of the program."""
@@ -580,7 +550,6 @@ class Stats(NamedTuple):
                 None without
     z_scale     (mean (Q,), sd (Q,)) of the covariates as given
     moments     (N, P*P + P + 1): X_i'X_i, X_i'y_i, y_i'y_i side by side, for _rss's one product
-    lags        the panel's Lags where its week order is known (analyse, fit_frame), else None
     width       the number of columns of X as given (before store effects drop the constant one)
     """
     n: np.ndarray
@@ -596,9 +565,7 @@ class Stats(NamedTuple):
     Z: np.ndarray = None
     z_scale: tuple = None
     moments: np.ndarray = None
-    lags: "Lags" = None
     width: int = None
-
 
     P = property(lambda self: self.Xty.shape[1])
 
@@ -679,76 +646,6 @@ def _check_scale(y, X):
     if top > LOG_SALES_LIMIT:
         _warn(f"y has values as large as {top:.6g}: y must be log sales, and no log of a real quantity "
               f"exceeds {LOG_SALES_LIMIT:g} (e^{LOG_SALES_LIMIT:g} = 2.7e43). Raw sales? Pass np.log(sales)")
-
-
-def _grouped_sums(store, y, X, N):
-    """Sums of a long panel, one row a store-week, by grouped sums (no T x N array is built):
-    store (R,) in 0..N-1, y (R,), X (R, P)."""
-    P = X.shape[1]
-    XtX = np.empty((N, P * P))
-    for j in range(P):
-        for k in range(j, P):
-            XtX[:, j * P + k] = XtX[:, k * P + j] = np.bincount(store, X[:, j] * X[:, k], N)
-    return Sums(np.bincount(store, None, N).astype(float), XtX,
-                np.column_stack([np.bincount(store, X[:, j] * y, N) for j in range(P)]),
-                np.bincount(store, y * y, N),
-                np.column_stack([np.bincount(store, X[:, j], N) for j in range(P)]),
-                np.bincount(store, y, N))
-
-
-class Lags(NamedTuple):
-    """Per-store sums over pairs of consecutive observed weeks (a, b) = (t - 1, t), for the
-    residual autocorrelation: pairs (N,); yy = sum y_a y_b (N,); xy = sum x_a y_b, yx = sum y_a x_b
-    (N, P); xx = sum x_a x_b' (N, P*P); ya, yb (N,) and xa, xb (N, P): the sums of y_a, y_b, x_a, x_b;
-    n (N,), sy (N,), sx (N, P): the store's weeks and sums of y and x (its mean, with store effects)."""
-    pairs: np.ndarray
-    yy: np.ndarray
-    xy: np.ndarray
-    yx: np.ndarray
-    xx: np.ndarray
-    ya: np.ndarray
-    yb: np.ndarray
-    xa: np.ndarray
-    xb: np.ndarray
-    n: np.ndarray
-    sy: np.ndarray
-    sx: np.ndarray
-
-
-def _wide_lags(y, X, sums):
-    """Lags of a wide panel: y (T, N) with NaN where unobserved, X (T, P) shared by the stores; n,
-    sy, sx from its Sums."""
-    both = ~np.isnan(y[1:]) & ~np.isnan(y[:-1])                  # (T - 1, N)
-    ya, yb = np.where(both, y[:-1], 0.0), np.where(both, y[1:], 0.0)
-    pairs = both.T.astype(float)                                 # (N, T - 1)
-    xx = pairs @ (X[:-1, :, None] * X[1:, None, :]).reshape(len(X) - 1, -1)
-    return Lags(pairs.sum(axis=1), (ya * yb).sum(axis=0), yb.T @ X[:-1], ya.T @ X[1:], xx, ya.sum(axis=0),
-                yb.sum(axis=0), pairs @ X[:-1], pairs @ X[1:], sums.n, sums.sy, sums.sx)
-
-
-def _long_lags(store, time, y, X, sums):
-    """Lags of a long panel's rows: store (R,) in 0..N-1, time (R,) the week as a number, y, X;
-    n, sy, sx from its Sums."""
-    order = np.lexsort((time, store))
-    consecutive = (store[order][1:] == store[order][:-1]) & (time[order][1:] - time[order][:-1] == 1)
-    a, b = order[:-1][consecutive], order[1:][consecutive]
-    by, N, P = store[a], len(sums.n), X.shape[1]
-
-    def summed(values):
-        return np.column_stack([np.bincount(by, values[:, j], N) for j in range(values.shape[1])]) \
-            if values.ndim == 2 else np.bincount(by, values, N)
-    xx = summed((X[a][:, :, None] * X[b][:, None, :]).reshape(len(a), P * P)).reshape(N, P * P)
-    return Lags(np.bincount(by, None, N).astype(float), summed(y[a] * y[b]), summed(X[a] * y[b][:, None]),
-                summed(y[a][:, None] * X[b]), xx, summed(y[a]), summed(y[b]), summed(X[a]), summed(X[b]),
-                sums.n, sums.sy, sums.sx)
-
-
-def _fold_sums(store, y, X, N, folds, seed):
-    """Sums of each of `folds` folds of a panel's rows (store (R,), y (R,), X (R, P)): each row
-    (a store's week) drawn into a fold at random with `seed`, the same draw for every K."""
-    import numpy.random
-    fold = numpy.random.default_rng(seed).integers(0, folds, len(y))
-    return [_grouped_sums(store[fold == f], y[fold == f], X[fold == f], N) for f in range(folds)]
 
 
 def _spread(sums):
@@ -852,8 +749,6 @@ def _covariates(stats, z):
 # ---------------------------------------------------------------------------------------------
 # The kernel: log densities, E-step, M-step (README, "The model" and "EM")
 # ---------------------------------------------------------------------------------------------
-# Parameters travel as (theta (..., K, P), pi (..., K), sigma (..., K)); a leading batch of
-# parameter sets is allowed everywhere (the search runs many starts at once).
 
 def _rss(stats, theta):
     """(..., K, N) residual sums of squares of store i's weeks under segment c's coefficients:
@@ -1315,7 +1210,7 @@ def _polish(stats, run):
     return run
 
 
-def _finished(stats, run, what, names=None, search=None):
+def _finished(stats, run, what, names=None, search=None, ends=(), without_covariates=None):
     """The Fit of a run: segments in canonical order (increasing price coefficient, ties broken
     by the other columns), then a last E-step, so that W and loglik are exactly those of the
     returned parameters in the returned order (LogL of them gives the same bits); warnings."""
@@ -1329,8 +1224,8 @@ def _finished(stats, run, what, names=None, search=None):
         held = {c: [(("intercept",) + stats.model.covariates)[r] for r in np.flatnonzero(at[c])]
                 for c in range(len(order)) if at[c].any()}
     W, loglik = _e_step(stats, theta, pi, sigma)
-    fit = Fit(_Run(theta, pi, sigma, loglik, W, run.n_iter, run.converged), stats, names)
-    fit.search, fit.separated = search, held
+    fit = Fit(_Run(theta, pi, sigma, loglik, W, run.n_iter, run.converged), stats, names, search, ends, held,
+              without_covariates)
     if not fit.converged:
         _warn(f"{what} reached max_iter = {fit.n_iter} iterations before converging; "
               "the estimate may be short of the maximum", ConvergenceWarning)
@@ -1363,73 +1258,63 @@ def _one_blas_thread(N):
 # ---------------------------------------------------------------------------------------------
 # The search for the global maximum (Estimate)
 # ---------------------------------------------------------------------------------------------
-# 1. starts: n_init k-means++ seedings on the stores' own coefficients, all warmed up together;
-# 2. runs: each to a certified maximum (a run that reaches a known maximum stops there);
-# 3. moves: from the best maximum (and a near tie), split-and-merge moves of five kinds, ranked
-#    in a tournament; the best converged one replaces the fit while it gains; repeat;
-# 4. in a sweep, a K that ends below the K before it is grown from it (nested maxima).
 
-def _search(stats, K, n_init=N_INIT, seed=None, tol=TOL, max_iter=MAX_ITER, names=None, previous=None,
-            progress=None):
-    """The maximum likelihood Fit with K segments (steps above). previous: the Fit with fewer
-    segments of a sweep; progress(done) is called after each start's run, progress(None) at each
-    round of split-and-merge moves.
+def _search(stats, K, search=Search(), names=None, previous=None, progress=None):
+    """The maximum likelihood Fit with K segments (steps above), searched as `search` says.
+    previous: the Fit with fewer segments of a sweep; progress(Progress) hears of each start's
+    run ("starts") and of each round of split-and-merge moves ("moves").
 
     More starts are never worse: the first N_INIT starts (the same draws whatever n_init is)
     are searched exactly as n_init = N_INIT searches them, then the rest, and the better end
     is kept. The Fit's .search records the work: the distinct maxima where the starts' runs
     ended, how many ended at each, and how many at the returned maximum."""
     K = _check_K(K, len(stats.n))
-    _check_run(tol, max_iter, n_init, seed)
+    n_init = search.n_init
+    _check_run(search.tol, search.max_iter, n_init, search.seed)
     if stats.Z is not None:
-        return _search_covariates(stats, K, n_init, seed, tol, max_iter, names, previous, progress)
+        return _search_covariates(stats, K, search, names, previous, progress)
+    tick = (lambda done: progress(Progress("moves", K) if done is None else Progress("starts", K, done, n_init))) \
+        if progress else None
     with _one_blas_thread(len(stats.n)):
         if K == 1:                        # one maximum, pooled least squares: one run finds it
             start = _pooled_theta(stats)[None], np.ones(1), _start_sigma(stats, 1)
-            best = _polish(stats, _run_em(stats, start, tol, max_iter))
+            best = _polish(stats, _run_em(stats, start, search.tol, search.max_iter))
             return _finished(stats, best, "Estimate", names, _search_record([best], best))
         coefficients = _store_coefficients(stats)
-        starts = _kmeanspp_starts(stats, coefficients, K, _random(seed), n_init)
+        starts = _kmeanspp_starts(stats, coefficients, K, _random(search.seed), n_init)
         runs, best = [], None
         for part in (slice(0, N_INIT), slice(N_INIT, n_init)) if n_init > N_INIT else (slice(0, n_init),):
-            more = _runs(stats, tuple(each[part] for each in starts), tol, max_iter, progress, len(runs))
-            found = _climb(stats, coefficients, more, tol, max_iter, previous if best is None else None,
-                           [best] if best is not None else [], progress)
+            more = _runs(stats, tuple(each[part] for each in starts), search, tick, len(runs))
+            found = _climb(stats, coefficients, more, search, previous if best is None else None,
+                           [best] if best is not None else [], tick)
             runs += more
             best = found if best is None or found.loglik > best.loglik else best
         best = _polish(stats, best)
-    fit = _finished(stats, best, "Estimate", names, _search_record(runs, best))
-    fit._ends = runs
-    return fit
+    return _finished(stats, best, "Estimate", names, _search_record(runs, best), ends=runs)
 
 
-def _search_covariates(stats, K, n_init, seed, tol, max_iter, names, previous, progress):
+def _search_covariates(stats, K, search, names, previous, progress):
     """With covariates of membership: the model without them is searched as always, then EM with
     them runs from each distinct maximum that search's starts reached and from its best (the
     M-step of their posteriors: gamma the multinomial logit of W on Z); the best end, polished.
     Its log-likelihood is never below the fit without covariates (Fit.without_covariates), as
     the first M-step from it can only raise EM's objective. Fit.search counts these runs."""
     plain = stats._replace(Z=None, z_scale=None, model=stats.model._replace(covariates=()))
-    base = _search(plain, K, n_init, seed, tol, max_iter, names,
-                   previous.without_covariates if previous is not None else None, progress)
+    base = _search(plain, K, search, names, previous.without_covariates if previous is not None else None, progress)
     if K == 1:                                   # one segment: nothing to choose, so no membership to model
-        fit = _finished(stats, _run_of(base)._replace(pi=np.zeros((1, stats.Z.shape[1]))), "Estimate", names,
-                        base.search)
-        fit.without_covariates = base
-        return fit
+        return _finished(stats, _run_of(base)._replace(pi=np.zeros((1, stats.Z.shape[1]))), "Estimate", names,
+                         base.search, without_covariates=base)
     starts = [base]
-    for run in sorted(getattr(base, "_ends", []), key=lambda run: -run.loglik):
+    for run in sorted(base.ends, key=lambda run: -run.loglik):
         if all(abs(run.loglik - other.loglik) > SAME_LOGLIK * max(1.0, abs(run.loglik)) for other in starts):
             starts.append(run)
     with _one_blas_thread(len(stats.n)):
-        runs = [_run_em(stats, _m_step(stats, start.W), tol, max_iter) for start in starts]
+        runs = [_run_em(stats, _m_step(stats, start.W), search.tol, search.max_iter) for start in starts]
         best = _polish(stats, max(runs, key=lambda run: run.loglik))
-    fit = _finished(stats, best, "Estimate", names, _search_record(runs, best))
-    fit.without_covariates = base
-    return fit
+    return _finished(stats, best, "Estimate", names, _search_record(runs, best), without_covariates=base)
 
 
-def _climb(stats, coefficients, runs, tol, max_iter, previous=None, explored=(), progress=None):
+def _climb(stats, coefficients, runs, search, previous=None, explored=(), progress=None):
     """Steps 3 and 4 from the best of some runs: grown from `previous` where it ends below it,
     then split-and-merge, from a near tie too."""
     K = runs[0].theta.shape[0]
@@ -1437,12 +1322,12 @@ def _climb(stats, coefficients, runs, tol, max_iter, previous=None, explored=(),
     if previous is not None and previous.K < K and best.loglik < previous.loglik:
         grown = _run_of(previous)             # the fresh search ended below the last K: grow it
         while grown.theta.shape[0] < K:
-            grown = _grow(stats, coefficients, grown, tol, max_iter)
+            grown = _grow(stats, coefficients, grown, search)
         best = max(best, grown, key=lambda run: run.loglik)
     second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - 1e-6]
-    best = _split_and_merge(stats, coefficients, best, tol, max_iter, explored, progress)
+    best = _split_and_merge(stats, coefficients, best, search, explored, progress)
     if second:                                # a near tie: moves from the other maximum too
-        other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), tol, max_iter,
+        other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), search,
                                  list(explored) + [best], progress)
         best = max(best, other, key=lambda run: run.loglik)
     return best
@@ -1462,15 +1347,15 @@ def _search_record(runs, best):
     return {"starts": len(runs), "maxima": maxima, "at_best": at_best}
 
 
-def _runs(stats, starts, tol, max_iter, progress=None, done=0):
+def _runs(stats, starts, search, progress=None, done=0):
     """Step 2: the starts' first, plain iterations together (far from a maximum they need no
     acceleration), then each run to its end; a list of _Run. done: starts run before these."""
     n_init, K = starts[0].shape[:2]
-    warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, max_iter - 1)
+    warm_up = min(WARM_UP if n_init * K * len(stats.n) <= BATCH_LARGE else WARM_UP_LARGE, search.max_iter - 1)
     theta, pi, sigma, _, gain = _plain_em(stats, starts, warm_up)
     runs = []
     for j in range(n_init):
-        run = _run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter - warm_up,
+        run = _run_em(stats, (theta[j], pi[j], sigma[j]), search.tol, search.max_iter - warm_up,
                       known=[run for run in runs if run.converged], gain=gain[j])
         runs.append(run._replace(n_iter=run.n_iter + warm_up))
         if progress:
@@ -1769,7 +1654,7 @@ def _store_moves(stats, run):
     return _m_step(stats, W)
 
 
-def _split_and_merge(stats, coefficients, run, tol, max_iter, explored=(), progress=None):
+def _split_and_merge(stats, coefficients, run, search, explored=(), progress=None):
     """Step 3: all _moves from the run compete in a _tournament; the winner replaces the run
     where it gains more than tol; repeat until no move helps. On a flat ridge (_redundant) the
     moves are instead every way of growing the fit without its redundant segment (_growth), each
@@ -1788,8 +1673,8 @@ def _split_and_merge(stats, coefficients, run, tol, max_iter, explored=(), progr
         else:
             starts, kinds = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
         known = ([run] if run.converged else []) + explored
-        candidate = _tournament(stats, starts, kinds, TOURNAMENT if redundant is None else (), tol, max_iter, known)
-        if candidate.loglik <= run.loglik + tol:
+        candidate = _tournament(stats, starts, kinds, TOURNAMENT if redundant is None else (), search, known)
+        if candidate.loglik <= run.loglik + search.tol:
             break
         run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
     return run
@@ -1825,7 +1710,7 @@ def _growth(stats, coefficients, run, outliers):
     return _batch(dict(pairs, outlier=_stacked(found)))
 
 
-def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
+def _tournament(stats, starts, kinds, stages, search, known=()):
     """The best converged run among a batch of starts, found cheaply. At each stage
     (iterations, per_kind, overall) every start still in gets that many SQUAREM steps, together
     (_squarem_em); the `per_kind` best of each kind and the `overall` best stay in. Ranks are taken
@@ -1851,7 +1736,7 @@ def _tournament(stats, starts, kinds, stages, tol, max_iter, known=()):
         theta, pi, sigma, gain, kinds = theta[kept], pi[kept], sigma[kept], gain[kept], kinds[kept]
     ends, best = list(known), None               # a finalist that reaches another's end stops there
     for j in np.argsort(-ranking[kept] if stages else ranking, kind="stable"):
-        end = _run_em(stats, (theta[j], pi[j], sigma[j]), tol, max_iter, known=ends, gain=gain[j])
+        end = _run_em(stats, (theta[j], pi[j], sigma[j]), search.tol, search.max_iter, known=ends, gain=gain[j])
         if not any(_same_point(other, end.W, end.loglik) for other in ends):    # each maximum once
             ends.append(end)
         best = end if best is None or end.loglik > best.loglik else best
@@ -1873,89 +1758,16 @@ def _copies(theta, pi, sigma, order):
     return copy
 
 
-def _grow(stats, coefficients, run, tol, max_iter):
+def _grow(stats, coefficients, run, search):
     """Step 4: the best run with one segment more than `run` (_growth), found by GROW_STAGES.
     Never below run: where nothing is better, run with an empty segment (the same likelihood)."""
     starts, kinds = _growth(stats, coefficients, run, OUTLIERS_GROW)
-    grown = _tournament(stats, starts, np.zeros(len(kinds), dtype=int), GROW_STAGES, tol, max_iter)
+    grown = _tournament(stats, starts, np.zeros(len(kinds), dtype=int), GROW_STAGES, search)
     if grown.loglik >= run.loglik:
         return grown
     return run._replace(theta=np.vstack([run.theta, _pooled_theta(stats)]), pi=np.append(run.pi, 0.0),
                         sigma=np.append(run.sigma, _start_sigma(stats, 1)),
                         W=np.column_stack([run.W, np.zeros(len(run.W))]))
-
-
-def _autocorrelation(fit):
-    """The first-order autocorrelation of residuals within stores, over consecutive observed weeks,
-    each store's residuals under each segment weighted by its posterior (centred on the store's
-    mean with store effects); None where the panel's week order is not known (fits from arrays):
-        rho = (sum_ic w_ic sum_pairs r_a r_b / sum_i pairs_i) / (sum_ic w_ic R_ic / sum_i m_i)."""
-    stats, lags = fit._stats, fit._stats.lags
-    if lags is None or not lags.pairs.sum() > 0:
-        return None
-    keep, theta = list(stats.columns), fit.theta
-    N, P = lags.xy.shape
-    xx = lags.xx.reshape(N, P, P)[:, keep][:, :, keep]
-    product = (lags.yy[:, None] - lags.xy[:, keep] @ theta.T - lags.yx[:, keep] @ theta.T
-               + np.einsum("npq,kp,kq->nk", xx, theta, theta))                  # sum r_a r_b (N, K)
-    if fit.model.store_effects:                  # residuals around the store's mean
-        mean = (lags.sy[:, None] - lags.sx[:, keep] @ theta.T) / lags.n[:, None]
-        product -= mean * ((lags.ya[:, None] - lags.xa[:, keep] @ theta.T) + (lags.yb[:, None] - lags.xb[:, keep] @ theta.T))
-        product += lags.pairs[:, None] * mean ** 2
-    variance = (fit.W * _rss(stats, theta).T).sum() / stats.m.sum()
-    return float((fit.W * product).sum() / lags.pairs.sum() / variance)
-
-
-def _check_new_X(X, stats, name, per_store=False):
-    """X of new weeks, (T, P) or with per_store (T, M, P) too, with the columns of the X the fit
-    was estimated from; else an InputError naming the argument and the columns expected."""
-    width = stats.width or stats.P
-    if X.ndim not in ((2, 3) if per_store else (2,)) or X.shape[-1] != width:
-        shape = "T x P or T x M x P" if per_store else "T x P"
-        raise InputError(f"{name} must be {shape} with the {width} columns of the X the fit was estimated from "
-                         f"(intercept, log price, ... as given; with store effects the constant one is ignored); "
-                         f"got shape {X.shape}")
-    return X
-
-
-def _predict(fit, covariates, y, X):
-    """Fit.predict's work: the prior from the covariates (standardised as in the fit), then Bayes'
-    rule with each new store's likelihood in each segment from its own sums (_log_joint)."""
-    stats, K = fit._stats, fit.K
-    if stats.Z is not None:
-        if covariates is None:
-            raise InputError(f"this fit has covariates of membership: give covariates (M x {len(fit.model.covariates)}: "
-                             f"{', '.join(fit.model.covariates)})")
-        z = np.atleast_2d(_array(covariates, "covariates"))
-        if z.shape[1] != len(fit.model.covariates) or not np.all(np.isfinite(z)):
-            raise InputError(f"covariates must be M x {len(fit.model.covariates)} finite numbers "
-                             f"({', '.join(fit.model.covariates)}); got shape {z.shape}")
-        mean, sd = stats.z_scale
-        new = stats._replace(Z=np.column_stack([np.ones(len(z)), (z - mean) / sd]))
-        log_prior = _log_prior(new, fit.gamma)                      # (K, M)
-    elif covariates is not None:
-        raise InputError("this fit has no covariates of membership: its prior is pi for every store")
-    else:
-        M = 1 if y is None else np.shape(y)[1] if np.ndim(y) == 2 else 1
-        log_prior = np.log(np.maximum(np.repeat(fit.pi[:, None], M, axis=1), 1e-300))
-    prior = np.exp(log_prior).T
-    if y is None:
-        return Prediction(prior, None, prior.argmax(axis=1) + 1)
-    X = _check_new_X(_array(X, "X"), stats, "X", per_store=True)
-    sums = _wide_sums(y, X)
-    if len(sums.n) != len(prior):
-        raise InputError(f"y has {len(sums.n)} stores (columns) but covariates {len(prior)} rows")
-    if fit.model.store_effects:
-        if (sums.n < 2).any():
-            raise InputError("with store effects a new store needs two weeks of sales or more")
-        m, offset, XtX, Xty, yty = _within(sums, stats.columns)
-    else:
-        m, offset, XtX, Xty, yty = sums.n, np.zeros(len(sums.n)), sums.XtX, sums.Xty, sums.yty
-    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, Z=None,
-                         moments=np.column_stack([XtX, Xty, yty]))
-    log_joint = _log_joint(new, fit.theta, np.ones(K), fit.sigma) + log_prior
-    posterior = _log_normalise(log_joint)[0].T
-    return Prediction(prior, posterior, posterior.argmax(axis=1) + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2028,9 +1840,6 @@ def _standard_errors(stats, run, robust=False):
 # ---------------------------------------------------------------------------------------------
 # Reading a panel: one reader of rows for both layouts
 # ---------------------------------------------------------------------------------------------
-# wide: first column the price, every other column a store, one row a week;
-# long: one row a store and week, columns store, week, sales, price and further regressors.
-# Every error is an InputError naming the file, the line and the column.
 
 def _escaped(text):
     """text with control characters (a newline in a file name) written as escapes: one line."""
@@ -2333,1173 +2142,95 @@ def panel_arrays(price, sales):
     return np.log(sales), np.column_stack([np.ones_like(price), np.log(price)])
 
 
-class LongPanel(NamedTuple):
-    """A long file's rows. stores, weeks: labels as written, in order of first appearance;
-    store (R,), week (R,): each row's as an index into them; sales, price (R,); x (R, q):
-    further regressors, named x_names; lines (R,): each row's line in the file."""
-    stores: list
-    weeks: list
-    store: np.ndarray
-    week: np.ndarray
-    sales: np.ndarray
-    price: np.ndarray
-    x: np.ndarray
-    x_names: list
-    lines: np.ndarray
-
-
-def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=None):
-    """Read a long CSV file: one row a store and week, columns store, week, sales, price (found by
-    header, any case, or named by these arguments) and the further regressors named in x (a
-    name, or a list of names). Store and week labels are text, kept exactly as written: 0002 and
-    2 are two stores. Weeks need not be aligned across stores. Returns a LongPanel."""
-    table = _table(path, _read_text(path) if text is None else text)
-    where = _long_columns(table, dict(store=store, week=week, sales=sales, price=price), _names(x, "x", path))
-    numbers = [where["sales"], where["price"]] + where["x"]
-    from array import array                      # 8 bytes a number, not a Python float each
-    labels = ({}, {})
-    codes, values, lines = (array("q"), array("q")), array("d"), array("q")
-    width, at = len(table.header), (where["store"], where["week"])
-    for line, cells in table.rows:
-        if len(cells) != width:
-            cells = _cells(table, line, cells)
-        for k in (0, 1):
-            label = cells[at[k]].strip()
-            if not label:
-                raise InputError(f"{table.path}: line {line}, column '{table.header[at[k]]}': "
-                                 f"the {('store', 'week')[k]} is missing")
-            codes[k].append(labels[k].setdefault(label, len(labels[k])))
-        values.extend(_row_numbers(table, line, cells, numbers))
-        lines.append(line)
-    if not lines:
-        raise InputError(f"{table.path}: has a header but no data rows")
-    values = np.frombuffer(values, dtype=float).reshape(len(lines), len(numbers)).copy()
-    names = [table.header[j] for j in numbers]
-    lines = np.frombuffer(lines, dtype=np.int64).copy()
-    _check_values(table, names[:2], values[:, :2], lines, positive=True)
-    _check_values(table, names[2:], values[:, 2:], lines, positive=False)
-    store, week = (np.frombuffer(code, dtype=np.int64).copy() for code in codes)
-    _refuse_repeats(table, labels, store, week, lines)
-    for k, name in enumerate(names[1:], 1):
-        if np.ptp(values[:, k]) == 0:
-            raise InputError(f"{table.path}: column '{name}' is {values[0, k]:g} in every row; a regressor "
-                             "that never changes cannot be estimated")
-    return LongPanel(list(labels[0]), list(labels[1]), store, week, values[:, 0], values[:, 1], values[:, 2:],
-                     names[2:], lines)
-
-
-def read_stores(path, stores, covariates, text=None, store=None):
-    """The covariates (N, Q) of the panel's stores, in the order of `stores` (labels as the panel
-    writes them) and of `covariates` (column names), from a stores file: one row a store, a
-    'store' column, then store-level columns. Refused with file, line and column: a cell that is
-    not a number or is empty, a store given twice, a covariate not in the header; and a store of
-    the panel without a row, by its label. store: the store column's name, if not 'store'.
-    stores None: (labels, values) of every row."""
-    table = _table(path, _read_text(path) if text is None else text)
-    names = _names(covariates, "covariates")
-    lower = [name.lower() for name in table.header]
-    where = table.header.index(store) if store in table.header else \
-        next((j for j, name in enumerate(lower) if name in STORE_NAMES), None)
-    if where is None:
-        raise InputError(f"{table.path}: line {table.header_line}: no store column (a column named 'store') "
-                         f"among {', '.join(map(repr, table.header))}")
-    absent = [name for name in names if name not in table.header]
-    if absent:
-        raise InputError(f"{table.path}: line {table.header_line}: no column '{_shown(absent[0])}' (a covariate); "
-                         f"the columns are {', '.join(map(repr, table.header))}")
-    columns = [table.header.index(name) for name in names]
-    rows, lines, first = [], [], {}
-    for line, cells in table.rows:
-        cells = _cells(table, line, cells)
-        label = cells[where].strip()
-        if label in first:
-            raise InputError(f"{table.path}: line {line}: store '{_shown(label)}' has a row already, on line "
-                             f"{first[label]}: one row a store")
-        first[label] = line
-        rows.append(_row_numbers(table, line, cells, columns))
-        lines.append(line)
-    values = np.array(rows, dtype=float).reshape(len(rows), len(columns))
-    if np.isnan(values).any():
-        row, j = np.argwhere(np.isnan(values))[0]
-        raise InputError(f"{table.path}: line {lines[row]}, column '{names[j]}': is empty: every store needs "
-                         "a value of each covariate")
-    _check_values(table, names, values, lines, positive=False)
-    if stores is None:                           # every row: new stores (--predict)
-        return list(first), values
-    index = {label: k for k, label in enumerate(first)}
-    missing = [store for store in stores if str(store) not in index]
-    if missing:
-        raise InputError(f"{table.path}: store '{_shown(str(missing[0]))}' of the panel has no row here "
-                         f"({len(missing)} of its {len(stores)} stores have none)")
-    return values[[index[str(store)] for store in stores]]
-
-
 def _names(x, what, source=None):
     """A list of column names: one name given as a string is one name, never its letters. source:
     the file they are columns of, for the message."""
     names = [x] if isinstance(x, str) else list(x or ())
     if not all(isinstance(name, str) and name.strip() for name in names):
         where = f"{_escaped(source)}: " if isinstance(source, str) else ""
-        raise InputError(f"{where}{what} must be column names; got {x!r}")
+        raise InputError(f"{where}{what} must be column names; got {names!r}")
     return names
-
-
-def _long_columns(table, named, x):
-    """{role: column} for store, week, sales, price (by name given, else by header, any case)
-    and "x": [column] for the further regressors."""
-    lower = [name.lower() for name in table.header]
-
-    def find(name, flag):
-        if name in table.header:
-            return table.header.index(name)
-        if lower.count(name.lower()) == 1:
-            return lower.index(name.lower())
-        if lower.count(name.lower()) > 1:
-            raise InputError(f"{table.path}: more than one column is called '{name}' (in some case){flag}: "
-                             "name the one to use exactly")
-        raise InputError(f"{table.path}: no column '{name}' in the header{flag}; the header has: "
-                         + ", ".join(_shown(name) for name in table.header))
-
-    where = {role: find(named.get(role) or role,
-                        f" (named by --{role})" if named.get(role) else f"; name the {role} column with --{role} COL")
-             for role in LONG_COLUMNS}
-    where["x"] = [find(name, " (named by --x)") for name in x]
-    used = [where[role] for role in LONG_COLUMNS] + where["x"]
-    for j in used:
-        if used.count(j) > 1:
-            raise InputError(f"{table.path}: column '{table.header[j]}' is used twice (as "
-                             + " and ".join(role for role in LONG_COLUMNS if where[role] == j) + " / --x)")
-    return where
-
-
-def _refuse_repeats(table, labels, store, week, lines):
-    """InputError for a store and week given twice, naming both lines."""
-    key = store * len(labels[1]) + week
-    order = np.argsort(key, kind="stable")
-    repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
-    if len(repeated):
-        row, earlier = order[repeated[0] + 1], order[repeated[0]]
-        stores, weeks = list(labels[0]), list(labels[1])
-        raise InputError(f"{table.path}: line {lines[row]}, store '{_shown(stores[store[row]])}', week "
-                         f"'{_shown(weeks[week[row]])}' again (first on line {lines[earlier]}): one row a "
-                         "store and week")
-
-
-class Loaded(NamedTuple):
-    """A file reduced to what the models need: store labels, weeks, per-store Sums, the names of
-    X's columns, the layout ("wide" or "long") and the range of log price (for the picture)."""
-    stores: list
-    weeks: int
-    sums: Sums
-    coefficients: list
-    layout: str
-    price_range: tuple = (0.0, 0.0)
-    lags: Lags = None
-    folds: list = None                           # Sums of each holdout fold (load's folds)
-
-
-def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None):
-    """Read a wide or a long CSV file (long: a 'store' column, or columns named by `columns`, a
-    dict with keys store, week, sales, price) into a Loaded; the file is read once. x: further
-    regressors of a long file (a name or a list). X = [1, log price, x]; y = log sales. text: the
-    file's text, where it is not read from path (path then only names it in messages). path may
-    be a pandas DataFrame in either layout. folds: also the Sums of that many random folds of the
-    store-weeks (drawn with seed), for the holdout check. progress(percent): called every second
-    while DuckDB reduces a large file (_engine_load)."""
-    if hasattr(path, "to_csv"):                  # a pandas DataFrame: the same reader, as CSV text
-        path, text = "DataFrame", path.to_csv(index=False)
-    columns = {role: name for role, name in (columns or {}).items() if name}
-    x = _names(x, "x", path if isinstance(path, str) else "DataFrame")
-    if text is None and _use_engine(path, columns):
-        loaded = _engine_load(path, columns, x, folds, seed, progress=progress)
-        if loaded is not None:                   # else a file DuckDB cannot read and the exact reader can
-            return loaded
-    text = _read_text(path) if text is None else text
-    table = _table(path, text)
-    if _layout(table.header, columns) == "long":
-        panel = read_long(path, x=x, text=text, **columns)
-        X = np.column_stack([np.ones(len(panel.price)), np.log(panel.price), panel.x])
-        y, N = np.log(panel.sales), len(panel.stores)
-        sums = _grouped_sums(panel.store, y, X, N)
-        return Loaded(panel.stores, len(panel.weeks), sums, ["intercept", "log price"] + panel.x_names, "long",
-                      (float(np.log(panel.price.min())), float(np.log(panel.price.max()))),
-                      _long_lags(panel.store, _week_numbers(panel), y, X, sums),
-                      _fold_sums(panel.store, y, X, N, folds, seed) if folds else None)
-    if x:
-        _refuse_long_as_wide(table)
-        raise InputError(f"{table.path}: --x needs a long file (one row a store and week), and this one has no "
-                         "column called 'store', so it reads as a wide one (first column the price, a column a store): "
-                         f"name its store column with --store COL (and --week, --sales, --price where they are not "
-                         "called so)")
-    price, sales, stores = read_panel(path, text)
-    y, X = panel_arrays(price, sales)
-    folded = None
-    if folds:
-        week, store = np.nonzero(~np.isnan(y))
-        folded = _fold_sums(store, y[week, store], X[week], y.shape[1], folds, seed)
-    sums = _wide_sums(y, X)
-    return Loaded(stores, len(price), sums, ["intercept", "log price"], "wide",
-                  (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X, sums), folded)
-
-
-def read_sums(path):
-    """A Loaded from a table of per-store sums (CSV, or Parquet through DuckDB), one row a store:
-    store, n (weeks), sy = sum log sales, syy = sum (log sales)^2, and for each regressor c (first
-    log_price, then any others) sx_c = sum c, sxy_c = sum c log sales, and sxx_c_d = sum c d for
-    each pair in that order (README, "Panels of any size", gives the SQL that writes it). Refused
-    with the line and column: a missing column, a cell that is not a number, n < 1 or a negative
-    sum of squares."""
-    if _is_parquet(path):
-        import duckdb
-        relation = duckdb.sql(f"SELECT * FROM read_parquet({_sql_text(path)})")
-        header, rows = relation.columns, relation.fetchall()
-        table = _Table(_escaped(path), ",", header, 1, iter(()))
-        cells = [[str(value) for value in row] for row in rows]
-        lines = list(range(2, len(rows) + 2))
-    else:
-        table = _table(path, _read_text(path))
-        header = table.header
-        lines, cells = [], []
-        for line, row in table.rows:
-            lines.append(line)
-            cells.append(_cells(table, line, row))
-    lower = [name.lower() for name in header]
-    regressors = [name[3:] for name in lower if name.startswith("sx_")]
-    if "log_price" in regressors:
-        regressors.remove("log_price")
-    regressors = ["log_price"] + regressors
-    needed = ["store", "n", "sy", "syy"] + [f"{kind}_{c}" for c in regressors for kind in ("sx", "sxy")] + \
-        [f"sxx_{c}_{d}" for j, c in enumerate(regressors) for d in regressors[j:]]
-    missing = [name for name in needed if name not in lower]
-    if missing:
-        raise InputError(f"{table.path}: line {table.header_line}: a table of sums needs the column '{missing[0]}' "
-                         "(README, \"Panels of any size\")")
-    at = {name: lower.index(name) for name in needed}
-    values = np.array([_row_numbers(table, line, row, [at[name] for name in needed[1:]]) for line, row in zip(lines, cells)],
-                      dtype=float).reshape(len(lines), len(needed) - 1)
-    _check_values(table, [header[at[name]] for name in needed[1:]], values, lines, positive=False)
-    column = {name: values[:, j] for j, name in enumerate(needed[1:])}
-    if (column["n"] < 1).any() or (column["syy"] < 0).any():
-        row = int(np.argmax((column["n"] < 1) | (column["syy"] < 0)))
-        raise InputError(f"{table.path}: line {lines[row]}: n must be at least 1 and syy at least 0")
-    P = len(regressors) + 1
-    N = len(lines)
-    XtX = np.empty((N, P, P))
-    XtX[:, 0, 0] = column["n"]
-    for j, c in enumerate(regressors, 1):
-        XtX[:, 0, j] = XtX[:, j, 0] = column[f"sx_{c}"]
-        for k, d in enumerate(regressors[j - 1:], j):
-            XtX[:, j, k] = XtX[:, k, j] = column[f"sxx_{c}_{d}"]
-    sx = XtX[:, 0, :]
-    Xty = np.column_stack([column["sy"]] + [column[f"sxy_{c}"] for c in regressors])
-    sums = Sums(column["n"], XtX.reshape(N, P * P), Xty, column["syy"], sx.copy(), column["sy"])
-    stores = [row[at["store"]].strip() for row in cells]
-    names = ["intercept", "log price"] + [header[lower.index(f"sx_{c}")][3:] for c in regressors[1:]]
-    return Loaded(stores, int(column["n"].max()), sums, names, "sums", (math.nan, math.nan))
-
-
-def _is_parquet(path):
-    return str(path).lower().endswith((".parquet", ".pq"))
-
-
-def _sql_text(path):
-    """A path as an SQL string literal."""
-    return "'" + str(path).replace("'", "''") + "'"
-
-
-def _use_engine(path, columns):
-    """True for a Parquet file, and for a long CSV file larger than ENGINE_FROM."""
-    import os
-    if _is_parquet(path):
-        return True
-    try:
-        if not os.path.isfile(path) or os.path.getsize(path) <= ENGINE_FROM:
-            return False
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
-    except OSError:
-        return False
-    return _layout(_table(path, head.rsplit("\n", 1)[0] + "\n").header, columns) == "long"
-
-
-# ---------------------------------------------------------------------------------------------
-# Large long files and Parquet: per-store sums by DuckDB, out of core
-# ---------------------------------------------------------------------------------------------
-
-def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):
-    """_engine_reduce, with the engine's own failures (out of memory or disk, a file it cannot
-    parse) as one-line InputErrors; None for a CSV file in which DuckDB finds a fault and the
-    exact reader none (load then reads it exactly)."""
-    try:
-        import duckdb
-    except ImportError:
-        raise InputError(f"{_escaped(path)}: a long file above {ENGINE_FROM >> 20} MB, and any Parquet file, is "
-                         "read by DuckDB, which is not installed (pip install duckdb)") from None
-    import tempfile
-    try:
-        with tempfile.TemporaryDirectory(prefix="em_sales_") as folder:     # the engine's database and spill
-            return _engine_reduce(path, columns, x, folds, seed, by, folder, progress)
-    except _ExactlyRead:
-        return None
-    except duckdb.Error as problem:
-        first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
-        raise InputError(f"{_escaped(path)}: DuckDB could not reduce it: {first}") from None
-
-
-def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
-    """A Loaded of a long CSV or Parquet file, reduced to per-store sums by DuckDB's GROUP BY in
-    one pass over the file (_store_query), within ENGINE_MEMORY (it spills to disk beyond it),
-    whatever the file's size. The same pass flags a missing, non-numeric or non-positive value,
-    proves a store's weeks distinct where it can and samples stores for the lags. The first pass
-    reads numbers as numbers and labels as written; where DuckDB refuses a cell, or a label has
-    spaces to trim, a careful pass reads numbers as text and trims labels. by: a column whose
-    groups (products, brands) are reduced in the same pass: {group: Loaded}. progress(percent):
-    DuckDB's estimate of the pass's progress, every second."""
-    import duckdb
-    names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
-    connection, where = _engine_connection(path, columns, x, by, folder)
-    with connection:                             # closed however it ends
-        every = max(1, int(_engine_rows(connection, path) // LAG_ROWS))
-        for careful in (False, True):
-            source = _engine_source(path, where, by, careful)
-            try:
-                _watched(connection, "CREATE OR REPLACE TEMP TABLE stores AS "
-                         + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"]), progress)
-            except duckdb.Error:
-                if careful:
-                    _exact_or(path, columns, x, by)
-                    raise
-                continue
-            table = connection.execute("SELECT * EXCLUDE (week_bits, sample) FROM stores ORDER BY "
-                                       f"{'grp, ' if by else ''}store").fetchnumpy()
-            labels = table["store"].tolist() + (table["grp"].tolist() if by else [])
-            if careful or not _untrimmed(labels):
-                break
-        weeks = _engine_checks(connection, source, where, path, columns, x, by, labels)
-        sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
-        lags = _watched(connection, _lag_query(sample, len(names), names, by)).fetchnumpy()
-    table["xx_0_0"] = table["sx_0"] = table["n"]            # the intercept's sums: n, and the others' totals
-    table["xy_0"] = table["sy"]
-    for k in range(1, len(names)):
-        table[f"xx_0_{k}"] = table[f"sx_{k}"]
-    return _engine_loaded(table, lags, weeks, len(names), x, folds, by)
-
-
-def _watched(connection, query, progress=None, every=1.0):
-    """connection.execute(query), run in a worker thread while this one waits, so that Ctrl-C and
-    SIGTERM reach the run at once: the query is interrupted and the engine's folder removed.
-    With progress(percent), DuckDB's own estimate every `every` seconds (its progress bar, not
-    printed), doubled and kept below 100: DuckDB counts the pass's two pipelines as halves, and
-    the first (reading the file into the grouping) is all but the whole time."""
-    import threading
-    if progress is not None:
-        connection.execute("SET enable_progress_bar = true")
-        connection.execute("SET enable_progress_bar_print = false")
-    outcome, finished = {}, threading.Event()    # an Event, not join(): a join cut short by a signal can
-                                                    # return early later, while the query still runs
-
-    def work():
-        try:
-            outcome["result"] = connection.execute(query)
-        except BaseException as problem:         # handed to the waiting thread
-            outcome["error"] = problem
-        finally:
-            finished.set()
-    threading.Thread(target=work, daemon=True).start()
-    try:
-        while not finished.wait(every):          # a signal's handler runs here, in the main thread
-            if progress is not None:
-                share = connection.query_progress()
-                if share >= 0:
-                    progress(min(99.0, 2 * share))
-    except BaseException:
-        connection.interrupt()
-        finished.wait()
-        raise
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-def _engine_connection(path, columns, x, by, folder):
-    """(a DuckDB connection whose database and spill files are in folder, the file's layout):
-    the layout is {role: column index} for store, week, sales, price, x and by, with the header,
-    separator, lines before the header (skip), column names by role (names), the columns of
-    numbers (numbers), whether a Parquet
-    file's weeks are integers, and its columns to read as text (text: numbers of a type that is
-    not a number's, labels of a type other than integers and text)."""
-    import duckdb
-    import os
-    if not os.path.isfile(path):
-        raise InputError(f"{_escaped(path)}: no such file")
-    connection = duckdb.connect(os.path.join(folder, "panel.duckdb"),          # on disk: tables larger than memory
-                                config={"memory_limit": ENGINE_MEMORY, "threads": os.cpu_count() or 1,
-                                        "preserve_insertion_order": False,     # lets every step stream and spill
-                                        "temp_directory": os.path.join(folder, "spill")})
-    connection.execute("SET enable_progress_bar = false")          # printed into the report: _watched reads it
-    if _is_parquet(path):
-        described = connection.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_text(path)})").fetchall()
-        header, kinds, sep, skip = [row[0] for row in described], [row[1] for row in described], ",", 0
-    else:
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
-        table = _table(path, head.rsplit("\n", 1)[0] + "\n")
-        header, sep, skip = table.header, table.sep, table.header_line - 1
-        kinds = ["VARCHAR"] * len(header)
-    where = _long_columns(_Table(_escaped(path), sep, header, 1, iter(())), columns, x)
-    if by is not None and by not in header:
-        raise InputError(f"{_escaped(path)}: no column '{_shown(by)}' (--by) in the header")
-    numbers = {where["sales"], where["price"], *where["x"]}
-    names = {role: header[where[role]] for role in ("store", "week", "sales", "price")}
-    names |= {f"x{k}": header[j] for k, j in enumerate(where["x"])}
-    text = {j for j, kind in enumerate(kinds) if _is_parquet(path)
-            and not kind.startswith(NUMBER_TYPES if j in numbers else INTEGER_TYPES + ("VARCHAR",))}
-    return connection, where | {"header": header, "sep": sep, "skip": skip, "names": names, "text": text,
-                                "numbers": numbers,
-                                "by": None if by is None else header.index(by),
-                                "integer_weeks": kinds[where["week"]] in INTEGER_TYPES}
-
-
-def _engine_rows(connection, path):
-    """The file's number of rows: from a Parquet file's metadata, or a CSV file's size over its
-    first lines' mean length (it sets the lags' sample: LAG_ROWS)."""
-    import os
-    if _is_parquet(path):
-        return connection.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata({_sql_text(path)})").fetchone()[0] or 0
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 16)
-    return os.path.getsize(path) * max(head.count(b"\n"), 1) / max(len(head), 1)
-
-
-def _engine_source(path, where, by, careful):
-    """The file as a subquery with columns store, week, sales, price, x0.. (and grp). Parquet
-    keeps its types: integer and text labels keep theirs (_store_query writes them as text),
-    others are text from the start (DuckDB groups -0.0 with 0.0). A CSV file's
-    numbers are read as numbers (DuckDB refuses a cell that is not one); carefully, as text by
-    TRY_CAST (a cell that is not a number becomes NULL, flagged), and its labels as text
-    trimmed, as the exact reader trims them."""
-    header, sep, literal, numbers = where["header"], where["sep"], _sql_text(path), where["numbers"]
-    if _is_parquet(path):
-        scan, text = f"read_parquet({literal})", False
-    else:
-        kinds = ", ".join(f"'c{j}': '{'VARCHAR' if careful or j not in numbers else 'DOUBLE'}'" for j in range(len(header)))
-        scan, text = (f"read_csv({literal}, header = true, skip = {where['skip']}, delim = '{sep}', quote = '\"', "
-                      f"escape = '\"', auto_detect = false, buffer_size = 8388608, columns = {{{kinds}}})"), careful
-
-    def column(j):                               # a CSV file's columns by position, whatever its header says
-        name = '"' + header[j].replace('"', '""') + '"' if _is_parquet(path) else f"c{j}"
-        if j not in numbers:                     # a label
-            if careful:
-                return _trim(f"CAST({name} AS VARCHAR)")
-            return f"CAST({name} AS VARCHAR)" if j in where["text"] else name
-        if not text and j not in where["text"]:
-            return f"CAST({name} AS DOUBLE)"
-        cell = f"trim(CAST({name} AS VARCHAR))"
-        return f"TRY_CAST({cell if sep == ',' else f'replace({cell}, {chr(39)},{chr(39)}, {chr(39)}.{chr(39)})'} AS DOUBLE)"
-    fields = [f"{column(where[role])} AS {role}" for role in ("store", "week", "sales", "price")]
-    fields += [f"{column(j)} AS x{k}" for k, j in enumerate(where["x"])]
-    if by is not None:
-        fields.append(f"{column(where['by'])} AS grp")
-    return f"(SELECT {', '.join(fields)} FROM {scan})"
-
-
-def _untrimmed(labels):
-    """True where a store (or group) label of the pass has white space around it: the careful pass
-    trims it."""
-    return any(label is not None and label != label.strip() for label in labels)
-
-
-def _label(name):
-    """SQL: a label of the source as text (a Parquet file's numbers too)."""
-    return f"CAST({name} AS VARCHAR)"
-
-
-def _shown_label(label):
-    """A label the engine found, for a message: NULL as empty."""
-    return "" if label is None else _shown(str(label))
-
-
-def _trim(name):
-    """SQL: a label without the white space around it, as Python's str.strip() takes it off."""
-    return f"trim({name}, '{WHITE_SPACE}')"
-
-
-def _numbers(Q):
-    """The source's number columns: sales, price and the regressors x0.. x{Q-1}."""
-    return ["sales", "price"] + [f"x{j}" for j in range(Q)]
-
-
-def _engine_tests(Q, by=None):
-    """[(the SQL test of a faulty row, the column it names, what it says)], in the exact reader's
-    order: where the pass's extremes show a fault, the first test that finds a row names it."""
-    numbers = _numbers(Q)
-    tests = [(f"{name} IS NULL", name, "is missing or not a number") for name in numbers]
-    tests += [(f"NOT isfinite({name}) OR abs({name}) > {VALUE_LIMIT:g}", name,
-               f"is infinite or larger than {VALUE_LIMIT:g}") for name in numbers]
-    tests += [(f"{name} <= 0", name, "is not positive (its log is taken)") for name in ("sales", "price")]
-    return tests + [(f"{name} IS NULL OR {_trim(_label(name))} = ''", name, "is missing")
-                    for name in ("store", "week") + (("grp",) if by else ())]
-
-
-def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
-    """The one pass: per store (and group, and fold) the sums of Sums without the intercept's
-    (n, sy and sx give them); each number's count and extremes (_engine_checks); the weeks as
-    integers: their count, range, whether each is written plainly, and their residues modulo
-    WEEK_BITS as a bitstring (_engine_repeats, _engine_weeks); and, for one store in `every` (by
-    a hash of its label), its rows as a list: the lags' sample."""
-    P, labels = Q + 2, (["grp"] if by else []) + ["store"]
-    keys = labels + ([f"(hash({_label('store')}, {_label('week')}, {int(seed)}) % {int(folds)}) AS fold"] if folds else [])
-    regressors = ["ln(price) AS c1"] + [f"x{j} AS c{j + 2}" for j in range(Q)]
-    rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, TRY_CAST(week AS BIGINT) AS w FROM {source}"
-    terms = ["count(*) AS n", "sum(y) AS sy", "sum(y * y) AS yy"]
-    terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}" for j in range(1, P)]
-    terms += [f"sum(c{j} * c{k}) AS xx_{j}_{k}" for j in range(1, P) for k in range(j, P)]
-    terms += [f"count({name}) AS {name}_count, min({name}) AS {name}_low, max({name}) AS {name}_high"
-              for name in _numbers(Q)]
-    terms += ["count(w) AS numbered", "min(w) AS first_week", "max(w) AS last_week",
-              "true AS plain" if integer_weeks else f"bool_and(CAST(w AS VARCHAR) = {_label('week')}) AS plain",
-              f"bitstring_agg(w & {WEEK_BITS - 1}, 0, {WEEK_BITS - 1}) AS week_bits"]
-    fields = ", ".join(f"{name} := {name}" for name in ["week"] + _numbers(Q))
-    terms.append(f"list(struct_pack({fields})) FILTER (WHERE hash(store) % {int(every)} = 0) AS sample")
-    return (f"SELECT {', '.join(f'CAST({key} AS VARCHAR) AS {key}' for key in labels)}, * EXCLUDE ({', '.join(labels)}) "
-            f"FROM (SELECT {', '.join(keys + terms)} FROM ({rows}) GROUP BY ALL)")
-
-
-def _engine_checks(connection, source, where, path, columns, x, by, labels):
-    """The exact reader's checks, from the pass's summary (_engine_summary): a missing,
-    non-numeric, infinite, too large or non-positive value, a missing store or group (labels:
-    the pass's), a price or regressor that never changes (in a group, with by), a store and week
-    given twice or a missing week (_engine_repeats). A CSV file up to REREAD_UP_TO is then read
-    by the exact reader, whose InputError names the line and column; otherwise a second pass
-    finds the store and week. Returns {group: the number of distinct weeks} (_engine_weeks)."""
-    shown, summary = _escaped(path), _engine_summary(connection, len(x), by)
-    if not labels:
-        raise InputError(f"{shown}: has a header but no data rows")
-    if not all(label and label.strip() for label in labels) or not all(row[1] for row in summary):
-        _exact_or(path, columns, x, by)
-        for test, name, words in _engine_tests(len(x), by):
-            found = _watched(connection, f"SELECT store, {_trim(_label('week'))} FROM {source} WHERE {test} LIMIT 1").fetchone()
-            if found:
-                what = f"the {by}" if name == "grp" else f"the {name}" if name in ("store", "week") else \
-                    f"'{_shown(where['names'][name])}'"
-                store, week = map(_shown_label, found)
-                raise InputError(f"{shown}: store '{store}', week '{week}': {what} {words}")
-    for group, _, _, _, *flat in summary:
-        for name, same in zip(_numbers(len(x))[1:], flat):
-            if same:
-                raise InputError(f"{shown}: column '{_shown(where['names'][name])}' has the same value in every row"
-                                 + (f" of {by} '{_shown(str(group))}'" if by else "") + "; a regressor that never "
-                                 "changes cannot be estimated")
-    if not all(row[2] for row in summary):
-        _engine_repeats(connection, source, path, columns, x, by)
-    return _engine_weeks(connection, source, by, {row[0]: row[3] for row in summary})
-
-
-def _engine_summary(connection, Q, by):
-    """Per group (one row without by): (group, every number sound, every store's weeks proven
-    distinct, the number of distinct weeks where the bitstrings give it (else None), and for the
-    price and each regressor whether it never changes). Numbers are sound with a count of n and
-    extremes finite, within VALUE_LIMIT and positive where a log is taken (NaN is the largest
-    number to DuckDB). Weeks are proven distinct where they are integers with distinct residues
-    modulo WEEK_BITS (distinct integers are distinct labels), and counted where every label is an
-    integer written plainly and they span fewer than WEEK_BITS weeks."""
-    numbers = _numbers(Q)
-    sound = [f"{name}_count = n AND abs({name}_low) <= {VALUE_LIMIT:g} AND abs({name}_high) <= {VALUE_LIMIT:g}"
-             for name in numbers] + [f"{name}_low > 0" for name in ("sales", "price")]
-    counted = (f"CASE WHEN bool_and(numbered = n AND plain) AND CAST(max(last_week) AS HUGEINT) - min(first_week) < "
-               f"{WEEK_BITS} THEN bit_count(bit_or(week_bits)) END")
-    flat = ", ".join(f"min({name}_low) = max({name}_high)" for name in numbers[1:])
-    return connection.execute(f"SELECT {'grp' if by else '0'}, bool_and(coalesce({' AND '.join(sound)}, false)), "
-                              f"bool_and(store NOT IN ({_doubtful(by)})), {counted}, {flat} FROM stores GROUP BY ALL"
-                              ).fetchall()
-
-
-def _doubtful(by):
-    """SQL: the stores whose weeks the pass could not prove distinct: all integers, with distinct
-    residues over all the store's rows (with --holdout its folds, where a week written two ways
-    can fall in two folds)."""
-    return (f"SELECT store FROM stores GROUP BY {'grp, ' if by else ''}store HAVING NOT (sum(numbered) = sum(n) "
-            "AND bit_count(bit_or(week_bits)) = sum(n))")
-
-
-def _engine_repeats(connection, source, path, columns, x, by):
-    """Refuses a store and week given twice, or a missing week, among the stores whose weeks the
-    pass could not prove distinct (weeks written as dates, say): their rows grouped by store and
-    week, in a second pass."""
-    found = _watched(connection, f"SELECT store, {_trim(_label('week'))} AS label FROM {source} WHERE {_label('store')} "
-                     f"IN ({_doubtful(by)}) GROUP BY {'grp, ' if by else ''}store, label HAVING count(*) > 1 OR label IS "
-                     "NULL OR label = '' LIMIT 1").fetchone()
-    if found:
-        _exact_or(path, columns, x, by)
-        store, week = map(_shown_label, found)
-        raise InputError(f"{_escaped(path)}: store '{store}', " + (f"week '{week}' is given twice: one row a store and week"
-                                                                   if week else "week '': the week is missing"))
-
-
-def _engine_weeks(connection, source, by, counted):
-    """{group: the number of distinct week labels}: counted by the pass's bitstrings, else (None)
-    by a second pass."""
-    if any(weeks is None for weeks in counted.values()):
-        counted = dict(_watched(connection, f"SELECT {_label('grp') if by else '0'}, count(DISTINCT "
-                                f"{_trim(_label('week'))}) FROM {source} GROUP BY ALL").fetchall())
-    return counted
-
-
-class _ExactlyRead(Exception):
-    """The exact reader read without a fault a file in which DuckDB found one: load reads it."""
-
-
-def _exact_or(path, columns, x, by):
-    """Where a CSV file can be read exactly (up to REREAD_UP_TO, no --by), read it: the exact
-    reader raises the InputError with line and column of the fault the engine found, or, where
-    it finds none (a row of spaces or of separators only, which it skips), _ExactlyRead."""
-    import os
-    if not _is_parquet(path) and os.path.getsize(path) <= REREAD_UP_TO and by is None:
-        read_long(path, x=x, **columns)
-        raise _ExactlyRead
-
-
-def _lag_query(sample, P, names, by):
-    """Per-store lag sums (Lags) over consecutive weeks, where the week labels are numbers, of the
-    stores in the pass's sample (rows: grp, store, week, sales, price, x0..)."""
-    lagged = ", ".join(["lag(ln(sales)) OVER w AS y_a", "lag(TRY_CAST(week AS DOUBLE)) OVER w AS t_a"]
-                       + [f"lag({names[j]}) OVER w AS c{j}_a" for j in range(P)])
-    inner = (f"SELECT {'grp, ' if by else ''}store, ln(sales) AS y_b, TRY_CAST(week AS DOUBLE) AS t_b, "
-             + ", ".join(f"{names[j]} AS c{j}_b" for j in range(P)) + f", {lagged} FROM {sample} "
-             f"WINDOW w AS (PARTITION BY {'grp, ' if by else ''}store ORDER BY TRY_CAST(week AS DOUBLE))")
-    pair = "t_b - t_a = 1"
-    terms = [f"count(*) FILTER (WHERE {pair}) AS pairs", f"sum(y_a * y_b) FILTER (WHERE {pair}) AS yy"]
-    terms += [f"sum(c{j}_a * y_b) FILTER (WHERE {pair}) AS xy_{j}" for j in range(P)]
-    terms += [f"sum(y_a * c{j}_b) FILTER (WHERE {pair}) AS yx_{j}" for j in range(P)]
-    terms += [f"sum(c{j}_a * c{k}_b) FILTER (WHERE {pair}) AS xx_{j}_{k}" for j in range(P) for k in range(P)]
-    terms += [f"sum(y_a) FILTER (WHERE {pair}) AS ya", f"sum(y_b) FILTER (WHERE {pair}) AS yb"]
-    terms += [f"sum(c{j}_a) FILTER (WHERE {pair}) AS xa_{j}" for j in range(P)]
-    terms += [f"sum(c{j}_b) FILTER (WHERE {pair}) AS xb_{j}" for j in range(P)]
-    return (f"SELECT {'grp, ' if by else ''}store, {', '.join(terms)}, bool_and(t_b IS NOT NULL) AS numbered "
-            f"FROM ({inner}) GROUP BY ALL")
-
-
-def _engine_loaded(table, lags, weeks, P, x, folds, by):
-    """Loaded (or {group: Loaded}) from the engine's per-store (and per-fold) sums; weeks: {group:
-    the number of weeks}."""
-    groups, out = table["grp"] if by else None, {}
-    ends = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1 if by else [], len(table["store"])].astype(int)
-    for start, end in zip(ends[:-1], ends[1:]):          # in order: a group's rows are adjacent, and a store's
-        group = groups[start] if by else 0
-        part = {key: np.asarray(value)[start:end] for key, value in table.items()}
-        labels = part["store"]
-        code = np.concatenate([[0], np.cumsum(labels[1:] != labels[:-1])]).astype(np.int64) if len(labels) else labels
-        stores = labels[np.r_[0, np.flatnonzero(labels[1:] != labels[:-1]) + 1]].tolist() if len(labels) else []
-        index = {store: i for i, store in enumerate(stores)}
-        N = len(stores)
-
-        def sums(mask):
-            def add(values):
-                return _bincounted(code[mask], values[mask], N)
-            XtX = np.empty((N, P * P))
-            for j in range(P):
-                for k in range(P):
-                    XtX[:, j * P + k] = add(part[f"xx_{min(j, k)}_{max(j, k)}"])
-            return Sums(add(part["n"]), XtX, np.column_stack([add(part[f"xy_{j}"]) for j in range(P)]),
-                        add(part["yy"]), np.column_stack([add(part[f"sx_{j}"]) for j in range(P)]), add(part["sy"]))
-        folded = [sums(part["fold"] == f) for f in range(folds)] if folds else None
-        total = sums(np.ones(len(code), dtype=bool))
-        lag = None
-        if lags is not None:
-            at = (lags["grp"] == group) if by else np.ones(len(lags["store"]), dtype=bool)
-            if np.all(np.asarray(lags["numbered"])[at]):
-                lag = _engine_lags({key: np.asarray(value)[at] for key, value in lags.items()}, index, total, P)
-        out[group] = Loaded(stores, int(weeks[group]), total, ["intercept", "log price"] + list(x), "long",
-                            (float(np.log(np.min(part["price_low"]))), float(np.log(np.max(part["price_high"])))), lag, folded)
-    if by:
-        return out
-    return next(iter(out.values()))
-
-
-def _engine_lags(lags, index, sums, P):
-    """Lags from the engine's per-store lag sums (by store label: index), with n, sy, sx from sums."""
-    code, N = np.array([index[store] for store in lags["store"]], dtype=np.int64), len(sums.n)
-
-    def add(values):
-        return _bincounted(code, values, N)
-    return Lags(add(lags["pairs"]), add(lags["yy"]), np.column_stack([add(lags[f"xy_{j}"]) for j in range(P)]),
-                np.column_stack([add(lags[f"yx_{j}"]) for j in range(P)]),
-                np.column_stack([add(lags[f"xx_{j}_{k}"]) for j in range(P) for k in range(P)]),
-                add(lags["ya"]), add(lags["yb"]), np.column_stack([add(lags[f"xa_{j}"]) for j in range(P)]),
-                np.column_stack([add(lags[f"xb_{j}"]) for j in range(P)]), sums.n, sums.sy, sums.sx)
-
-
-def _bincounted(code, values, N):
-    """Per-store totals (N,) of the engine's rows (its NULL sums, from no row, count 0)."""
-    return np.bincount(code, np.nan_to_num(np.asarray(values, dtype=float)), N)
-
-
-def _week_numbers(panel):
-    """Each row's week as a number, for consecutive weeks: the labels where all are numbers, else
-    their order of first appearance."""
-    try:
-        values = np.array([float(label) for label in panel.weeks])
-    except ValueError:
-        values = np.arange(len(panel.weeks), dtype=float)
-    return values[panel.week]
 
 
 # ---------------------------------------------------------------------------------------------
 # A sweep over K, results.json and the report
 # ---------------------------------------------------------------------------------------------
 
-def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, name=None,
-            sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=(),
-            holdout=False, bootstrap=0, min_share=None, by=None, sums=False):
-    """Read a CSV panel (wide or long: see load), estimate each K and return the results.json
-    dictionary, whose "data" is `name` (default: the path). Warns when the data reject a fixed
-    sigma, when BIC picks the largest K tried and when a segment is not supported.
-    progress(K, done, n_init), if given, is called after each start, progress(K, None, n_init)
-    at each round of split-and-merge moves, and progress("reading", percent, 100) every second
-    while DuckDB reduces a large file. stores, covariates: a stores file and the
-    names of its columns that are covariates of membership (read_stores). How many segments:
-    holdout (the predictive log-likelihood of held-out weeks, _holdout), bootstrap B (a parametric
-    bootstrap test of K against K + 1, _bootstrap), min_share S (the best K whose every segment
-    holds at least a share S of the stores). by: a long file's column whose groups are analysed
-    each on its own ({"by", "groups": {group: results}}); sums: path is a table of per-store sums
-    (read_sums)."""
-    _check_flag(holdout, "holdout")
-    _whole(bootstrap, "bootstrap", 0, MAX_STARTS)
-    _check_share(min_share)
-    return _analyse(path, Ks, n_init, seed, tol, progress, name, _model(sigma, store_effects, covariates),
-                    columns, x, stores, holdout, bootstrap, min_share, by, sums)[0]
-
-
-def _check_share(share):
-    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
-                              or not 0 < share < 1):
-        raise InputError(f"min_share must be a share of the stores between 0 and 1; got {share!r}")
-    return share
-
-
-def fit_frame(frame, K, store="store", week="week", sales="sales", price="price", x=(), stores=None,
-              covariates=(), sigma="segment", store_effects=False, n_init=N_INIT, seed=0, tol=TOL):
-    """The analyst's entry from pandas: a Fit with K segments of a long DataFrame (one row a store
-    and week; the columns named by store, week, sales, price and the further regressors x), its
-    coefficients named. stores: a DataFrame of store covariates (one row a store, its store column
-    named as in frame, or its index the store), whose columns named in covariates enter the model
-    of membership. sigma is per segment by default here (real panels reject a fixed sigma = 1;
-    the course's functions keep it). The frames pass through the same reader as files, with the
-    same checks; a message's line n is the frame's row n - 2. Besides a Fit's attributes:
-    posterior (a DataFrame by store), segment (a Series), predict, plot."""
-    for name, value in (("frame", frame), ("stores", stores)):
-        if value is not None and not hasattr(value, "to_csv"):
-            raise InputError(f"{name} must be a pandas DataFrame; got {type(value).__name__}")
-    model = _model(sigma, store_effects, covariates)
-    data = load(frame, dict(store=store, week=week, sales=sales, price=price), x)
-    z = None
-    if model.covariates:
-        if stores is None:
-            raise InputError("covariates need stores: a DataFrame with one row a store")
-        table = stores if store in stores.columns else stores.rename_axis(store).reset_index()
-        z = read_stores("stores DataFrame", data.stores, model.covariates, table.to_csv(index=False), store)
-    stats = _statistics(data.sums, model, data.coefficients, z)._replace(lags=data.lags)
-    fit = _search(stats, K, n_init, seed, tol, names=[data.coefficients[j] for j in stats.columns])
-    fit.stores, fit.data, fit._pandas = data.stores, data, True
-    return fit
-
-
-def _analyse(path, Ks, n_init, seed, tol, progress, name, model, columns, x, stores=None, holdout=False,
-             bootstrap=0, min_share=None, by=None, sums=False):
-    """analyse's work: (results, {K: Fit}, Loaded). by: a column of a long file whose groups are
-    each analysed (results {"by", "groups": {group: results}}, and no fits); sums: path is a table
-    of per-store sums (read_sums)."""
-    folds = HOLDOUT_FOLDS if holdout else 0
-    if by is not None:
-        return _analyse_groups(path, Ks, n_init, seed, tol, progress, name, model, columns, x, holdout, bootstrap,
-                               min_share, by), {}, None
-    data = read_sums(path) if sums else load(path, columns, x, folds=folds, seed=seed, progress=_reading(progress))
-    return _analyse_data(data, Ks, n_init, seed, tol, progress, name or ("DataFrame" if hasattr(path, "to_csv") else path),
-                         model, stores, holdout, bootstrap, min_share)
-
-
-def _analyse_data(data, Ks, n_init, seed, tol, progress, path, model, stores=None, holdout=False, bootstrap=0,
-                  min_share=None):
-    """The analysis of a Loaded panel: (results, {K: Fit}, data)."""
-    name = path
-    shown = _escaped(path)
-    if holdout and data.folds is None:
-        raise InputError(f"{shown}: --holdout needs the panel's weeks (not a table of sums)")
-    if model.covariates and stores is None:
-        raise InputError("covariates of membership need a stores file (--stores FILE.csv)")
-    z = read_stores(stores, data.stores, model.covariates) if model.covariates else None
-    try:
-        stats = _statistics(data.sums, model, data.coefficients, z)._replace(lags=data.lags)
-    except ValueError as problem:
-        raise InputError(f"{shown}: {problem}") from None
-    names = [data.coefficients[j] for j in stats.columns]
-    for K in Ks:
-        _check_K(K, len(data.stores), where=f"the {len(data.stores)} stores in {shown}")
+def sweep(stats, Ks, search=Search(), names=None, progress=None):
+    """{K: Fit} for each K of Ks (in that order), fitted in increasing K, each K's search grown
+    from the last one's fit where it would end below it (nested maxima: the log-likelihood never
+    falls as K grows). progress(Progress) hears of each K's start and of the search's work."""
     fits = {}
-    for K in sorted(Ks):                         # each K grows the last one too: nested maxima
-        report_start = (lambda done, K=K: progress(K, done, n_init)) if progress else None
+    for K in sorted(Ks):
         if progress:
-            progress(K, 0, n_init if K > 1 else 1)
-        with warnings.catch_warnings():           # an empty segment is said below, plainly
+            progress(Progress("starts", K, 0, search.n_init if K > 1 else 1))
+        with warnings.catch_warnings():           # an empty segment is said in the results, plainly
             warnings.simplefilter("ignore", RuntimeWarning)
-            fits[K] = _search(stats, K, n_init, seed, tol, names=names, progress=report_start,
-                              previous=fits[max(fits)] if fits else None)
-    models = [_model_summary(fits[K]) for K in Ks]
+            fits[K] = _search(stats, K, search, names, previous=fits[max(fits)] if fits else None, progress=progress)
+    return {K: fits[K] for K in Ks}
+
+
+def _check_Ks(Ks, N, where):
+    """Every K of a sweep from 1 to N/2 (_check_K), before any work; where names the panel."""
+    for K in Ks:
+        _check_K(K, N, where=where)
+
+
+def results(fits, stores, weeks, name, search=Search(), layout="wide", summary=None):
+    """The assignment's results.json, as a dict, of a sweep's {K: Fit}: the data, the settings, for
+    each K its estimates, standard errors, log-likelihood, criteria and the search's work, BIC's
+    choice, the notes, the stores that carry no information and each store's segment and
+    posteriors at BIC's K (store_segments, last). summary(fit): a model's entry, where not the
+    course's (_model_summary); the analyst's package gives its own, and adds its keys before
+    store_segments (README, "results.json")."""
+    models = [(summary or _model_summary)(fit) for fit in fits.values()]
     best = min(models, key=lambda model: model["bic"])["K"]
-    results = {"data": name, "stores": len(data.stores), "weeks": data.weeks,
-               "observations": int(stats.n.sum()),
-               "settings": {"n_init": n_init, "seed": seed, "tol": tol,
-                            "sigma": model.fixed if model.sigma == "fixed" else model.sigma,
-                            "store_effects": model.store_effects, "regressors": names, "format": data.layout},
-               "models": models, "best_K": best, "notes": [], **_stores_apart(stats, data.sums, data.stores, data.coefficients)}
-    failed = {}
-    if model.sigma == "fixed":
-        results["sigma_check"] = _diagnostic(failed, "sigma check", lambda: _sigma_check(data, fits[best], tol), None)
-    if min_share is not None:
-        fitting = [m for m in models if min(m["pi"]) >= min_share]
-        results["min_share"] = {"share": min_share, "K": min(fitting, key=lambda m: m["bic"])["K"] if fitting else None}
-    if holdout:
-        results["holdout"] = _diagnostic(failed, "holdout", lambda: _holdout(data, stats, Ks, n_init, seed, tol, z), None)
-    if bootstrap:
-        results["bootstrap"] = _diagnostic(failed, "bootstrap test",
-                                           lambda: _bootstrap(stats, fits, bootstrap, n_init, seed, tol, progress), None)
-    if failed:
-        results["failed"] = failed
-    results["notes"] = _notes(results)
-    for note in results["notes"]:
-        _warn(note, UserWarning)
-    results["store_segments"] = _store_segments(data.stores, fits[best])
-    for fit in fits.values():
-        fit.stores, fit.data = data.stores, data
-    return results, fits, data
-
-
-def _analyse_groups(path, Ks, n_init, seed, tol, progress, name, model, columns, x, holdout, bootstrap, min_share, by):
-    """--by: one read (the engine, GROUP BY the column too), then each group analysed in its own
-    process, the machine's cores across groups. {"data", "by", "groups": {group: results}}."""
-    import concurrent.futures
-    import os
-    groups = _engine_load(path, {role: name for role, name in (columns or {}).items() if name}, _names(x, "x", path),
-                          HOLDOUT_FOLDS if holdout else 0, seed, by, _reading(progress))
-    label = name or path
-    jobs = {group: (data, Ks, n_init, seed, tol, None, f"{label} [{by} = {group}]", model, None, holdout, bootstrap,
-                    min_share) for group, data in groups.items()}
-    workers = min(len(jobs), os.cpu_count() or 1)
-    if workers > 1:
-        import multiprocessing
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {group: pool.submit(_group_results, *job) for group, job in jobs.items()}
-            done = {group: future.result() for group, future in futures.items()}
-    else:
-        done = {group: _group_results(*job) for group, job in jobs.items()}
-    for group, (results, caught) in done.items():
-        for note in caught:
-            _warn(f"{by} = {group}: {note}", UserWarning)
-    return {"data": label, "by": by, "groups": {str(group): results for group, (results, _) in done.items()}}
-
-
-def _group_results(*job):
-    """One group's results (in a worker process) and its warnings' texts."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with np.errstate(all="ignore"):
-            results = _analyse_data(*job)[0]
-    return results, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-
-
-def _holdout(data, stats, Ks, n_init, seed, tol, z=None):
-    """The predictive log-likelihood of held-out weeks: each store's weeks drawn into
-    HOLDOUT_FOLDS folds (load); for each fold, each K fitted on the other weeks (the same search),
-    and the held-out weeks scored under it. With sums only: a store's held-out score is
-    log sum_c pi_ic f_ic(all its weeks) - log sum_c pi_ic f_ic(its training weeks), at the
-    training fit (with store effects, the ratio of within likelihoods is the predictive density
-    with the store's level integrated out). A store with no training week in a fold (a store of
-    one week, say) has nothing to be predicted from there: it sits that fold out, for every K
-    and baseline alike (unscored). Beside it two baselines: one pooled regression (K = 1) and
-    each store's own regression (its own coefficients and sigma from its training weeks; the
-    pooled one where it has none). {"folds", "loglik": {K: ...}, "pooled", "own",
-    "own_pooled_stores", "unscored"}, or {"folds", "skipped": why}."""
-    model = stats.model
-    Ks = sorted(set(Ks) | {1})
-    scores, own, own_pooled, unscored = {K: 0.0 for K in Ks}, 0.0, 0, 0
-    for fold in data.folds:
-        train = Sums(*(a - b for a, b in zip(data.sums, fold)))
-        keep = train.n > 0
-        unscored += int((~keep & (fold.n > 0)).sum())
-        train, fold, every = (Sums(*(a[keep] for a in sums)) for sums in (train, fold, data.sums))
-        try:
-            trained, scoring = (_statistics(sums, model, data.coefficients, None if z is None else z[keep])
-                                for sums in (train, every))
-            if max(Ks) > 1:
-                _check_K(max(Ks), len(train.n))
-        except InputError as problem:
-            return {"folds": len(data.folds), "skipped": f"a fold's training weeks cannot be fitted ({problem})"}
-        previous = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for K in Ks:
-                fit = previous = _search(trained, K, n_init, seed, tol, previous=previous)
-                scores[K] += _e_step(scoring, fit.theta, fit.membership, fit.sigma)[1] - fit.loglik
-        score, pooled = _own_holdout(train, fold)
-        own, own_pooled = own + score, max(own_pooled, pooled)
-    return {"folds": len(data.folds), "loglik": {str(K): scores[K] for K in Ks}, "pooled": scores[1], "own": own,
-            "own_pooled_stores": own_pooled, "unscored": unscored}
-
-
-def _own_holdout(train, fold):
-    """The held-out log-likelihood of each store's own regression on all of X's columns (its
-    coefficients b_i and sigma_i^2 = R_i(b_i) / (n_i - P) from its training weeks, _own_fits); a
-    store without an own regression (no more training weeks than columns, or a regressor constant
-    within it) is predicted by the pooled regression. (score, stores predicted by the pooled one)."""
-    N, P = train.Xty.shape
-    own = _own_fits(train.XtX, train.Xty, train.yty, train.n)
-    pooled = _pooled_fit(train.XtX, train.Xty)
-    b = np.where(own.usable[:, None], own.b, pooled)
-
-    def rss(sums, b):
-        return sums.yty - 2 * (b * sums.Xty).sum(axis=1) + np.einsum("np,npq,nq->n", b, sums.XtX.reshape(N, P, P), b)
-    pooled_s2 = rss(train, np.broadcast_to(pooled, (N, P))).sum() / max(train.n.sum() - P, 1.0)
-    s2 = np.where(own.usable, np.maximum(own.s2, TINY), pooled_s2)
-    return float((-0.5 * fold.n * np.log(2 * math.pi * s2) - rss(fold, b) / (2 * s2)).sum()), int((~own.usable).sum())
-
-
-def _bootstrap(stats, fits, B, n_init, seed, tol, progress=None):
-    """A parametric bootstrap test of K against K + 1 for each pair of consecutive K fitted, in
-    turn from the smallest (as mclust's mclustBootstrapLRT): B panels simulated from the K fit
-    (_simulated), each fitted with K and K + 1 segments by the same search, and the p-value
-    (1 + #{LR_b >= LR}) / (B + 1) of the observed likelihood ratio LR = 2 (loglik_{K+1} -
-    loglik_K). It stops after the first K whose p-value is above BOOTSTRAP_LEVEL: that K is its
-    choice (B = 19 is the least that can reject at 5%; 99 is usual). {"B", "tests": [{"K", "lr", "p"}], "K"} (no
-    timing: results.json holds none)."""
-    import numpy.random
-    tests, chosen = [], None
-    rng = numpy.random.default_rng(seed)
-    for K in sorted(fits):
-        if K + 1 not in fits:
-            break
-        observed = 2 * (fits[K + 1].loglik - fits[K].loglik)
-        exceed = 0
-        for b in range(B):
-            simulated = _simulated(stats, fits[K], rng)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                small = _search(simulated, K, n_init, b, tol)
-                large = _search(simulated, K + 1, n_init, b, tol, previous=small)
-            exceed += 2 * (large.loglik - small.loglik) >= observed
-            if progress:
-                progress(f"bootstrap K = {K} against {K + 1}", b + 1, B)
-        tests.append({"K": K, "lr": round(observed, LR_DECIMALS), "p": (1 + exceed) / (B + 1)})
-        if tests[-1]["p"] > BOOTSTRAP_LEVEL:
-            chosen = K
-            break
-    return {"B": B, "tests": tests, "K": chosen}
-
-
-def _simulated(stats, fit, rng):
-    """Stats of a panel drawn from a fit, made directly from the sums: store i's segment c from its
-    prior, then with u ~ N(0, sigma_c^2 X_i'X_i) (X_i as in stats: within-centred with store
-    effects, whose levels the within likelihood does not see)
-        X_i'y_i = X_i'X_i theta_c + u,   y_i'y_i = theta_c'X_i'X_i theta_c + 2 theta_c'u + u'(X_i'X_i)^+ u
-                  + sigma_c^2 chi^2(m_i - rank X_i),
-    the sums of y_i = X_i theta_c + eps_i, eps_i ~ N(0, sigma_c^2 I)."""
-    N, P = stats.Xty.shape
-    segment = (rng.random(N)[:, None] > np.cumsum(fit.prior, axis=1)).sum(axis=1).clip(0, fit.K - 1)
-    theta, sigma = fit.theta[segment], fit.sigma[segment]
-    XtX = stats.XtX.reshape(N, P, P)
-    values, vectors = np.linalg.eigh(XtX)
-    values = np.where(values > 1e-12 * values.max(axis=1, keepdims=True), values, 0.0)
-    z = rng.standard_normal((N, P))
-    u = np.einsum("npq,nq->np", vectors, np.sqrt(values) * z) * sigma[:, None]
-    rank = (values > 0).sum(axis=1)
-    chi2 = rng.chisquare(np.maximum(stats.m - rank, 1e-9)) * (stats.m > rank)
-    Xty = np.einsum("npq,nq->np", XtX, theta) + u
-    yty = (np.einsum("np,npq,nq->n", theta, XtX, theta) + 2 * (theta * u).sum(axis=1)
-           + sigma ** 2 * ((values > 0) * z * z).sum(axis=1) + sigma ** 2 * chi2)
-    A = XtX.sum(axis=0)
-    pooled = np.linalg.solve(A, Xty.sum(axis=0))
-    pooled_s2 = max(yty.sum() - pooled @ Xty.sum(axis=0), 1e-300) / stats.m.sum()
-    return stats._replace(Xty=Xty, yty=yty, pooled_s2=pooled_s2, lags=None,
-                          moments=np.column_stack([stats.XtX, Xty, yty]))
-
-
-def _sigma_check(data, fit, tol):
-    """With sigma fixed: the common sigma estimated at the chosen K, by EM from the fixed-sigma
-    fit (so the likelihood ratio is never negative, and no second search is needed), and a test
-    of sigma = the fixed value. Rejects when LR > LR_CRITICAL and sigma-hat is more than
-    SIGMA_MARGIN away from it: a difference that matters (standard errors scale with sigma),
-    not merely one that a large panel can detect."""
-    stats = fit._stats._replace(model=fit.model._replace(sigma="common"))
-    start = fit.theta, fit.membership, np.full(fit.K, fit.sigma[0])
-    common = _polish(stats, _run_em(stats, start, tol, MAX_ITER))
-    fixed = float(fit.sigma[0])
-    lr = max(2 * (common.loglik - fit.loglik), 0.0)
-    estimate = float(common.sigma[0])
-    return {"K": fit.K, "fixed": fixed, "estimate": estimate, "lr": round(lr, LR_DECIMALS),
-            "rejects": bool(lr > LR_CRITICAL and abs(estimate / fixed - 1) > SIGMA_MARGIN)}
-
-
-def _stores_apart(stats, sums, stores, names):
-    """The stores that a diagnostic or the model itself sees differently, for results.json:
-    "uninformative", those that carry no information on the price effect under the model (one
-    week under store effects: the posterior is the prior; a price that never changes under store
-    effects), kept in the fit, each with why; "own_regression", how many stores have their own
-    regression (_own_fits) for the diagnostics that set stores beside segments (captured,
-    not-credible, the picture), and why the others are left out of them (a column that never
-    changes within the store is named from the raw sums)."""
-    N = len(stats.n)
-    price = stats.XtX.reshape(N, stats.P, stats.P)[:, stats.price, stats.price]
-    uninformative = [{"store": stores[i], "why": "a single week" if stats.m[i] == 0 else "its price never changes"
-                      if stats.model.store_effects else "its log price is 0 in every week"}
-                     for i in np.flatnonzero((stats.m == 0) | ~(price > 0))]
-    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
-    P = sums.Xty.shape[1]
-    square = np.diagonal(sums.XtX.reshape(N, P, P), axis1=1, axis2=2) / sums.n[:, None]
-    spread = square - (sums.sx / sums.n[:, None]) ** 2
-    constant = (spread <= ABSORBED * square) & (_spread(sums)[None, :])           # varies overall, not here
-    why = {}
-    for i in np.flatnonzero(~own.usable):
-        reason = ("with no more weeks than coefficients" if own.short[i] else
-                  f"in which {names[int(np.argmax(constant[i]))]} never changes" if constant[i].any() else
-                  "whose regressors are collinear")
-        why.setdefault(reason, []).append(stores[i])
-    return {"uninformative": uninformative,
-            "own_regression": {"stores": int(own.usable.sum()),
-                               "left_out": {reason: {"count": len(labels), "stores": labels[:STORES_NAMED]}
-                                            for reason, labels in why.items()}}}
-
-
-def _notes(results):
-    """What the reader must know beyond the tables, one sentence each."""
-    notes, best, Ks = [], results["best_K"], [model["K"] for model in results["models"]]
-    apart = results.get("uninformative")
-    if apart:
-        notes.append(f"{len(apart)} store{'s carry' if len(apart) > 1 else ' carries'} no information on the price "
-                     f"effect under this model and stay{'s' * (len(apart) == 1)} in the fit, placed by what their other "
-                     "weeks say: "
-                     + ", ".join(f"'{store['store']}' ({store['why']})" for store in apart[:STORES_NAMED])
-                     + (f" and {len(apart) - STORES_NAMED} more" if len(apart) > STORES_NAMED else ""))
-    left = results.get("own_regression", {}).get("left_out")
-    if left:
-        count = sum(reason["count"] for reason in left.values())
-        notes.append(f"{count} store{'s are' if count > 1 else ' is'} left out of the diagnostics that need each "
-                     "store's own regression (captured, not-credible, the holdout's own regression, the picture): "
-                     + "; ".join(f"{reason['count']} {why} (" + ", ".join(f"'{store}'" for store in reason["stores"])
-                                 + (", ..." if reason["count"] > len(reason["stores"]) else "") + ")"
-                                 for why, reason in left.items()))
-    for what, why in results.get("failed", {}).items():
-        notes.append(f"the {what} could not be computed ({why}); the fits are delivered: please report it with the "
-                     "command")
-    check = results.get("sigma_check")
-    if check and check["rejects"]:
-        notes.append(f"the data reject sigma = {check['fixed']:g}: at K = {best} the estimated common sigma is "
-                     f"{check['estimate']:.3f} (likelihood ratio {check['lr']:.1f}, p < 0.001), so the standard "
-                     "errors, log-likelihoods and BIC above are on the wrong scale; use --sigma common or --sigma segment")
-    if len(Ks) > 1 and best == max(Ks):
-        captured = "; ".join(f"K = {model['K']} segments capture {100 * model['captured']:.0f}%"
-                             for model in results["models"] if model.get("captured") is not None and model["K"] > 1)
-        notes.append(f"BIC picks K = {best}, the largest K tried: the criteria keep improving, as they do when "
-                     "stores' price sensitivities spread continuously rather than fall into a few groups"
-                     + (f" (of that spread {captured})" if captured else "")
-                     + f"; a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))}) may go on improving: "
-                     "weigh what one more segment captures, and see --min-share")
-    chosen = next(model for model in results["models"] if model["K"] == best)
-    rho = chosen.get("autocorrelation")
-    ratio = np.nanmedian(np.array(chosen["se_robust"]["theta"], dtype=float) / np.array(chosen["se"]["theta"], dtype=float)) \
-        if "se_robust" in chosen else math.nan
-    if rho is not None and rho > AUTOCORRELATION and ratio > ROBUST_RATIO:
-        notes.append(f"weekly residuals are autocorrelated within stores (rho = {rho:.2f} at K = {best}): the "
-                     "model-based standard errors are likely too small; the store-clustered ones (the report's "
-                     f"robust line, se_robust in results.json) are {ratio:.1f}x as large (median)")
-    for model in results["models"]:
-        if model["unsupported"]:
-            problems = "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
-            notes.append(f"K = {model['K']}: {problems}; the data support at most {model['supported_K']} segment{'s' * (model['supported_K'] != 1)}")
-        for c, why in model.get("not_credible", {}).items():
-            notes.append(f"K = {model['K']}: segment {c} {why}")
-        for what, why in model.get("failed", {}).items():
-            notes.append(f"K = {model['K']}: the {what} could not be computed ({why}); the fit itself is delivered: "
-                         "please report it with the command")
-    return notes
-
-
-def _captured(fit):
-    """The share of the spread of the stores' own price coefficients (their own least squares,
-    weighted by precision 1 / var(b_i)) that the segments' explain: a weighted R^2 of b_i on
-    sum_c w_ic beta_c, over the stores with an own regression (_own_fits). None where fewer than
-    3 stores have one."""
-    stats = fit._stats
-    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
-    keep = own.usable & (np.nan_to_num(own.var[:, stats.price]) > 0)
-    if keep.sum() < 3:
-        return None
-    weight = 1 / own.var[keep, stats.price]
-    b, segment = own.b[keep, stats.price], (fit.W @ fit.theta[:, stats.price])[keep]
-    centre = np.average(b, weights=weight)
-    total = (weight * (b - centre) ** 2).sum()
-    return float(max(0.0, 1 - (weight * (b - segment) ** 2).sum() / total)) if total > 0 else None
-
-
-def _not_credible(fit):
-    """{segment: why} for a segment of fewer than CREDIBLE_STORES stores whose coefficient lies
-    more than CREDIBLE_SPREAD robust sds (MAD_SD x the median absolute deviation) from the median
-    of the stores' own (those with an own regression, _own_fits)."""
-    stats = fit._stats
-    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
-    if own.usable.sum() < 3:
-        return {}
-    b = own.b[own.usable]
-    median = np.median(b, axis=0)
-    spread = MAD_SD * np.median(np.abs(b - median), axis=0)
-    found = {}
-    for c in np.flatnonzero(fit.W.sum(axis=0) < CREDIBLE_STORES):
-        far = np.abs(fit.theta[c] - median) > CREDIBLE_SPREAD * np.maximum(spread, TINY_SPREAD)
-        if far.any():
-            j = int(np.argmax(np.abs(fit.theta[c] - median) / np.maximum(spread, TINY_SPREAD)))
-            found[c] = (f"({fit.W[:, c].sum():.1f} stores) is not credible: its {fit.names[j]} coefficient "
-                        f"{fit.theta[c, j]:.3g} lies far outside the stores' own estimates (median {median[j]:.3g}, "
-                        f"robust sd {spread[j]:.3g}); it describes those stores, not a segment")
-    return found
+    fit = fits[best]
+    model = fit.model
+    out = {"data": name, "stores": len(stores), "weeks": weeks, "observations": fit.n_obs,
+           "settings": {"n_init": search.n_init, "seed": search.seed, "tol": search.tol,
+                        "sigma": model.fixed if model.sigma == "fixed" else model.sigma,
+                        "store_effects": model.store_effects, "regressors": fit.names, "format": layout},
+           "models": models, "best_K": best, "notes": [], "uninformative": _uninformative(fit._stats, stores)}
+    out["notes"] = _notes(out)
+    out["store_segments"] = _store_segments(stores, fit)
+    return out
 
 
 def _model_summary(fit):
-    """Everything results.json says of one Fit: estimates, standard errors, criteria, diagnostics.
+    """The course's results.json entry of one Fit: estimates, standard errors, criteria, the
+    search's work and the segments the data do not support (n/a standard errors there).
     n_params = K P + K - 1 + the sigmas estimated (store effects are not counted: the within
     likelihood is free of them); AIC = 2 k - 2 log L; BIC = k log(observed cells) - 2 log L;
-    ICL = BIC + 2 EN, EN = -sum_ic w_ic log w_ic; entropy = 1 - EN / (N log K). A diagnostic that
-    fails leaves its value empty and says so (failed), never the fit."""
+    ICL = BIC + 2 EN, EN = -sum_ic w_ic log w_ic; entropy = 1 - EN / (N log K). Standard errors
+    that cannot be computed are left empty and said (failed), never the fit."""
     failed = {}
-    se = _diagnostic(failed, "standard errors", lambda: fit.se, None)
-    robust = _diagnostic(failed, "store-clustered standard errors", lambda: fit.se_robust, None)
-    K, P = fit.theta.shape
-    blank = Params(np.full((K, P), np.nan), np.full(K, np.nan), np.full(K, np.nan))
-    se_theta, se_pi, se_sigma = ((se or blank).theta.copy(), (se or blank).pi.copy(), (se or blank).sigma.copy())
-    robust_theta, robust_sigma = (robust or blank).theta.copy(), (robust or blank).sigma.copy()
+    se = _shown_errors(fit, _diagnostic(failed, "standard errors", lambda: fit.se, None))
     unsupported = overfitted(fit)
-    for c in unsupported:                         # no standard error means anything for these
-        se_theta[c], se_pi[c], se_sigma[c] = np.nan, np.nan, np.nan
-        robust_theta[c], robust_sigma[c] = np.nan, np.nan
+    counts = np.bincount(fit.W.argmax(axis=1), minlength=fit.K)
     summary = {"K": fit.K, "coefficients": fit.names, "theta": fit.theta.tolist(), "pi": fit.pi.tolist(),
                "sigma": fit.sigma.tolist(),
-               "se": {"theta": se_theta.tolist(), "pi": se_pi.tolist(), "sigma": se_sigma.tolist()},
+               "se": {"theta": se.theta.tolist(), "pi": se.pi.tolist(), "sigma": se.sigma.tolist()},
                "loglik": fit.loglik, "n_params": fit.n_params, "aic": fit.aic, "bic": fit.bic, "icl": fit.icl,
                "entropy": fit.entropy, "iterations": fit.n_iter, "converged": fit.converged,
-               "stores_in_segment": np.bincount(fit.W.argmax(axis=1), minlength=fit.K).tolist(),
+               "stores_in_segment": counts.tolist(),
                "unsupported": {str(c + 1): why for c, why in sorted(unsupported.items())},
                "supported_K": fit.K - len(unsupported), "search": fit.search,
-               "few_stores": {str(c + 1): {"stores": count, "weight": held} for c, (count, held) in _few_stores(fit).items()},
-               "se_robust": {"theta": robust_theta.tolist(), "sigma": robust_sigma.tolist()},
-               "autocorrelation": _diagnostic(failed, "residual autocorrelation", lambda: fit.autocorrelation, None),
-               "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
-               "smallest_segment": {"stores": int(min(np.bincount(fit.W.argmax(axis=1), minlength=fit.K))),
-                                    "share": float(fit.pi.min())},
-               "captured": _diagnostic(failed, "captured share", lambda: _captured(fit), None),
-               "not_credible": {str(c + 1): why for c, why in
-                                _diagnostic(failed, "not-credible check", lambda: _not_credible(fit), {}).items()},
-               **_diagnostic(failed, "membership summary", lambda: _membership_summary(fit), {})}
+               "few_stores": {str(c + 1): {"stores": count, "weight": held} for c, (count, held) in _few_stores(fit).items()}}
     if failed:
         summary["failed"] = failed
     return summary
+
+
+def _shown_errors(fit, se):
+    """A copy of a Params of standard errors (None: not computed) with NaN for the segments the data
+    do not support (overfitted), where no standard error means anything."""
+    K, P = fit.theta.shape
+    se = se or Params(np.full((K, P), np.nan), np.full(K, np.nan), np.full(K, np.nan))
+    theta, pi, sigma = se.theta.copy(), se.pi.copy(), se.sigma.copy()
+    for c in overfitted(fit):
+        theta[c], pi[c], sigma[c] = np.nan, np.nan, np.nan
+    return Params(theta, pi, sigma)
 
 
 def _diagnostic(failed, what, compute, otherwise):
@@ -3525,35 +2256,59 @@ def _few_stores(fit):
             if fit.K > 1 and c not in twinned and (held[c] < CREDIBLE_STORES or 1 <= count[c] <= 2)}
 
 
-def _membership_summary(fit):
-    """With covariates of membership, what results.json adds: gamma (K, 1 + Q: log-odds against
-    the reference segment, the largest, whose row is 0; per sd of each covariate) and its standard errors, the covariates'
-    names and standardisation, the likelihood-ratio test against the fit without them, the
-    segments they separate, and each segment's profile (posterior-weighted covariate means)."""
-    if fit.gamma is None:
-        return {}
-    stats, Q = fit._stats, len(fit.model.covariates)
-    mean, sd = stats.z_scale
-    raw = stats.Z[:, 1:] * sd + mean
-    lr = max(2 * (fit.loglik - fit.without_covariates.loglik), 0.0) if fit.without_covariates else None
-    df = (fit.K - 1) * Q
-    return {"covariates": {"names": list(fit.model.covariates), "mean": mean.tolist(), "sd": sd.tolist()},
-            "reference_segment": _reference(stats, fit.gamma) + 1,
-            "gamma": fit.gamma.tolist(), "se_gamma": fit.se.gamma.tolist(),
-            "without_covariates": None if lr is None else
-            {"loglik": fit.without_covariates.loglik, "lr": round(lr, LR_DECIMALS), "df": df,
-             "p": _chi2_tail(lr, df)},
-            "separated": {str(c + 1): names for c, names in fit.separated.items()},
-            "profiles": ((fit.W.T @ raw) / np.maximum(fit.W.sum(axis=0), 1e-300)[:, None]).tolist()}
+def _uninformative(stats, stores):
+    """The stores that carry no information on the price effect under the model, each with why:
+    one week under store effects (its posterior is its prior), or a price that never changes
+    under store effects. They stay in the fit, placed by what their other weeks say."""
+    price = stats.XtX.reshape(len(stats.n), stats.P, stats.P)[:, stats.price, stats.price]
+    return [{"store": stores[i], "why": "a single week" if stats.m[i] == 0 else "its price never changes"
+             if stats.model.store_effects else "its log price is 0 in every week"}
+            for i in np.flatnonzero((stats.m == 0) | ~(price > 0))]
 
 
-def _chi2_tail(x, df):
-    """Pr[chi-square(df) > x] (scipy, imported here only), None without scipy or for df = 0."""
-    try:
-        from scipy.stats import chi2
-    except ImportError:
+def _notes(results):
+    """What the reader must know beyond the tables, one sentence each (the course's; the analyst's
+    package has more)."""
+    notes = [note for note in (_uninformative_note(results), _largest_K_note(results)) if note]
+    for model in results["models"]:
+        notes += _unsupported_notes(model) + _failed_notes(model)
+    return notes
+
+
+def _uninformative_note(results):
+    apart = results.get("uninformative")
+    if not apart:
         return None
-    return float(chi2.sf(x, df)) if df > 0 else None
+    return (f"{len(apart)} store{'s carry' if len(apart) > 1 else ' carries'} no information on the price effect under "
+            f"this model and stay{'s' * (len(apart) == 1)} in the fit, placed by what their other weeks say: "
+            + ", ".join(f"'{store['store']}' ({store['why']})" for store in apart[:STORES_NAMED])
+            + (f" and {len(apart) - STORES_NAMED} more" if len(apart) > STORES_NAMED else ""))
+
+
+def _largest_K_note(results):
+    best, Ks = results["best_K"], [model["K"] for model in results["models"]]
+    if not (len(Ks) > 1 and best == max(Ks)):
+        return None
+    captured = "; ".join(f"K = {model['K']} segments capture {100 * model['captured']:.0f}%"
+                         for model in results["models"] if model.get("captured") is not None and model["K"] > 1)
+    return (f"BIC picks K = {best}, the largest K tried: the criteria keep improving, as they do when "
+            "stores' price sensitivities spread continuously rather than fall into a few groups"
+            + (f" (of that spread {captured})" if captured else "")
+            + f"; a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))}) may go on improving: "
+            "weigh what one more segment captures, and see --min-share")
+
+
+def _unsupported_notes(model):
+    if not model["unsupported"]:
+        return []
+    problems = "; ".join(f"segment {c} {why}" for c, why in model["unsupported"].items())
+    supported = model["supported_K"]
+    return [f"K = {model['K']}: {problems}; the data support at most {supported} segment{'s' * (supported != 1)}"]
+
+
+def _failed_notes(model):
+    return [f"K = {model['K']}: the {what} could not be computed ({why}); the fit itself is delivered: please "
+            "report it with the command" for what, why in model.get("failed", {}).items()]
 
 
 def overfitted(fit):
@@ -3679,24 +2434,6 @@ def segments_csv(stores, W, fit=None):
     return out.getvalue()
 
 
-def _predictions_csv(fit, path):
-    """--predict's file: each new store of a stores file, its most likely segment and its prior
-    probability of each segment, from its covariates alone."""
-    import csv
-    import io
-    try:
-        labels, z = read_stores(path, None, fit.model.covariates)
-    except InputError as problem:
-        raise _Refused(str(problem)) from None
-    prior = fit.predict(z).prior
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["store", "segment"] + [f"prior_{c + 1}" for c in range(fit.K)])
-    for label, row in zip(labels, prior):
-        writer.writerow([label, int(row.argmax()) + 1] + [f"{p:.6g}" for p in row])
-    return out.getvalue()
-
-
 def _number_cell(value, width, digits=4):
     """A number for the report's tables; n/a for a missing (None or NaN) standard error."""
     return f"{value:{width}.{digits}f}" if value is not None and math.isfinite(value) else f"{'n/a':>{width}}"
@@ -3712,8 +2449,10 @@ def _describe(model):
     return noise + ("; store fixed effects (within-store likelihood)" if model.store_effects else "")
 
 
-def _fit_lines(model, sigma_estimated):
-    """The report's lines of one fitted model (a _model_summary)."""
+def _fit_lines(model, sigma_estimated, more=()):
+    """The report's lines of one fitted model (a _model_summary): its criteria, the search's work,
+    the table of segments, then `more` lines (the analyst's package's: robust standard errors,
+    who is in each segment) and the flags."""
     after = f" after {model['iterations']} iterations" if "iterations" in model else ""
     status = f"converged{after}" if model["converged"] else f"NOT converged{after}"
     lines = [f"K = {model['K']}   log-likelihood {model['loglik']:.4f}   free parameters {model['n_params']}   {status}",
@@ -3733,13 +2472,7 @@ def _fit_lines(model, sigma_estimated):
         cells = "".join(f" {_number_cell(values[c], width)} ({_number_cell(errors[c], 7)})"
                         for (_, values, errors), width in zip(columns, widths))
         lines.append(f"  {c + 1:7d}{cells} {model['stores_in_segment'][c]:8d}" + (" !" if str(c + 1) in few else ""))
-    if "se_robust" in model:
-        lines.append("  store-clustered s.e. (robust to autocorrelated weeks): " + "; ".join(
-            f"{name} " + " ".join(_number_cell(row[j], 6).strip() for row in model["se_robust"]["theta"])
-            for j, name in enumerate(names))
-            + ("" if model.get("autocorrelation") is None else
-               f"   (residual autocorrelation within stores {model['autocorrelation']:.2f})"))
-    lines += _membership_lines(model)
+    lines += more
     if few:
         lines.append("  ! " + ", ".join(f"segment {c} is most likely for {held['stores']} store{'s' * (held['stores'] != 1)} "
                                        f"({held['weight']:.1f} stores' weight)" for c, held in few.items())
@@ -3749,60 +2482,6 @@ def _fit_lines(model, sigma_estimated):
                      + f": the data support at most {model['supported_K']} segment{'s' * (model['supported_K'] != 1)} (n/a: no standard "
                      "error means anything there)")
     return lines
-
-
-def _membership_lines(model):
-    """The report's lines on covariates of membership: each segment's log-odds against segment 1
-    per sd of each covariate (odds ratio, standard error), the test against no covariates, and
-    who is in each segment in words."""
-    if "gamma" not in model:
-        return []
-    if model["K"] == 1:
-        return ["  covariates of membership: with one segment there is no membership to model, so K = 1 is the "
-                "model without them (likelihood ratio 0 on 0 df)"]
-    names, K, reference = model["covariates"]["names"], model["K"], model["reference_segment"] - 1
-    others = [c for c in range(K) if c != reference]
-    test = model["without_covariates"]
-    lines = [f"  who is in each segment: log-odds of segment c against segment {reference + 1} (the largest) per sd "
-             f"of each covariate (odds ratio exp(gamma); s.e.)"]
-    if test:
-        p = "" if test["p"] is None else f", p = {test['p']:.3g}"
-        lines[0:0] = [f"  covariates of membership: likelihood ratio {test['lr']:.2f} on {test['df']} df against "
-                      f"the same K without them (log-likelihood {test['loglik']:.4f}{p})"]
-    width = max(10, *map(len, names))
-    lines.append(f"  {'':{width}}" + "".join(f"   segment {c + 1:<12d}" for c in others))
-    gamma = [[math.copysign(math.inf, value) if str(c + 1) in model["separated"] and abs(value) > GAMMA_LIMIT
-              else value for value in row] for c, row in enumerate(model["gamma"])]
-    for j, name in enumerate(["intercept"] + names):
-        cells = "".join(_gamma_cell(gamma[c][j], model["se_gamma"][c][j], odds=j > 0) for c in others)
-        lines.append(f"  {name:>{width}}{cells}")
-    for c in range(K):
-        lines.append(f"  segment {c + 1} (elasticity {model['theta'][c][model['coefficients'].index('log price')]:.2f}): "
-                     f"{_profile_words(model, c)}" if "log price" in model["coefficients"] else
-                     f"  segment {c + 1}: {_profile_words(model, c)}")
-    if model["separated"]:
-        lines.append("  ! the covariates separate segment " + ", ".join(model["separated"]) + f" (|gamma| > {GAMMA_LIMIT:g}): "
-                     "the likelihood has no finite maximum in its gamma, shown as +-inf (results.json: where EM stopped "
-                     "gaining), without standard errors")
-    return lines
-
-
-def _gamma_cell(value, se, odds):
-    """A gamma, its odds ratio exp(gamma) for a covariate, and its standard error; +-inf where
-    the covariates separate the segment."""
-    shown = f"{value:6.2f}" if math.isfinite(value) else f"{'+inf' if value > 0 else '-inf':>6}"
-    ratio = f"x{math.exp(value):<6.2g}" if odds and math.isfinite(value) else " " * 7
-    return f"   {shown} {ratio}({_number_cell(se, 5, 2)})"
-
-
-def _profile_words(model, c, most=2):
-    """Segment c's stores in words: the `most` covariates whose posterior-weighted mean lies
-    farthest (in sds) from the mean of all stores, each "more" or "fewer"/"lower"."""
-    cov = model["covariates"]
-    gaps = [(model["profiles"][c][j] - cov["mean"][j]) / cov["sd"][j] for j in range(len(cov["names"]))]
-    order = sorted(range(len(gaps)), key=lambda j: -abs(gaps[j]))[:most]
-    return "stores with " + " and ".join(f"{'higher' if gaps[j] > 0 else 'lower'} {cov['names'][j]} "
-                                         f"({gaps[j]:+.1f} sd)" for j in order)
 
 
 def _search_lines(search):
@@ -3844,181 +2523,51 @@ def _guide(settings, names):
     return lines
 
 
-CRITERIA = ("aic", "aic3", "bic", "caic", "sabic", "icl")
-
-
-def _how_many_lines(results):
-    """How many segments: every criterion by K (and the K each picks), the smallest segment, the
-    share of the stores' spread of price coefficients captured; the holdout, the bootstrap tests
-    and --min-share where asked."""
-    models = results["models"]
-    if len(models) < 2 or not all("aic3" in m for m in models):      # a results.json of an earlier version
-        return []
-    rows = [[str(m["K"]), f"{m['loglik']:.2f}", str(m["n_params"])] + [f"{m[c]:.2f}" for c in CRITERIA]
-            + [f"{m['smallest_segment']['stores']} ({100 * m['smallest_segment']['share']:.0f}%)",
-               "" if m.get("captured") is None else f"{100 * m['captured']:.0f}%"] for m in models]
-    rows.append(["picks", "", ""] + [str(min(models, key=lambda m: m[c])["K"]) for c in CRITERIA] + ["", ""])
-    header = ["K", "log L", "k"] + [c.upper() for c in CRITERIA] + ["smallest segment", "captured"]
-    widths = [max(len(str(row[j])) for row in rows + [header]) for j in range(len(header))]
-    lines = ["How many segments (lower criteria are better; captured: the share of the spread of the stores' own "
-             "price coefficients that the segments explain):"]
-    lines += ["  " + "  ".join(f"{cell:>{width}}" for cell, width in zip(row, widths)) for row in [header] + rows]
-    holdout = results.get("holdout")
-    if holdout and "loglik" in holdout:
-        scored = holdout["loglik"]
-        best = max(scored, key=lambda K: scored[K])
-        lines.append(f"Holdout ({holdout['folds']} folds of each store's weeks, higher is better): "
-                     + ", ".join(f"K = {K}: {value:.2f}" for K, value in scored.items())
-                     + f"; one pooled regression {holdout['pooled']:.2f}; each store's own regression "
-                     f"{holdout['own']:.2f}. Best: K = {best}"
-                     + (" (better than each store's own)" if scored[best] > holdout["own"] else
-                        ", below each store's own regression: segments predict new weeks less well than the stores' own lines")
-                     + (f". {holdout['unscored']} store-folds had no training week and were not scored"
-                        if holdout.get("unscored") else "")
-                     + (f"; up to {holdout['own_pooled_stores']} stores a fold had no own regression and were "
-                        "predicted by the pooled one there" if holdout.get("own_pooled_stores") else ""))
-    elif holdout:
-        lines.append(f"Holdout: skipped ({holdout['skipped']})")
-    boot = results.get("bootstrap")
-    if boot:
-        tests = "; ".join(f"K = {t['K']} against {t['K'] + 1}: LR {t['lr']:.2f}, p = {t['p']:.3f}" for t in boot["tests"])
-        choice = (f"it keeps K = {boot['K']}" if boot["K"] is not None else
-                  "every K tried is rejected for the next: the largest K may be too few")
-        rho = next((m.get("autocorrelation") for m in models if m["K"] == results["best_K"]), None)
-        caveat = ("" if rho is None or not rho > AUTOCORRELATION else
-                  f" The weeks' residuals are autocorrelated within stores (rho = {rho:.2f}), and the test simulates "
-                  "independent weeks: it rejects too often, so read its p-values as too small.")
-        lines.append(f"Bootstrap test ({boot['B']} panels simulated from each K fit; the "
-                     f"smallest p that {boot['B']} panels can give is {1 / (boot['B'] + 1):.3f}): {tests}; {choice}.{caveat}")
-    share = results.get("min_share")
-    if share:
-        lines.append(f"With every segment holding at least {100 * share['share']:.0f}% of the stores (--min-share): "
-                     + (f"K = {share['K']}, by BIC." if share["K"] is not None else "no K tried qualifies."))
-    return lines + [""]
-
-
 def _strength(gap):
     """How strongly a BIC gap favours the lower BIC (Kass & Raftery 1995)."""
     return next(words for bound, words in BIC_STRENGTH if gap > bound or bound == 0)
 
 
 def report(results):
-    """The printed report: what the columns mean, a table of segments for each K, the criteria,
-    then the BIC choice and how sure it is. Takes analyse()'s dictionary, or the same read back
-    from results.json; with --by, one report a group."""
-    if "groups" in results:
-        return "\n\n".join(f"===== {results['by']} = {group} =====\n" + report(each)
-                            for group, each in results["groups"].items())
+    """The printed report: what the columns mean, a table of segments for each K, then BIC's
+    choice and how sure it is. Takes results()' dictionary, or the same read back from
+    results.json."""
+    lines = _header_lines(results)
+    for model in results["models"]:
+        lines += _fit_lines(model, isinstance(results["settings"].get("sigma", 1.0), str)) + [""]
+    return "\n".join(lines + _choice_lines(results))
+
+
+def _header_lines(results):
+    """The report's first lines: the data, the model, and how to read the tables."""
     settings = results["settings"]
     names = results["models"][0].get("coefficients", ["intercept", "log price"])
     apart = len(results.get("uninformative", []))
     stores = f"{results['stores']} stores" + (f" ({apart} of them with no information on the price effect: see the "
                                               "notes)" if apart else "")
-    lines = [f"{results['data']}: {stores} x {results['weeks']} weeks, "
-             f"{results['observations']} observed cells; best of {settings['n_init']} "
-             f"starts for each K (seed {settings['seed']})",
-             f"model: log sales on {', '.join(settings.get('regressors', names))}; {_describe(settings)}", ""]
-    lines += _guide(settings, names) + [""]
-    for model in results["models"]:
-        lines += _fit_lines(model, isinstance(settings.get("sigma", 1.0), str)) + [""]
-    lines += _how_many_lines(results)
+    return [f"{results['data']}: {stores} x {results['weeks']} weeks, "
+            f"{results['observations']} observed cells; best of {settings['n_init']} "
+            f"starts for each K (seed {settings['seed']})",
+            f"model: log sales on {', '.join(settings.get('regressors', names))}; {_describe(settings)}", ""] \
+        + _guide(settings, names) + [""]
+
+
+def _choice_lines(results):
+    """BIC's choice and how strongly the next best K's BIC gap favours it (Kass & Raftery); with
+    one K fitted, that nothing was chosen."""
     ranked = sorted(results["models"], key=lambda model: model["bic"])
     if len(ranked) == 1:
-        lines.append(f"One K fitted (K = {ranked[0]['K']}, BIC {ranked[0]['bic']:.2f}): BIC compares models, so "
-                     "nothing was chosen; give several K (--K 1 2 3 4) to choose among them.")
-        return "\n".join(lines)
+        return [f"One K fitted (K = {ranked[0]['K']}, BIC {ranked[0]['bic']:.2f}): BIC compares models, so "
+                "nothing was chosen; give several K (--K 1 2 3 4) to choose among them."]
     others = ", ".join(f"K = {model['K']}: +{model['bic'] - ranked[0]['bic']:.2f}" for model in ranked[1:])
-    lines.append(f"BIC chooses K = {results['best_K']}: the lowest BIC, {ranked[0]['bic']:.2f}"
-                 + (f" ({others})." if others else "."))
-    if len(ranked) > 1:
-        gap = ranked[1]["bic"] - ranked[0]["bic"]
-        lines.append(f"The next best, K = {ranked[1]['K']}, is {gap:.2f} higher: {_strength(gap)} evidence "
-                     f"for K = {results['best_K']} (a BIC gap above 10 is very strong, 6-10 strong, "
-                     "2-6 positive, below 2 weak).")
-    return "\n".join(lines)
+    gap = ranked[1]["bic"] - ranked[0]["bic"]
+    return [f"BIC chooses K = {results['best_K']}: the lowest BIC, {ranked[0]['bic']:.2f} ({others}).",
+            f"The next best, K = {ranked[1]['K']}, is {gap:.2f} higher: {_strength(gap)} evidence "
+            f"for K = {results['best_K']} (a BIC gap above 10 is very strong, 6-10 strong, 2-6 positive, below 2 weak)."]
 
 
 # ---------------------------------------------------------------------------------------------
-# The picture (matplotlib, imported only for it)
-# ---------------------------------------------------------------------------------------------
-
-PICTURES = ("png", "pdf", "svg")   # the formats --plot writes, by the file's extension
-
-
-def _extension(path):
-    """The picture format a file name asks for (PICTURES), or None."""
-    import os
-    extension = os.path.splitext(str(path))[1].lower().lstrip(".")
-    return extension if extension in PICTURES else None
-
-
-def plot(results, fits, data, K=None, format="png"):
-    """The picture (bytes; format png, pdf or svg) of one K (default: BIC's choice): each store's own (elasticity, level)
-    coloured by its segment, with the segment centres; the segments' demand curves over the
-    observed prices; BIC against K. results, fits, data: what analyse's run gives (_analyse)."""
-    plt = _pyplot()
-    K = K or results["best_K"]
-    fit = fits[K]
-    names = fit.names
-    price = names.index("log price")
-    fits_own = _own_fits(data.sums.XtX, data.sums.Xty, data.sums.yty, data.sums.n)     # raw: with its level
-    own = fits_own.b
-    segment = fit.W.argmax(axis=1)
-    colours = plt.get_cmap("tab10")(np.arange(K) % 10)
-    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
-    keep = fits_own.usable
-    level = names.index("intercept") if "intercept" in names else None
-    for c in range(K):
-        mine = keep & (segment == c)
-        left.scatter(own[mine, 1], own[mine, 0], s=14, color=colours[c], alpha=0.7,
-                     label=f"segment {c + 1}: {int(mine.sum())} stores")
-        if level is not None:
-            left.scatter(fit.theta[c, price], fit.theta[c, level], s=160, marker="X", color=colours[c],
-                         edgecolor="black", zorder=3)
-        else:
-            left.axvline(fit.theta[c, price], color=colours[c], linestyle="--")
-    left.set(xlabel="store's own price elasticity (log price coefficient)", ylabel="store's own level (intercept)",
-             title="Stores and segment centres (X)" if level is not None else "Stores and segment elasticities (--)")
-    left.legend(fontsize=8)
-    low, high = data.price_range
-    grid = np.exp(np.linspace(low, high, 100))
-    for c in range(K):
-        if level is not None:
-            curve, label = np.exp(fit.theta[c, level] + fit.theta[c, price] * np.log(grid)), "sales"
-        else:                                    # store effects: relative to the middle price
-            curve = 100 * np.exp(fit.theta[c, price] * (np.log(grid) - (low + high) / 2))
-            label = "sales, % of sales at the middle price"
-        middle.plot(grid, curve, color=colours[c], linewidth=2,
-                    label=f"segment {c + 1}: elasticity {fit.theta[c, price]:.2f}")
-    middle.set(xlabel="price", ylabel=label, title="Demand curves over the observed prices")
-    middle.legend(fontsize=8)
-    Ks = [m["K"] for m in results["models"]]
-    right.plot(Ks, [m["bic"] for m in results["models"]], "o-", color="black")
-    right.axvline(K, color="grey", linestyle=":")
-    right.set(xlabel="K (segments)", ylabel="BIC (lower is better)", title=f"BIC against K: K = {K} drawn",
-              xticks=Ks)
-    figure.suptitle(f"{results['data']}: {_describe(results['settings'])}", fontsize=10)
-    figure.tight_layout()
-    import io
-    picture = io.BytesIO()
-    figure.savefig(picture, format=format, dpi=110)
-    plt.close(figure)
-    return picture.getvalue()
-
-
-def _pyplot():
-    """matplotlib.pyplot without a screen, or InputError saying it is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
-    return plt
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line
+# The command line: the course's here; where the analyst's package is importable, its own
 # ---------------------------------------------------------------------------------------------
 
 class _Refused(Exception):
@@ -4037,15 +2586,15 @@ def _api_check(check):
     return convert
 
 
-def _parser():
+def _parser(more=None):
+    """The command line's parser: the course's options, and where `more` is the analyst's package's
+    command line, its options in their places (more.outputs(parser) after --segments-K,
+    more.options(parser, model) after --store-effects)."""
     import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):                # one line, exit code 2
             raise _Refused(f"{message} (see --help)")
-
-    def whole(name, low, high=None):
-        return _api_check(lambda text: _whole(_integer(text), name, low, high))
 
     def sigma(text):
         return text if text in ("common", "segment") else _model(_float(text)).fixed
@@ -4057,21 +2606,21 @@ def _parser():
     parser = Parser(description="Estimate store segments from weekly sales (a mixture of regressions "
                     "of log sales on log price, by EM) for several K; print a report and write JSON.")
     parser.add_argument("csv", nargs="?", default=None,
-                        help="CSV file, wide (first column the price, then one column per store) or long "
-                             "(one row a store and week: columns store, week, sales, price) "
-                             "(default: data/example.csv, made by simulate.py)")
+                        help=more.CSV_HELP if more else "CSV file, wide: first column the price, then one column "
+                             "per store (default: data/example.csv, made by simulate.py)")
     parser.add_argument("--K", nargs="+", default=["2", "3", "4"], metavar="K",
                         help="numbers of segments (default 2 3 4)")
-    parser.add_argument("--n-init", type=whole("--n-init", 1, MAX_STARTS), default=N_INIT,
+    parser.add_argument("--n-init", type=_whole_option("--n-init", 1, MAX_STARTS), default=N_INIT,
                         help=f"EM starts for each K (default {N_INIT})")
-    parser.add_argument("--seed", type=whole("--seed", 0), default=0, help="random seed of the starts (default 0)")
+    parser.add_argument("--seed", type=_whole_option("--seed", 0), default=0, help="random seed of the starts (default 0)")
     parser.add_argument("--tol", type=_api_check(tol),
                         default=TOL, help=f"convergence tolerance (default {TOL:g})")
     parser.add_argument("--output", default="results.json", help="JSON file to write (default results.json)")
     parser.add_argument("--segments", metavar="FILE.csv", help="write each store's segment and posteriors")
-    parser.add_argument("--segments-K", type=whole("--segments-K", 1), metavar="K",
+    parser.add_argument("--segments-K", type=_whole_option("--segments-K", 1), metavar="K",
                         help="the K of --segments and --plot (default: BIC's choice)")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw the chosen K (needs matplotlib)")
+    if more:
+        more.outputs(parser)
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     parser.add_argument("--version", action="version", version=f"em_sales {__version__}")
     model = parser.add_argument_group("the model")
@@ -4080,35 +2629,14 @@ def _parser():
                             "segments (common) or one per segment (segment)")
     model.add_argument("--store-effects", action="store_true",
                        help="each store its own intercept (store fixed effects); segments differ in the slopes")
-    model.add_argument("--x", nargs="+", default=[], metavar="COL",
-                       help="further regressors of a long file, used as they are (not logged)")
-    large = parser.add_argument_group("large panels")
-    large.add_argument("--by", metavar="COL",
-                       help="a long file's column (product, brand, category): each of its groups fitted on its own, "
-                            "from one read, the machine's cores across groups (needs duckdb)")
-    large.add_argument("--sums", action="store_true",
-                       help="the file is a table of per-store sums (README: one SQL query writes it from any panel)")
-    how_many = parser.add_argument_group("how many segments")
-    how_many.add_argument("--holdout", action="store_true",
-                          help=f"score held-out weeks ({HOLDOUT_FOLDS} random folds of each store's weeks, drawn "
-                               "with --seed) for each K, beside one pooled regression and each store's own")
-    how_many.add_argument("--bootstrap", type=whole("--bootstrap", 1, MAX_STARTS), default=0, metavar="B",
-                          help="a parametric bootstrap test of K against K + 1 with B simulated panels (99 is usual)")
-    how_many.add_argument("--min-share", type=_api_check(lambda text: _check_share(_float(text))), metavar="S",
-                          help="also name the best K whose every segment holds at least a share S of the stores")
-    model.add_argument("--stores", metavar="FILE.csv",
-                       help="a stores file: one row a store, a 'store' column holding the panel's store labels, "
-                            "then store-level columns")
-    model.add_argument("--predict", nargs=2, metavar=("NEW.csv", "OUT.csv"),
-                       help="with --covariates: new stores (a stores file) and the CSV to write their segment "
-                            "probabilities to, from their covariates alone (the K of --segments-K, or BIC's)")
-    model.add_argument("--covariates", nargs="+", default=[], metavar="COL",
-                       help="columns of --stores that enter the model of membership: Pr[store in segment c] "
-                            "depends on them (a multinomial logit)")
-    names = parser.add_argument_group("columns of a long file (found by their header otherwise)")
-    for role in LONG_COLUMNS:
-        names.add_argument(f"--{role}", metavar="COL", help=f"the {role} column")
+    if more:
+        more.options(parser, model)
     return parser
+
+
+def _whole_option(name, low, high=None):
+    """An argparse type for a whole-number option, by the API's check."""
+    return _api_check(lambda text: _whole(_integer(text), name, low, high))
 
 
 def _integer(text):
@@ -4124,10 +2652,11 @@ def _float(text):
     return value
 
 
-def _arguments(argv):
-    """Parsed and checked arguments, or _Refused. --K 2 3 data.csv takes data.csv as the file."""
+def _arguments(parser, argv):
+    """Parsed arguments with K checked and the file named (args.path; data/example.csv by default),
+    or _Refused. --K 2 3 data.csv takes data.csv as the file."""
     import os
-    args = _parser().parse_args(argv)
+    args = parser.parse_args(argv)
     Ks = list(args.K)
     if args.csv is None and len(Ks) > 1 and _number(Ks[-1], ",") is None:
         args.csv = Ks.pop()                      # --K swallowed the file name
@@ -4136,47 +2665,22 @@ def _arguments(argv):
             raise _Refused(f"argument --K: expected whole numbers of segments; got {K!r} (see --help)")
     try:
         args.K = list(dict.fromkeys(_whole(int(K), "--K", 1) for K in Ks))
-    except ValueError as problem:
+    except InputError as problem:
         raise _Refused(str(problem)) from None
-    if args.by is not None and (args.segments or args.plot or args.predict or args.stores or args.sums):
-        raise _Refused("--by writes results.json and the report for each group; --segments, --plot, --predict, "
-                       "--stores and --sums are for one panel")
-    if args.sums and (args.holdout or args.x or args.stores):
-        raise _Refused("--sums reads a table of per-store sums: --holdout needs the weeks themselves, and --x and "
-                       "--stores do not apply (the table's columns are the regressors)")
-    if args.predict and not args.covariates:
-        raise _Refused("--predict needs --stores and --covariates: new stores are placed by their covariates")
-    if bool(args.stores) != bool(args.covariates):
-        raise _Refused("--stores FILE.csv and --covariates COL ... go together: the file, and which of its "
-                       "columns enter the model of membership")
     if args.segments_K is not None and args.segments_K not in args.K:
         raise _Refused(f"--segments-K {args.segments_K} is not among the K estimated (--K {' '.join(map(str, args.K))})")
-    if args.segments_K is not None and not (args.segments or args.plot):
-        raise _Refused("--segments-K needs --segments FILE.csv or --plot FILE.png")
-    if args.plot:
-        try:
-            _pyplot()                            # to say now, not after the work, that it is missing
-        except InputError as problem:
-            raise _Refused(str(problem)) from None
     here = os.path.dirname(os.path.abspath(__file__))
     args.path = args.csv or "data/example.csv"
     if args.csv is None and not os.path.exists(args.path):      # run from another folder
         args.path = os.path.join(here, "data", "example.csv")
-    _check_outputs(args)
-    if args.plot and _extension(args.plot) is None:
-        raise _Refused(f"--plot {args.plot}: the picture is written as PNG, PDF or SVG: name the file .png, .pdf or .svg")
     return args
 
 
-def _check_outputs(args):
-    """Before any work: every output has a name, none is the input or another output, and each
-    can be written."""
+def _check_outputs(inputs, outputs):
+    """Before any work: every output (flag, path) has a name, none is an input or another output,
+    and each can be written."""
     import os
-    outputs = [(flag, getattr(args, name)) for flag, name in
-               (("--output", "output"), ("--segments", "segments"), ("--plot", "plot"))
-               if getattr(args, name) is not None] + ([("--predict", args.predict[1])] if args.predict else [])
-    seen = {os.path.realpath(path): f"the input file {path}" for path in
-            [args.path] + [name for name in (args.stores, args.predict and args.predict[0]) if name]}
+    seen = {os.path.realpath(path): f"the input file {path}" for path in inputs}
     for flag, target in outputs:
         if not target.strip():
             raise _Refused(f"{flag} needs a file name; got an empty one")
@@ -4258,10 +2762,30 @@ class _Step:
 
 
 def main(argv=None):
-    """The command line (python em_sales.py --help). Returns the exit code: 0; 2 for input or
-    arguments that cannot be used (one line on stderr, no file touched); 3 a failure of the program
-    itself (one line, no file touched: please report it); 130 interrupted (Ctrl-C); 141 standard
-    output closed early (| head); 143 terminated (SIGTERM). Never a traceback."""
+    """The command line (python em_sales.py --help): where the analyst's package em_sales_tools is
+    importable, its command line, with every option; else the course's, which reads a wide file
+    and refuses the package's options in one line. Returns the exit code: 0; 2 for input or
+    arguments that cannot be used (one line on stderr, no file touched); 3 a failure of the
+    program itself (one line, no file touched: please report it); 130 interrupted (Ctrl-C); 141
+    standard output closed early (| head); 143 terminated (SIGTERM). Never a traceback."""
+    tools = _tools()
+    return tools.main(argv) if tools else _command(_main, argv)
+
+
+def _tools():
+    """The analyst's package's command line (em_sales_tools.cli), or None where the package is not
+    importable beside this file (copied alone)."""
+    try:
+        from em_sales_tools import cli
+    except ModuleNotFoundError as problem:
+        if problem.name not in ("em_sales_tools", "em_sales_tools.cli"):
+            raise
+        return None
+    return cli
+
+
+def _command(run, argv):
+    """run(argv, step) as a command: its exit code, or the exit codes of main() for what ends it."""
     import signal
     import sys
     step = _Step()
@@ -4273,7 +2797,7 @@ def main(argv=None):
     except ValueError:                           # not the main thread: SIGTERM keeps its default
         before = None
     try:
-        return _main(argv, step)
+        return run(argv, step)
     except (_Refused, InputError) as problem:
         print(f"error: {_escaped(problem)}", file=sys.stderr)
         return 2
@@ -4299,49 +2823,59 @@ def main(argv=None):
 
 
 def _main(argv, step):
-    import contextlib
+    """The course's command line, this file alone: a wide file, the course's options."""
     import sys
-
-    args = _arguments(argv)
-    import os
-    if not args.quiet and os.path.isfile(args.path) and (args.by or (not args.sums and _use_engine(args.path, {}))):
-        print(f"reading {_escaped(args.path)} ({os.path.getsize(args.path) / 2 ** 20:.0f} MB): DuckDB reduces it to "
-              "per-store sums", file=sys.stderr, flush=True)
+    needed = next((flag for flag in argv or sys.argv[1:] if flag.split("=")[0] in TOOLS_OPTIONS), None)
+    if needed:
+        raise _Refused(f"{needed} needs the analyst's package em_sales_tools beside em_sales.py (the repository's "
+                       "em_sales_tools/ folder, or pip install the repository); this file alone reads a wide file")
+    args = _arguments(_parser(), argv)
+    outputs = [(flag, path) for flag, path in (("--output", args.output), ("--segments", args.segments)) if path is not None]
+    if args.segments_K is not None and not args.segments:
+        raise _Refused("--segments-K needs --segments FILE.csv")
+    _check_outputs([args.path], outputs)
     step.now = f"reading {_escaped(args.path)}"
-    progress = _Progress(args.quiet, step)
-    with warnings.catch_warnings(), contextlib.closing(progress):
+    text = _read_text(args.path)
+    if _layout(_table(args.path, text).header, {}) == "long" or str(args.path).lower().endswith((".parquet", ".pq")):
+        raise _Refused(f"{_escaped(args.path)}: a long file (one row a store and week) needs the analyst's package "
+                       "em_sales_tools beside em_sales.py; this file alone reads a wide one (the price, a column a store)")
+    price, sales, stores = read_panel(args.path, text)
+    y, X = panel_arrays(price, sales)
+    names = ["intercept", "log price"]
+    try:
+        stats = _statistics(_wide_sums(y, X), _model(args.sigma, args.store_effects), names)
+    except InputError as problem:
+        raise InputError(f"{_escaped(args.path)}: {problem}") from None
+    _check_Ks(args.K, len(stores), f"the {len(stores)} stores in {_escaped(args.path)}")
+    search = Search(args.n_init, args.seed, args.tol)
+    with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest, **named: print(f"warning: {_escaped(message)}", file=sys.stderr)
         with np.errstate(all="ignore"):
-            results, fits, data = _analyse(args.path, args.K, args.n_init, args.seed, args.tol,
-                                           progress, args.csv or "data/example.csv",
-                                           _model(args.sigma, args.store_effects, args.covariates),
-                                           {role: getattr(args, role) for role in LONG_COLUMNS}, args.x,
-                                           args.stores, args.holdout, args.bootstrap, args.min_share, args.by,
-                                           args.sums)
-    every = list(results["groups"].values()) if "groups" in results else [results]
-    if not all(np.isfinite(model["loglik"]) for each in every for model in each["models"]):
-        raise _Refused(f"{_escaped(args.path)}: the estimates are not finite numbers (values too extreme to fit)")
+            step.now = "fitting"
+            fits = sweep(stats, args.K, search, [names[j] for j in stats.columns])
+            out = results(fits, stores, len(price), args.csv or "data/example.csv", search)
+        for note in out["notes"]:
+            _warn(note)
     step.now = "writing the outputs"
+    return _written(args, out, [(args.segments, lambda: segments_csv(stores, fits[args.segments_K or out["best_K"]].W))],
+                    report(out))
+
+
+def _written(args, results, more, text):
+    """results.json (args.output) and the `more` outputs [(path or None, its content())] written all
+    together or not at all, after the report `text` is out; the exit code."""
     outputs = _Outputs()
     try:
         outputs.stage(args.output, results_json(results))
-        K = args.segments_K or results.get("best_K")
-        if args.segments:
-            outputs.stage(args.segments, segments_csv(data.stores, fits[K].W, fits[K]))
-        if args.predict:
-            outputs.stage(args.predict[1], _predictions_csv(fits[K], args.predict[0]))
-        if args.plot:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                outputs.stage(args.plot, plot(results, fits, data, K, _extension(args.plot)))
-        written = ", ".join(name for name in (args.output, args.segments, args.predict and args.predict[1], args.plot)
-                            if name)
-        _say("" if args.quiet else report(results) + "\n")
+        for path, content in more:
+            if path:
+                outputs.stage(path, content())
+        _say("" if args.quiet else text + "\n")
         outputs.commit()
     finally:
         outputs.close()
     if not args.quiet:
-        _say(f"Results written to {written}\n")
+        _say(f"Results written to {', '.join([args.output] + [path for path, _ in more if path])}\n")
     return 0
 
 
@@ -4357,74 +2891,6 @@ def _say(text):
     except OSError as problem:
         _quiet_stdout()
         raise _Refused(f"cannot write the report to standard output: {problem.strerror}") from None
-
-
-def _reading(progress):
-    """The sweep's progress(K, done, total) as load's progress(percent) while DuckDB reads."""
-    return None if progress is None else lambda percent: progress("reading", percent, 100)
-
-
-class _Progress:
-    """progress(K, done, total) for a sweep: a line on stderr every 2 s once a run is slow, with the
-    time left for this K's starts at the pace so far (done None: a round of split-and-merge moves;
-    K "reading": the percent of a large file reduced; K "bootstrap ...": simulated panels). A start
-    that takes longer than its predecessors is reported while it runs, and the time left grows
-    with it: a line every 2 s from a watcher thread, which close() stops. step.now names the work."""
-
-    def __init__(self, quiet, step=None):
-        import threading
-        import time
-        self.quiet, self.step, self.clock = quiet, step, time.perf_counter
-        self.start = self.last = self.clock()
-        self.first, self.rounds, self.state = {}, {}, None      # K: (time, done) at its first report
-        self.done = threading.Event()
-        self.watcher = threading.Thread(target=self._watch, daemon=True)
-        if not quiet:
-            self.watcher.start()
-
-    def __call__(self, K, done, total):
-        now = self.clock()
-        if self.step is not None and K != "reading":
-            self.step.now = f"fitting K = {K}" if not isinstance(K, str) else K
-        if done is None:
-            self.rounds[K] = self.rounds.get(K, 0) + 1
-            self.state = None
-            self._say(now, K, f"split-and-merge moves, round {self.rounds[K]}")
-            return
-        if K == "reading":
-            self._say(now, K, f"{done:.0f}% of the file reduced")
-            return
-        unit = "panels" if isinstance(K, str) else "starts"
-        since, before = self.first.setdefault(K, (now, done))
-        self.state = (K, done, total, unit, since, before, now)
-        self._say(now, K, self._line(now), final=done == total)
-
-    def _line(self, now):
-        """The state's line: done of total, and the time left at the pace so far, or at the pace of
-        the start running now where it is slower."""
-        K, done, total, unit, since, before, finished = self.state
-        left = ""
-        if before < done < total:
-            pace = (finished - since) / (done - before)
-            running = now - finished
-            left = f", about {max(pace, running) * (total - done) - running:.0f} s left for its {unit}"
-        return f"{done} of {total} {unit} done{left}"
-
-    def _say(self, now, K, what, final=False):
-        if not self.quiet and now - self.start > 2 and (now - self.last > 2 or final):
-            import sys
-            print(f"{K if isinstance(K, str) else f'K = {K}'}: {what}, {now - self.start:.1f} s", file=sys.stderr,
-                  flush=True)
-            self.last = now
-
-    def _watch(self):
-        while not self.done.wait(1.0):
-            state, now = self.state, self.clock()
-            if state is not None and state[1] < state[2] and now - self.last > 2:
-                self._say(now, state[0], self._line(now))
-
-    def close(self):
-        self.done.set()
 
 
 if __name__ == "__main__":

@@ -112,10 +112,10 @@ def main(argv=None):
                     if K < 2:
                         continue
                     start = time.perf_counter()
-                    values = [float(E._search(stats, K, seed=seed).loglik) for seed in seeds]
+                    values = [float(common.search(E, stats, K, seed=seed).loglik) for seed in seeds]
                     row = {"seeds": values, "seconds": (time.perf_counter() - start) / len(seeds)}
                     if args.reference:
-                        row["reference"] = max(float(E._search(stats, K, n_init=args.reference, seed=1000 + j).loglik)
+                        row["reference"] = max(float(common.search(E, stats, K, n_init=args.reference, seed=1000 + j).loglik)
                                                for j in range(args.reference_seeds))
                     fit = f"{name} K={K}"
                     saved[key][fit] = row

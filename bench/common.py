@@ -52,6 +52,23 @@ def statistics_of(E, y, X, sigma=1.0, store_effects=False):
     return E._statistics(E._wide_sums(y, X), E._model(sigma, store_effects))
 
 
+def search(E, stats, K, n_init=10, seed=0, previous=None, names=None, progress=None):
+    """E's search (_search) at K with these settings, whichever version E is: a Search object since
+    the split into the estimator and the package, separate arguments before it."""
+    if hasattr(E, "Search"):
+        return E._search(stats, K, E.Search(n_init, seed), names=names, previous=previous, progress=progress)
+    return E._search(stats, K, n_init, seed, names=names, previous=previous, progress=progress)
+
+
+def tools(E):
+    """Where E's version keeps load, read_stores and analyse: in em_sales before the split, in
+    the package em_sales_tools (of this checkout) after it."""
+    if hasattr(E, "load"):
+        return E
+    import em_sales_tools
+    return em_sales_tools
+
+
 def seeds(text):
     """A list of seeds from '0-9', '3' or '0,2,5'."""
     out = []

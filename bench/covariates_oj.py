@@ -48,9 +48,9 @@ def main(argv=None):
     rows = []
     for effects in (False, True):
         for x in ((), ("deal", "feat")):
-            data = E.load(panel, x=list(x))
+            data = common.tools(E).load(panel, x=list(x))
             for covariates in (ALL, SMALL):
-                z = E.read_stores(stores, data.stores, covariates)
+                z = common.tools(E).read_stores(stores, data.stores, covariates)
                 stats = E._statistics(data.sums, E._model("segment", effects, covariates), data.coefficients, z)
                 theirs = {}
                 if args.flexmix and not effects:
@@ -60,8 +60,7 @@ def main(argv=None):
                     start = time.perf_counter()
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        fit = E._search(stats, K, seed=0, previous=previous,
-                                        names=[data.coefficients[j] for j in stats.columns])
+                        fit = common.search(E, stats, K, seed=0, previous=previous, names=[data.coefficients[j] for j in stats.columns])
                     took = time.perf_counter() - start
                     previous = fit
                     lr = 2 * (fit.loglik - fit.without_covariates.loglik)

@@ -35,7 +35,7 @@ def main(argv=None):
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit = E._search(stats, 3, seed=seed)
+            fit = common.search(E, stats, 3, seed=seed)
         took.append(time.perf_counter() - start)
         order = list(min(itertools.permutations(range(3)),
                          key=lambda p: ((fit.theta - panel.theta[list(p)]) ** 2).sum()))

@@ -106,10 +106,10 @@ def main(argv=None):
         stats = common.statistics_of(E, y, X, sigma, effects)
         for K in Ks:
             start = time.perf_counter()
-            values = np.array([E._search(stats, K, seed=seed).loglik for seed in seeds])
+            values = np.array([common.search(E, stats, K, seed=seed).loglik for seed in seeds])
             seconds = (time.perf_counter() - start) / len(seeds)
-            reference = max(E._search(stats, K, n_init=100, seed=1000 + j).loglik for j in range(3))
-            more = np.array([E._search(stats, K, n_init=100, seed=seed).loglik for seed in seeds[:args.n100]])
+            reference = max(common.search(E, stats, K, n_init=100, seed=1000 + j).loglik for j in range(3))
+            more = np.array([common.search(E, stats, K, n_init=100, seed=seed).loglik for seed in seeds[:args.n100]])
             best = max(values.max(), reference, more.max() if len(more) else -np.inf)
             short = best - values[values < best - HIT]
             rows.append([f"{name} K={K}", f"{best:.4f}", f"{int(np.sum(values >= best - HIT))}/{len(values)}",

@@ -68,7 +68,7 @@ def coverage(reps, seed, N=100, T=40):
         stats = E._statistics(E._wide_sums(y, X), E._model("common", True))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit = E._search(stats, 2, seed=0)
+            fit = common.search(E, stats, 2, seed=0)
         for name, se in (("model-based", fit.se.theta[:, 0]), ("store-clustered", fit.se_robust.theta[:, 0])):
             hits[name] += list(np.abs(fit.theta[:, 0] - truth) <= 1.96 * se)
     for name, values in hits.items():

@@ -62,7 +62,7 @@ def main(argv=None):
     for path in args.files:
         commands |= {(path, f"bare {name}"): [sys.executable, "-c", script, path] for name, script in BARE.items()}
         commands[path, "em_sales load()"] = [sys.executable, "-c", f"import sys; sys.path.insert(0, {common.REPO!r}); "
-                                             "import em_sales; em_sales.load(sys.argv[1])", path]
+                                             "import em_sales_tools; em_sales_tools.load(sys.argv[1])", path]
         commands[path, "em_sales whole run"] = [sys.executable, code, path, "--K", "3", "--sigma", "common",
                                                 "--store-effects", "--output", out, "--quiet"]
     runs = {key: [] for key in commands}

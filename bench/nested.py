@@ -21,7 +21,7 @@ import common
 def sweep(E, stats, Ks, seed=0):
     values, previous = [], None
     for K in Ks:
-        previous = E._search(stats, K, seed=seed, previous=previous)
+        previous = common.search(E, stats, K, seed=seed, previous=previous)
         values.append(previous.loglik)
     return np.array(values)
 

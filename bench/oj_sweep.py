@@ -49,7 +49,7 @@ def main(argv=None):
     rows = []
     for x, effects, sigma in models:
         if x not in loaded:
-            loaded[x] = E.load(path, x=list(x))
+            loaded[x] = common.tools(E).load(path, x=list(x))
         data = loaded[x]
         stats = E._statistics(data.sums, E._model(sigma, effects), data.coefficients)
         names = [data.coefficients[j] for j in stats.columns]
@@ -62,7 +62,7 @@ def main(argv=None):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
                         start = time.perf_counter()
-                        fit = E._search(stats, K, seed=seed, names=names, previous=previous)
+                        fit = common.search(E, stats, K, seed=seed, names=names, previous=previous)
                         times[K].append(time.perf_counter() - start)
                     if repetition == 0:
                         values[K].append(fit.loglik)
@@ -75,7 +75,7 @@ def main(argv=None):
             if args.reference:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    reference = max(E._search(stats, K, n_init=args.reference, seed=1000 + j).loglik
+                    reference = max(common.search(E, stats, K, n_init=args.reference, seed=1000 + j).loglik
                                     for j in range(3))
             top = max(best, reference if reference is not None else -math.inf)
             k = K * stats.P + K - 1 + stats.model.mode.count(K)

@@ -33,8 +33,8 @@ def main(argv=None):
         panel = S.simulate(300, 52, theta, rng.dirichlet(np.ones(k) * 2), missing=0.05 * (r % 2), seed=r, sigma=noise)
         stats = common.statistics_of(E, panel.y, panel.X, model_sigma)
         for K in (2, 3, 4, 5):
-            best = max(E._search(stats, K, n_init=100, seed=s).loglik for s in (10_000 + r, 20_000 + r))
-            short += [best - E._search(stats, K, seed=seed).loglik for seed in range(3)]
+            best = max(common.search(E, stats, K, n_init=100, seed=s).loglik for s in (10_000 + r, 20_000 + r))
+            short += [best - common.search(E, stats, K, seed=seed).loglik for seed in range(3)]
             fits += 1
         print(f"  panel {r + 1} of {args.panels} ({k} true segments) done", flush=True)
     short = np.array(short)

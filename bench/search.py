@@ -50,7 +50,7 @@ def main(argv=None):
                          rng.dirichlet(np.ones(K)), E._start_sigma(stats, K))
             values.append(E._run_em(stats, start, E.TOL, E.MAX_ITER).loglik)
         values = np.array(values)
-        estimates = np.array([E._search(stats, K, seed=seed).loglik for seed in common.seeds(args.seeds)])
+        estimates = np.array([common.search(E, stats, K, seed=seed).loglik for seed in common.seeds(args.seeds)])
         best = max(values.max(), estimates.max())
         rows.append([K, f"{values.max():.6f}", f"{np.mean(values >= best - 1e-6):.3f}",
                      f"{estimates.min():.6f}", f"{estimates.max():.6f}", f"{np.ptp(estimates):.1e}"])

@@ -32,7 +32,7 @@ def sweep(E, stats, Ks, seed, n_init):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)      # an empty segment: said below
             start = time.perf_counter()
-            fit = E._search(stats, K, n_init=n_init, seed=seed, previous=previous)
+            fit = common.search(E, stats, K, n_init=n_init, seed=seed, previous=previous)
             took = time.perf_counter() - start
         out.append((K, took, fit))
         previous = fit

@@ -1,0 +1,112 @@
+"""Covariates of membership from a stores file: the report, results, segments, predictions, and the orange juice."""
+import os
+import unittest
+import unittest.mock
+
+import numpy as np
+
+from em_sales_tools import covariates
+from tests.common import (covariate_panel, GAMMA, ORANGE_JUICE, CommandLineCase, E, S, T, quietly)
+
+
+class CovariatesCommandLine(CommandLineCase):
+    def write_panel(self, long=False):
+        panel = S.simulate(60, 12, gamma=GAMMA, seed=3)
+        labels = [f"S{i + 1}" if long else f"Sales{i + 1}" for i in range(60)]
+        (S.write_long if long else S.write_csv)(self.path("panel.csv"), panel.price, panel.sales)
+        S.write_stores(self.path("stores.csv"), labels, panel.covariates)
+        return panel
+
+    def test_report_results_segments_and_predictions(self):
+        self.write_panel()
+        self.write("new.csv", "store,z2,z1\nnew1,0.5,-1\nnew2,-2,2\n")
+        code, out, err = self.run_main(self.path("panel.csv"), "--K", "2", "3", "--stores", self.path("stores.csv"),
+                                       "--covariates", "z1", "z2", "--segments", self.path("seg.csv"), "--segments-K", "3",
+                                       "--predict", self.path("new.csv"), self.path("pred.csv"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("who is in each segment", out)
+        self.assertRegex(out, r"likelihood ratio [0-9.]+ on 4 df")
+        model = self.results()["models"][1]
+        self.assertEqual(np.shape(model["gamma"]), (3, 3))
+        self.assertEqual(model["covariates"]["names"], ["z1", "z2"])
+        self.assertIn("prior", self.results()["store_segments"][0])
+        with open(self.path("seg.csv")) as handle:
+            self.assertTrue(handle.readline().strip().endswith("prior_3,z1,z2"))
+        with open(self.path("pred.csv")) as handle:
+            rows = handle.read().splitlines()
+        self.assertEqual(rows[0].split(",")[:2], ["store", "segment"])
+        self.assertEqual([row.split(",")[0] for row in rows[1:]], ["new1", "new2"])
+        self.assertAlmostEqual(sum(float(v) for v in rows[1].split(",")[2:]), 1.0, places=5)
+
+    def test_bad_stores_files_are_refused_with_line_and_column(self):
+        self.write_panel()
+        with open(self.path("stores.csv")) as handle:
+            good = handle.read().splitlines()
+        cases = [("no row", "\n".join(good[:-1]) + "\n", "store 'Sales60' of the panel has no row here"),
+                 ("twice", "\n".join(good + [good[1]]) + "\n", "line 62: store 'Sales1' has a row already, on line 2"),
+                 ("text", "\n".join(good[:3] + [good[3].split(",")[0] + ",high,1"] + good[4:]) + "\n",
+                  "line 4, column 'z1': 'high' is not a number"),
+                 ("empty", "\n".join(good[:3] + [good[3].split(",")[0] + ",,1"] + good[4:]) + "\n",
+                  "line 4, column 'z1': is empty"),
+                 ("no column", "\n".join(good) + "\n", "no column 'z3'")]
+        for name, text, message in cases:
+            with self.subTest(name):
+                self.write("bad.csv", text)
+                covariates = ["z1", "z3"] if name == "no column" else ["z1", "z2"]
+                self.assert_refused(message, self.path("panel.csv"), "--stores", self.path("bad.csv"),
+                                    "--covariates", *covariates)
+        self.assert_refused("--stores FILE.csv and --covariates COL ... go together", self.path("panel.csv"),
+                            "--stores", self.path("stores.csv"))
+
+    def test_a_dataframe_gives_the_fit_of_the_same_file(self):
+        try:
+            import pandas as pd
+        except ImportError:
+            self.skipTest("pandas is not installed")
+        self.write_panel(long=True)
+        frame, stores = pd.read_csv(self.path("panel.csv")), pd.read_csv(self.path("stores.csv"))
+        fit = quietly(T.fit_frame, frame, 2, stores=stores.set_index("store"), covariates=["z1", "z2"], n_init=3)
+        results = quietly(T.analyse, self.path("panel.csv"), Ks=(2,), n_init=3, sigma="segment",
+                          stores=self.path("stores.csv"), covariates=["z1", "z2"])
+        self.assertAlmostEqual(fit.loglik, results["models"][0]["loglik"], delta=1e-9 * abs(fit.loglik))
+        self.assertEqual(list(fit.posterior.index[:2]), ["S1", "S2"])
+        self.assertEqual(fit.segment.shape, (60,))
+        with self.assertRaisesRegex(E.InputError, "DataFrame: line 3, column 'sales': must be positive"):
+            bad = frame.copy()
+            bad.loc[1, "sales"] = -1.0
+            T.fit_frame(bad, 2)
+
+
+@unittest.skipUnless(os.path.exists(ORANGE_JUICE), "the orange-juice panel orange_juice.csv is in neither data/ nor ../shared/data/")
+class OrangeJuiceCovariates(unittest.TestCase):
+    """The orange-juice stores' demographics: every seed reaches the same maximum with
+    covariates, above the fit without them; the most price-sensitive segment's stores have
+    lower home values than the least sensitive's (Hoch et al. 1995)."""
+
+    def test_same_maximum_every_seed_and_the_literatures_sign(self):
+        stores = os.path.join(os.path.dirname(ORANGE_JUICE), "orange_juice_stores.csv")
+        data = T.load(ORANGE_JUICE, x=["deal", "feat"])
+        names = ("educ", "ethnic", "hhlarge", "hval150", "cpdist5")
+        z = T.read_stores(stores, data.stores, names)
+        stats = E._statistics(data.sums, E._model("segment", True, names), data.coefficients, z)
+        fits = [quietly(E._search, stats, 2, E.Search(seed=seed)) for seed in range(3)]
+        self.assertLess(np.ptp([fit.loglik for fit in fits]), 1e-6)
+        fit = fits[0]
+        self.assertGreater(fit.loglik, fit.without_covariates.loglik + 10)
+        profiles = covariates._membership_summary(fit)["profiles"]
+        self.assertLess(profiles[0][names.index("hval150")], profiles[-1][names.index("hval150")])
+
+
+class NewStores(unittest.TestCase):
+    def test_new_stores_prior_and_posterior(self):
+        """A store of the panel given as a new store: its prior is the fit's, and with all its
+        weeks its posterior is the fit's posterior."""
+        panel, stats = covariate_panel(8, N=80, sigma="segment")
+        fit = quietly(E._search, stats, 3, E.Search(seed=0))
+        new = T.predict(fit, panel.covariates[:5], panel.y[:, :5], panel.X)
+        np.testing.assert_allclose(new.prior, fit.prior[:5], atol=1e-12)
+        np.testing.assert_allclose(new.posterior, fit.W[:5], atol=1e-9)
+        self.assertEqual(new.segment.tolist(), (fit.W[:5].argmax(axis=1) + 1).tolist())
+        np.testing.assert_allclose(fit.log_sales(panel.X[:2]), panel.X[:2] @ fit.theta.T)
+        with self.assertRaisesRegex(ValueError, "give covariates"):
+            T.predict(fit)
