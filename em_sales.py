@@ -30,7 +30,17 @@ results.json. The analyst's package em_sales_tools (long and Parquet files, cova
 stores file, how many segments, prices, Spark, the picture) sits beside it and imports it; where
 it is importable, main() hands the command line to it (README, "A map of the code").
 """
+import argparse
+import contextlib
+import csv
+import io
+import json
 import math
+import os
+import random
+import re
+import signal
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -74,7 +84,8 @@ WARM_UP = 30             # plain EM iterations for all starts together, as one b
 WARM_UP_LARGE = 10       # ... or this many when starts x K x stores exceed BATCH_LARGE
 BATCH_LARGE = 1_000_000
 BATCH_CELLS = 2_000_000  # a batch's (starts, K, N) arrays are cut into chunks of about this size
-NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own
+NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own ...
+OTHER_MAXIMUM = 1e-6     # ... where it is at least this far below (closer: the same one, to rounding)
 TOURNAMENT = ((5, 2, 4), (8, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
                                      # of each kind, best kept overall); the last stage's run to the end
 GROW_STAGES = ((3, 0, 3),)  # growing a fit by one segment: 3 steps, the 3 best run to the end
@@ -89,6 +100,8 @@ MISFIT_POOL = 20         # stores scored by greedy EM's criterion for a quiet ne
 MISFIT_ITERATIONS = 10   # EM iterations on the new segment's weight in that criterion
 BLAS_THREADS_FROM = 20_000  # fits of fewer stores hold numpy's BLAS to one thread (threadpoolctl)
 TINY = 1e-300            # a floor for divisors and logs of what may be 0 (near the smallest normal float)
+EMPTY_SHARE = 1e-12      # a segment with a smaller pi is empty: no Newton step and no standard error there
+PROBABILITY_SUM = 1e-6   # probabilities a caller gives (pi, a row of W) must sum to 1 within this
 EXP_CAP = 700.0          # exp() arguments are capped here (exp(709) overflows)
 GAMMA_LIMIT = 10.0       # |gamma| (membership log-odds against the largest segment, per sd of a covariate)
                          # beyond this: the covariates separate the segment (no finite maximum; odds 22,000:1)
@@ -105,6 +118,7 @@ JSON_DIGITS_LOGLIK = 10    # ... and for log-likelihoods and criteria, whose noi
 # Reading files
 MISSING = ("", "NA", "NaN", "nan")            # cells that mean "no observation this week"
 MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused by the exact reader, not read into memory
+SNIFF_BYTES = 1 << 20    # a file's first MB: a binary file shows itself there (a NUL byte) before the rest is read
 CELL_SHOWN = 40          # a cell in a message is cut to this many characters
 STORES_NAMED = 5         # a note names at most this many stores
 INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
@@ -129,7 +143,6 @@ class ConvergenceWarning(UserWarning):
 
 def _warn(message, category=UserWarning):
     """warnings.warn pointing at the first caller outside em_sales and em_sales_tools (the user's line)."""
-    import sys
     level, frame = 2, sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("em_sales", "em_sales_tools"):
         frame, level = frame.f_back, level + 1
@@ -178,7 +191,7 @@ def _variance_common(stats, rss, weeks, ok):
 
 def _variance_segment(stats, rss, weeks, ok):
     """sigma_c^2 = sum_i w_ic R_ic / sum_i w_ic m_i."""
-    return np.where(ok, rss / np.maximum(weeks, 1e-300), stats.pooled_s2)
+    return np.where(ok, rss / np.maximum(weeks, TINY), stats.pooled_s2)
 
 
 SIGMA = {
@@ -458,7 +471,7 @@ def _check_parameters(stats, theta, pi, sigma):
     none so large that its square overflows."""
     P = stats.P
     pi = _array(pi, "pi").ravel()
-    if pi.size == 0 or not np.all(np.isfinite(pi)) or (pi < 0).any() or abs(pi.sum() - 1) > 1e-8:
+    if pi.size == 0 or not np.all(np.isfinite(pi)) or (pi < 0).any() or abs(pi.sum() - 1) > PROBABILITY_SUM:
         raise InputError(f"pi must be a probability vector (entries >= 0 summing to 1); got {pi}")
     K = pi.size
     theta = _array(theta, "theta")
@@ -489,7 +502,7 @@ def _check_W(W, N):
         raise InputError(f"W must be N x K with N = {N} stores (the columns of y); got shape {W.shape}")
     if not np.all((W >= 0) & (W <= 1)):
         raise InputError("W must hold probabilities between 0 and 1")
-    bad = np.abs(W.sum(axis=1) - 1) > 1e-6
+    bad = np.abs(W.sum(axis=1) - 1) > PROBABILITY_SUM
     if bad.any():
         raise InputError(f"each row of W must sum to 1; row {int(np.argmax(bad))} sums to "
                          f"{W[np.argmax(bad)].sum():.6g}")
@@ -509,9 +522,8 @@ def _check_new_X(X, stats, name, per_store=False):
 
 
 def _random(seed):
-    """The starts' own random generator (never the global state): Python's, as importing
-    numpy.random would add 10 ms to every start of the program."""
-    import random
+    """The starts' own random generator (never the global state): Python's, so that a run of the
+    program needs no numpy.random (slow to import)."""
     if seed is not None:
         _whole(seed, "seed", 0)
     return random.Random(None if seed is None else int(seed))
@@ -693,13 +705,13 @@ def _statistics(sums, model, names=None, covariates=None):
     else:
         price = int(np.argmax(varies)) if varies.any() else 0
     A = XtX.sum(axis=0).reshape(P, P)
-    scale = np.sqrt(np.maximum(A.diagonal(), 1e-300))
+    scale = np.sqrt(np.maximum(A.diagonal(), TINY))
     if not A.diagonal().min() > 0 or P > 1 and np.linalg.eigvalsh(A / np.outer(scale, scale)).min() < COLLINEAR:
         raise InputError(f"the columns of X are collinear (rank < {P}): a price that never changes, or "
                          "changes too little to tell from a constant, cannot identify a price effect")
     theta = np.linalg.solve(A, Xty.sum(axis=0))
     pooled_s2 = max(yty.sum() - theta @ Xty.sum(axis=0), 0.0) / max(m.sum(), 1.0)
-    if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), 1e-300):
+    if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), TINY):
         raise InputError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
     stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model,
@@ -1032,7 +1044,7 @@ def _newton_direction(stats, theta, pi, sigma, W):
     where -H has flat directions (an over-fitted model: two equal segments); there the posteriors
     are not unique.
     """
-    if stats.Z is None and pi.min() < 1e-12:
+    if stats.Z is None and pi.min() < EMPTY_SHARE:
         return None
     grad, H = _score_hessian(stats, theta, pi, sigma, W)
     values, vectors = np.linalg.eigh(-H)
@@ -1245,7 +1257,6 @@ def _one_blas_thread(N):
     """A context in which numpy's BLAS uses one thread (threadpoolctl, where installed): a fit's
     matrices are small, and threads cost more than they save until panels are large. The
     caller's process is as it was afterwards."""
-    import contextlib
     if N > BLAS_THREADS_FROM:
         return contextlib.nullcontext()
     try:
@@ -1324,7 +1335,7 @@ def _climb(stats, coefficients, runs, search, previous=None, explored=(), progre
         while grown.theta.shape[0] < K:
             grown = _grow(stats, coefficients, grown, search)
         best = max(best, grown, key=lambda run: run.loglik)
-    second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - 1e-6]
+    second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - OTHER_MAXIMUM]
     best = _split_and_merge(stats, coefficients, best, search, explored, progress)
     if second:                                # a near tie: moves from the other maximum too
         other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), search,
@@ -1405,7 +1416,7 @@ def _squarem_em(stats, batch, iterations):
             x0, x1, x2 = (np.concatenate([p[0].reshape(len(p[0]), -1), p[1], p[2]], axis=1) for p in (params, one, two))
             r, v = x1 - x0, x2 - 2 * x1 + x0
             norm_v = np.sqrt((v * v).sum(axis=1))
-            alpha = np.where(norm_v > 0, np.minimum(-np.sqrt((r * r).sum(axis=1)) / np.maximum(norm_v, 1e-300), -1.0), -1.0)
+            alpha = np.where(norm_v > 0, np.minimum(-np.sqrt((r * r).sum(axis=1)) / np.maximum(norm_v, TINY), -1.0), -1.0)
             x = x0 - 2 * alpha[:, None] * r + (alpha * alpha)[:, None] * v
             KP, K = x1.shape[1] - 2 * two[1].shape[1], two[1].shape[1]
             new = (x[:, :KP].reshape(two[0].shape), x[:, KP:KP + K], x[:, KP + K:])
@@ -1643,7 +1654,7 @@ def _new_at_outliers(coefficients, misfits, run, drop, how_many):
 def _store_moves(stats, run):
     """Starts that move one of the STORE_MOVES stores whose two best segments are closest in
     log pi_c f_ic to the second: each the M-step after the move. A batch."""
-    log_joint = _log_joint(stats, run.theta, np.maximum(run.pi, 1e-300), run.sigma).T
+    log_joint = _log_joint(stats, run.theta, np.maximum(run.pi, TINY), run.sigma).T
     order = np.argsort(-log_joint, axis=1, kind="stable")[:, :2]
     best, second = order[:, 0], order[:, 1]
     rows = np.arange(len(best))
@@ -1843,7 +1854,6 @@ def _standard_errors(stats, run, robust=False):
 
 def _escaped(text):
     """text with control characters (a newline in a file name) written as escapes: one line."""
-    import re
     return re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], str(text))
 
 
@@ -1856,11 +1866,10 @@ def _shown(cell, width=CELL_SHOWN):
 def _read_text(path):
     """The file's text, read once (so a pipe or <(zcat file) works): UTF-8 with or without a
     byte-order mark, else Windows-1252. Refused: a folder, a binary file, more than MAX_BYTES."""
-    import re
     shown = _escaped(path)
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(1 << 20)
+            raw = handle.read(SNIFF_BYTES)
             if b"\0" not in raw:
                 raw += handle.read(MAX_BYTES + 1 - len(raw))
     except FileNotFoundError:
@@ -1902,8 +1911,6 @@ def _table(path, text):
     header is the first line that is not blank; the separator (',' ';' or tab) is the one that
     splits it into the most cells. Blank rows are skipped. Refused with the line: a quote that
     never closes or closes inside a cell, a header of numbers, a name used twice."""
-    import csv
-    import io
     csv.field_size_limit(MAX_BYTES)                      # a huge cell is a bad cell, not a crash
     shown = _escaped(path)
     position, line = 0, 1
@@ -1989,7 +1996,6 @@ def _number(cell, sep):
 
 def _not_a_number(table, line, j, cell, first_column_is_price=False):
     """The InputError for a cell that is not a number, with a hint where one is likely."""
-    import re
     shown, hint, cell = _shown(cell), "", cell.strip()
     if first_column_is_price and j == 0 and re.fullmatch(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}", cell):
         hint = ": a date? The first column must be the price"
@@ -2104,7 +2110,6 @@ def _checked_panel(table, values, lines):
 def _price_column(table):
     """The wide file's price column: the one whose header names a price (Price, price_usd, Unit
     price, ...), wherever it stands, else the first. Two such columns are refused by name."""
-    import re
     named = [j for j, name in enumerate(table.header) if re.search(r"(^|[^a-z])prices?([^a-z]|$)", name.lower())]
     if len(named) > 1:
         raise InputError(f"{table.path}: line {table.header_line}: columns " + " and ".join(
@@ -2373,8 +2378,6 @@ def results_json(results):
     """results as JSON text: one line a store, number lists kept on one line. The iteration
     counts stay out (they are in the report): a stopping test at the edge of tol can take one
     iteration more or less under another BLAS kernel, and the file must not change with it."""
-    import json
-    import re
     if "groups" in results:
         inner = ",\n".join(f"{json.dumps(str(group))}: " + results_json(each).rstrip()
                            for group, each in results["groups"].items())
@@ -2398,7 +2401,6 @@ def _store_rows(stores):
     generic recursion: the numbers to JSON_DIGITS digits in one formatting call, with repr's
     form (1.0, not 1). A number below 1e-290 (near the subnormals, fewer digits can name it), from
     1e8 (repr writes it without an exponent) or not finite (null) is formatted alone."""
-    import json
     shown = {}
     for key in ("posterior", "prior"):
         values = [float(value) for store in stores if key in store for value in store[key]]
@@ -2418,8 +2420,6 @@ def _store_rows(stores):
 def segments_csv(stores, W, fit=None):
     """The segment list for a spreadsheet: store, segment (1..K), the posterior of each segment;
     with a Fit that has covariates of membership, each store's prior and covariates too."""
-    import csv
-    import io
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     K = W.shape[1]
@@ -2576,7 +2576,6 @@ class _Refused(Exception):
 
 def _api_check(check):
     """An argparse type from one of the API's checks: the same rule and message."""
-    import argparse
 
     def convert(text):
         try:
@@ -2590,7 +2589,6 @@ def _parser(more=None):
     """The command line's parser: the course's options, and where `more` is the analyst's package's
     command line, its options in their places (more.outputs(parser) after --segments-K,
     more.options(parser, model) after --store-effects)."""
-    import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):                # one line, exit code 2
@@ -2655,7 +2653,6 @@ def _float(text):
 def _arguments(parser, argv):
     """Parsed arguments with K checked and the file named (args.path; data/example.csv by default),
     or _Refused. --K 2 3 data.csv takes data.csv as the file."""
-    import os
     args = parser.parse_args(argv)
     Ks = list(args.K)
     if args.csv is None and len(Ks) > 1 and _number(Ks[-1], ",") is None:
@@ -2679,7 +2676,6 @@ def _arguments(parser, argv):
 def _check_outputs(inputs, outputs):
     """Before any work: every output (flag, path) has a name, none is an input or another output,
     and each can be written."""
-    import os
     seen = {os.path.realpath(path): f"the input file {path}" for path in inputs}
     for flag, target in outputs:
         if not target.strip():
@@ -2707,7 +2703,6 @@ class _Outputs:
         self.staged = []
 
     def stage(self, target, content):
-        import os
         folder = os.path.dirname(os.path.abspath(target))
         temporary = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.tmp")
         self.staged.append((temporary, target))
@@ -2718,8 +2713,6 @@ class _Outputs:
             raise _Refused(f"cannot write {target}: {problem.strerror}") from None
 
     def commit(self):
-        import os
-        import signal
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) \
             if hasattr(signal, "pthread_sigmask") else None
         try:
@@ -2732,7 +2725,6 @@ class _Outputs:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def close(self):
-        import os
         for temporary, _ in self.staged:
             if os.path.exists(temporary):
                 os.remove(temporary)
@@ -2740,8 +2732,6 @@ class _Outputs:
 
 def _quiet_stdout():
     """Point standard output at the null device, so that Python's last flush cannot fail again."""
-    import os
-    import sys
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -2786,8 +2776,6 @@ def _tools():
 
 def _command(run, argv):
     """run(argv, step) as a command: its exit code, or the exit codes of main() for what ends it."""
-    import signal
-    import sys
     step = _Step()
 
     def terminate(number, frame):
@@ -2824,7 +2812,6 @@ def _command(run, argv):
 
 def _main(argv, step):
     """The course's command line, this file alone: a wide file, the course's options."""
-    import sys
     needed = next((flag for flag in argv or sys.argv[1:] if flag.split("=")[0] in TOOLS_OPTIONS), None)
     if needed:
         raise _Refused(f"{needed} needs the analyst's package em_sales_tools beside em_sales.py (the repository's "
@@ -2882,7 +2869,6 @@ def _written(args, results, more, text):
 def _say(text):
     """Print to standard output; a full or broken one is a refusal (before the files are moved
     into place, nothing is touched)."""
-    import sys
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from em_sales import (MAX_STARTS, Fit, InputError, Progress, Search, _check_flag, _check_Ks, _diagnostic, _escaped,
+from em_sales import (MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search, _check_flag, _check_Ks, _diagnostic, _escaped,
                       _model, _names, _search, _shown_errors, _statistics, _warn, _whole, results, sweep)
 from em_sales import _model_summary as _course_summary
 from em_sales_tools.choice import (HOLDOUT_FOLDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
@@ -46,7 +46,7 @@ def _check_share(share):
 # The analyst's entries: analyse a file, load one, fit a DataFrame
 # ---------------------------------------------------------------------------------------------
 
-def analyse(path, Ks=(2, 3, 4), n_init=10, seed=0, tol=1e-8, progress=None, name=None,
+def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, name=None,
             sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=(),
             holdout=False, bootstrap=0, min_share=None, by=None, sums=False):
     """Read a panel (a wide or long CSV file, a Parquet file, a DataFrame: see load; a table of
@@ -90,7 +90,7 @@ def _reading(progress):
 
 
 def fit_frame(frame, K, store="store", week="week", sales="sales", price="price", x=(), stores=None,
-              covariates=(), sigma="segment", store_effects=False, n_init=10, seed=0, tol=1e-8):
+              covariates=(), sigma="segment", store_effects=False, n_init=N_INIT, seed=0, tol=TOL):
     """The analyst's entry from pandas: a FrameFit with K segments of a long DataFrame (one row a
     store and week; the columns named by store, week, sales, price and the further regressors x),
     its coefficients named. stores: a DataFrame of store covariates (one row a store, its store

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from em_sales import (ABSORBED, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, InputError, Progress, Sums, _check_K,
+from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, InputError, Progress, Sums, _check_K,
                       _e_step, _own_fits, _polish, _pooled_fit, _rss, _run_em, _search, _spread, _statistics)
 
 AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
@@ -20,6 +20,7 @@ TINY_SPREAD = 1e-12        # ... (a robust sd below this counts as this: stores 
 MAD_SD = 1.4826            # a robust sd: this x the median absolute deviation (the sd of a normal)
 LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
 SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
+NO_DEGREES = 1e-9          # a store's chi-square degrees of freedom where it has none (that draw is then 0)
 LR_DECIMALS = 6            # a difference of log-likelihoods keeps their absolute noise (1e-9)
 
 
@@ -148,17 +149,17 @@ def _simulated(stats, fit, rng):
     theta, sigma = fit.theta[segment], fit.sigma[segment]
     XtX = stats.XtX.reshape(N, P, P)
     values, vectors = np.linalg.eigh(XtX)
-    values = np.where(values > 1e-12 * values.max(axis=1, keepdims=True), values, 0.0)
+    values = np.where(values > COLLINEAR * values.max(axis=1, keepdims=True), values, 0.0)
     z = rng.standard_normal((N, P))
     u = np.einsum("npq,nq->np", vectors, np.sqrt(values) * z) * sigma[:, None]
     rank = (values > 0).sum(axis=1)
-    chi2 = rng.chisquare(np.maximum(stats.m - rank, 1e-9)) * (stats.m > rank)
+    chi2 = rng.chisquare(np.maximum(stats.m - rank, NO_DEGREES)) * (stats.m > rank)
     Xty = np.einsum("npq,nq->np", XtX, theta) + u
     yty = (np.einsum("np,npq,nq->n", theta, XtX, theta) + 2 * (theta * u).sum(axis=1)
            + sigma ** 2 * ((values > 0) * z * z).sum(axis=1) + sigma ** 2 * chi2)
     A = XtX.sum(axis=0)
     pooled = np.linalg.solve(A, Xty.sum(axis=0))
-    pooled_s2 = max(yty.sum() - pooled @ Xty.sum(axis=0), 1e-300) / stats.m.sum()
+    pooled_s2 = max(yty.sum() - pooled @ Xty.sum(axis=0), TINY) / stats.m.sum()
     return stats._replace(Xty=Xty, yty=yty, pooled_s2=pooled_s2,
                           moments=np.column_stack([stats.XtX, Xty, yty]))
 

@@ -2,6 +2,8 @@
 few weeks of sales), who is in each segment (the segments' profiles, gamma and its test against
 the model without covariates, for results.json), and the predictions file. The model itself, a
 multinomial logit of membership on the stores' covariates, is em_sales's."""
+import csv
+import io
 from typing import NamedTuple
 
 import numpy as np
@@ -84,7 +86,7 @@ def _membership_summary(fit):
             {"loglik": fit.without_covariates.loglik, "lr": round(lr, LR_DECIMALS), "df": df,
              "p": _chi2_tail(lr, df)},
             "separated": {str(c + 1): names for c, names in fit.separated.items()},
-            "profiles": ((fit.W.T @ raw) / np.maximum(fit.W.sum(axis=0), 1e-300)[:, None]).tolist()}
+            "profiles": ((fit.W.T @ raw) / np.maximum(fit.W.sum(axis=0), TINY)[:, None]).tolist()}
 
 
 def _chi2_tail(x, df):
@@ -99,8 +101,6 @@ def _chi2_tail(x, df):
 def _predictions_csv(fit, path):
     """--predict's file: each new store of a stores file, its most likely segment and its prior
     probability of each segment, from its covariates alone."""
-    import csv
-    import io
     try:
         labels, z = read_stores(path, None, fit.model.covariates)
     except InputError as problem:

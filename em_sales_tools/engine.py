@@ -3,12 +3,17 @@
 weeks as integers with their residues as a bitstring (a store whose residues are distinct has no
 week twice) and a hashed sample of stores for the lags; a second pass only where the first
 cannot decide. DuckDB is imported on this path only."""
+import os
+import tempfile
+import threading
+
 import numpy as np
 
 from em_sales import VALUE_LIMIT, InputError, Sums, _Table, _escaped, _layout, _shown, _table
 from em_sales_tools.files import Lags, Loaded, _is_parquet, _long_columns, _sql_text, read_long
 
 ENGINE_FROM = 64 << 20   # a long CSV file larger than this (and every Parquet file) is reduced by DuckDB
+HEAD_BYTES = 1 << 16     # a file's first bytes, read for its header and its lines' length
 ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
 REREAD_UP_TO = 256 << 20  # a fault the engine finds in a CSV file up to this size is located by the exact
                            # reader (line and column; it takes about ten times the file); above it, by store and week
@@ -24,14 +29,13 @@ NUMBER_TYPES = INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")  # numbers of thes
 
 def _use_engine(path, columns):
     """True for a Parquet file, and for a long CSV file larger than ENGINE_FROM."""
-    import os
     if _is_parquet(path):
         return True
     try:
         if not os.path.isfile(path) or os.path.getsize(path) <= ENGINE_FROM:
             return False
         with open(path, "rb") as handle:
-            head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
+            head = handle.read(HEAD_BYTES).decode("utf-8-sig", errors="replace")
     except OSError:
         return False
     return _layout(_table(path, head.rsplit("\n", 1)[0] + "\n").header, columns) == "long"
@@ -46,7 +50,6 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):
     except ImportError:
         raise InputError(f"{_escaped(path)}: a long file above {ENGINE_FROM >> 20} MB, and any Parquet file, is "
                          "read by DuckDB, which is not installed (pip install duckdb)") from None
-    import tempfile
     try:
         with tempfile.TemporaryDirectory(prefix="em_sales_") as folder:     # the engine's database and spill
             return _engine_reduce(path, columns, x, folds, seed, by, folder, progress)
@@ -102,7 +105,6 @@ def _watched(connection, query, progress=None, every=1.0):
     With progress(percent), DuckDB's own estimate every `every` seconds (its progress bar, not
     printed), doubled and kept below 100: DuckDB counts the pass's two pipelines as halves, and
     the first (reading the file into the grouping) is all but the whole time."""
-    import threading
     if progress is not None:
         connection.execute("SET enable_progress_bar = true")
         connection.execute("SET enable_progress_bar_print = false")
@@ -140,7 +142,6 @@ def _engine_connection(path, columns, x, by, folder):
     file's weeks are integers, and its columns to read as text (text: numbers of a type that is
     not a number's, labels of a type other than integers and text)."""
     import duckdb
-    import os
     if not os.path.isfile(path):
         raise InputError(f"{_escaped(path)}: no such file")
     connection = duckdb.connect(os.path.join(folder, "panel.duckdb"),          # on disk: tables larger than memory
@@ -153,7 +154,7 @@ def _engine_connection(path, columns, x, by, folder):
         header, kinds, sep, skip = [row[0] for row in described], [row[1] for row in described], ",", 0
     else:
         with open(path, "rb") as handle:
-            head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
+            head = handle.read(HEAD_BYTES).decode("utf-8-sig", errors="replace")
         table = _table(path, head.rsplit("\n", 1)[0] + "\n")
         header, sep, skip = table.header, table.sep, table.header_line - 1
         kinds = ["VARCHAR"] * len(header)
@@ -174,11 +175,10 @@ def _engine_connection(path, columns, x, by, folder):
 def _engine_rows(connection, path):
     """The file's number of rows: from a Parquet file's metadata, or a CSV file's size over its
     first lines' mean length (it sets the lags' sample: LAG_ROWS)."""
-    import os
     if _is_parquet(path):
         return connection.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata({_sql_text(path)})").fetchone()[0] or 0
     with open(path, "rb") as handle:
-        head = handle.read(1 << 16)
+        head = handle.read(HEAD_BYTES)
     return os.path.getsize(path) * max(head.count(b"\n"), 1) / max(len(head), 1)
 
 
@@ -364,7 +364,6 @@ def _exact_or(path, columns, x, by):
     """Where a CSV file can be read exactly (up to REREAD_UP_TO, no --by), read it: the exact
     reader raises the InputError with line and column of the fault the engine found, or, where
     it finds none (a row of spaces or of separators only, which it skips), _ExactlyRead."""
-    import os
     if not _is_parquet(path) and os.path.getsize(path) <= REREAD_UP_TO and by is None:
         read_long(path, x=x, **columns)
         raise _ExactlyRead

@@ -4,6 +4,7 @@ message names the line and the column) into a Loaded: per-store sums, lags for t
 autocorrelation, and holdout folds. DuckDB's reduction of large files is em_sales_tools.engine;
 analysis.load chooses between the two."""
 import math
+from array import array
 from typing import NamedTuple
 
 import numpy as np
@@ -57,7 +58,6 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
     table = _table(path, _read_text(path) if text is None else text)
     where = _long_columns(table, dict(store=store, week=week, sales=sales, price=price), _names(x, "x", path))
     numbers = [where["sales"], where["price"]] + where["x"]
-    from array import array                      # 8 bytes a number, not a Python float each
     labels = ({}, {})
     codes, values, lines = (array("q"), array("q")), array("d"), array("q")
     width, at = len(table.header), (where["store"], where["week"])

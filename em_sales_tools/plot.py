@@ -1,6 +1,9 @@
 """The picture of a fit: each store's own elasticity and level coloured by its segment, the
 segments' demand curves over the observed prices, and BIC against K. matplotlib is imported on
 this path only."""
+import io
+import os
+
 import numpy as np
 
 from em_sales import InputError, _describe, _own_fits
@@ -10,7 +13,6 @@ PICTURES = ("png", "pdf", "svg")   # the formats --plot writes, by the file's ex
 
 def _extension(path):
     """The picture format a file name asks for (PICTURES), or None."""
-    import os
     extension = os.path.splitext(str(path))[1].lower().lstrip(".")
     return extension if extension in PICTURES else None
 
@@ -62,7 +64,6 @@ def plot(results, fits, data, K=None, format="png"):
               xticks=Ks)
     figure.suptitle(f"{results['data']}: {_describe(results['settings'])}", fontsize=10)
     figure.tight_layout()
-    import io
     picture = io.BytesIO()
     figure.savefig(picture, format=format, dpi=110)
     plt.close(figure)
