@@ -709,8 +709,7 @@ def _statistics(sums, model, names=None, covariates=None):
     if not A.diagonal().min() > 0 or P > 1 and np.linalg.eigvalsh(A / np.outer(scale, scale)).min() < COLLINEAR:
         raise InputError(f"the columns of X are collinear (rank < {P}): a price that never changes, or "
                          "changes too little to tell from a constant, cannot identify a price effect")
-    theta = np.linalg.solve(A, Xty.sum(axis=0))
-    pooled_s2 = max(yty.sum() - theta @ Xty.sum(axis=0), 0.0) / max(m.sum(), 1.0)
+    pooled_s2 = _pooled(XtX, Xty, yty, m)[1]
     if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), TINY):
         raise InputError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
@@ -814,10 +813,19 @@ def _e_step(stats, theta, pi, sigma):
     return W.swapaxes(-1, -2), (float(loglik) if loglik.ndim == 0 else loglik)
 
 
-def _pooled_theta(stats):
-    """Least squares over all stores and weeks: the K = 1 estimate."""
-    P = stats.P
-    return np.linalg.solve(stats.XtX.sum(axis=0).reshape(P, P), stats.Xty.sum(axis=0))
+def _pooled(XtX, Xty, yty=None, m=None):
+    """Least squares over all stores and weeks from per-store sums (the K = 1 estimate): theta (P,),
+    the minimum-norm solution where the pooled design is singular; with yty and m, also the
+    residual variance (theta, sum_i R_i(theta) / sum_i m_i)."""
+    P = Xty.shape[1]
+    A, b = XtX.sum(axis=0).reshape(P, P), Xty.sum(axis=0)
+    try:
+        theta = np.linalg.solve(A, b)
+    except np.linalg.LinAlgError:
+        theta = np.linalg.lstsq(A, b, rcond=None)[0]
+    if yty is None:
+        return theta
+    return theta, max(yty.sum() - theta @ b, 0.0) / max(m.sum(), 1.0)
 
 
 def _start_sigma(stats, K):
@@ -853,7 +861,7 @@ def _m_step(stats, W):
     pi = size / N
     ok = np.isfinite(theta).all(axis=-1) & (pi > 0) & ~_thin(stats, weeks)
     if not ok.all():
-        theta[~ok] = _pooled_theta(stats)
+        theta[~ok] = _pooled(stats.XtX, stats.Xty)
         pi = np.where(ok, pi, 0.0)
         pi = pi / pi.sum(axis=-1, keepdims=True)
     rss = yy - (theta * b).sum(axis=-1)                      # sum_i w_ic R_ic, as A_c theta_c = b_c
@@ -1201,11 +1209,16 @@ def _same_point(run, W, loglik):
     """True where (W, loglik) is a converged run's point, whatever the segments' order: the same
     log-likelihood up to SAME_LOGLIK and every posterior within SAME_POSTERIOR of the run's in
     the matching segment (the M-step of W gives its theta)."""
-    if not (run.converged and abs(loglik - run.loglik) <= SAME_LOGLIK * max(1.0, abs(loglik))):
+    if not (run.converged and _same_loglik(loglik, run.loglik)):
         return False
     gaps = np.abs(W[:, :, None] - run.W[:, None, :]).max(axis=0)      # (K, K): segment a vs b
     match = gaps.argmin(axis=1)
     return len(set(match.tolist())) == len(match) and gaps[np.arange(len(match)), match].max() <= SAME_POSTERIOR
+
+
+def _same_loglik(a, b):
+    """True where two log-likelihoods are one maximum's: equal to SAME_LOGLIK, relative."""
+    return abs(a - b) <= SAME_LOGLIK * max(1.0, abs(a))
 
 
 def _polish(stats, run):
@@ -1288,7 +1301,7 @@ def _search(stats, K, search=Search(), names=None, previous=None, progress=None)
         if progress else None
     with _one_blas_thread(len(stats.n)):
         if K == 1:                        # one maximum, pooled least squares: one run finds it
-            start = _pooled_theta(stats)[None], np.ones(1), _start_sigma(stats, 1)
+            start = _pooled(stats.XtX, stats.Xty)[None], np.ones(1), _start_sigma(stats, 1)
             best = _polish(stats, _run_em(stats, start, search.tol, search.max_iter))
             return _finished(stats, best, "Estimate", names, _search_record([best], best))
         coefficients = _store_coefficients(stats)
@@ -1317,7 +1330,7 @@ def _search_covariates(stats, K, search, names, previous, progress):
                          base.search, without_covariates=base)
     starts = [base]
     for run in sorted(base.ends, key=lambda run: -run.loglik):
-        if all(abs(run.loglik - other.loglik) > SAME_LOGLIK * max(1.0, abs(run.loglik)) for other in starts):
+        if not any(_same_loglik(run.loglik, other.loglik) for other in starts):
             starts.append(run)
     with _one_blas_thread(len(stats.n)):
         runs = [_run_em(stats, _m_step(stats, start.W), search.tol, search.max_iter) for start in starts]
@@ -1350,11 +1363,11 @@ def _search_record(runs, best):
     SAME_LOGLIK (relative) are one maximum."""
     maxima = []
     for loglik in sorted((run.loglik for run in runs), reverse=True):
-        if maxima and abs(loglik - maxima[-1][0]) <= SAME_LOGLIK * max(1.0, abs(loglik)):
+        if maxima and _same_loglik(loglik, maxima[-1][0]):
             maxima[-1][1] += 1
         else:
             maxima.append([loglik, 1])
-    at_best = sum(count for loglik, count in maxima if abs(loglik - best.loglik) <= SAME_LOGLIK * max(1.0, abs(loglik)))
+    at_best = sum(count for loglik, count in maxima if _same_loglik(loglik, best.loglik))
     return {"starts": len(runs), "maxima": maxima, "at_best": at_best}
 
 
@@ -1434,21 +1447,17 @@ def _squarem_em(stats, batch, iterations):
 
 def _store_coefficients(stats):
     """Each store's own least-squares coefficients b_i (N, P), the sufficient statistic of
-    store i for theta: R_ic = R_i + (b_i - theta_c)' X_i'X_i (b_i - theta_c).
-    A store with too few weeks to identify b_i gets the minimum-norm solution."""
-    N, P = stats.Xty.shape
-    XtX = stats.XtX.reshape(N, P, P)
-    try:
-        return np.linalg.solve(XtX, stats.Xty[:, :, None])[:, :, 0]
-    except np.linalg.LinAlgError:
-        return (np.linalg.pinv(XtX) @ stats.Xty[:, :, None])[:, :, 0]
+    store i for theta: R_ic = R_i + (b_i - theta_c)' X_i'X_i (b_i - theta_c) (_own_fits: the
+    minimum-norm solution where the store does not identify every coefficient)."""
+    return _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m).b
 
 
 class OwnFits(NamedTuple):
-    """Each store's own least-squares regression, for the diagnostics that set stores beside
-    segments. usable (N,): the store identifies every coefficient (more weeks that carry
-    information than coefficients, and X_i'X_i of full rank); b (N, P) its coefficients, s2 (N,)
-    its residual variance R_i(b_i) / (m_i - P), var (N, P) the variances of b_i: NaN where not
+    """Each store's own least-squares regression: b (N, P) its coefficients (the minimum-norm
+    solution where X_i'X_i is not of full rank); usable (N,): the store identifies every
+    coefficient with weeks to spare (more weeks that carry information than coefficients, and
+    X_i'X_i of full rank), as the diagnostics that set stores beside segments need; s2 (N,) its
+    residual variance R_i(b_i) / (m_i - P) and var (N, P) the variances of b_i, NaN where not
     usable. short (N,): no more weeks than coefficients; flat (N,) the first column constant
     within the store (zero X_i'X_i diagonal), -1 where none; collinear (N,): columns that vary
     but are collinear (a regressor constant within the store beside the intercept)."""
@@ -1470,24 +1479,17 @@ def _own_fits(XtX, Xty, yty, m):
     d = np.diagonal(A, axis1=1, axis2=2)
     root = np.sqrt(np.where(d > 0, d, 1.0))
     flat = np.where((d <= 0).any(axis=1), np.argmax(d <= 0, axis=1), -1)
-    smallest = np.linalg.eigvalsh(A / (root[:, :, None] * root[:, None, :]))[:, 0]
+    full = (flat < 0) & (np.linalg.eigvalsh(A / (root[:, :, None] * root[:, None, :]))[:, 0] > COLLINEAR)
     short = m <= P
-    collinear = (flat < 0) & ~short & ~(smallest > COLLINEAR)
-    usable = ~short & (flat < 0) & ~collinear
-    b, var, s2 = np.full((N, P), np.nan), np.full((N, P), np.nan), np.full(N, np.nan)
+    collinear = (flat < 0) & ~short & ~full
+    usable = full & ~short
+    b, var, s2 = np.empty((N, P)), np.full((N, P), np.nan), np.full(N, np.nan)
+    b[full] = np.linalg.solve(A[full], Xty[full][:, :, None])[:, :, 0]
+    b[~full] = (np.linalg.pinv(A[~full]) @ Xty[~full][:, :, None])[:, :, 0]
     if usable.any():
-        inverse = np.linalg.inv(A[usable])
-        b[usable] = (inverse @ Xty[usable][:, :, None])[:, :, 0]
         s2[usable] = np.maximum(yty[usable] - (b[usable] * Xty[usable]).sum(axis=1), 0.0) / (m[usable] - P)
-        var[usable] = s2[usable][:, None] * np.diagonal(inverse, axis1=1, axis2=2)
+        var[usable] = s2[usable][:, None] * np.diagonal(np.linalg.inv(A[usable]), axis1=1, axis2=2)
     return OwnFits(usable, b, s2, var, short, flat, collinear)
-
-
-def _pooled_fit(XtX, Xty):
-    """Least squares over all stores and weeks from per-store sums: (P,), the minimum-norm
-    solution where the pooled design is singular."""
-    P = Xty.shape[1]
-    return np.linalg.lstsq(XtX.sum(axis=0).reshape(P, P), Xty.sum(axis=0), rcond=None)[0]
 
 
 def _distances(stats, coefficients, centres):
@@ -1776,7 +1778,7 @@ def _grow(stats, coefficients, run, search):
     grown = _tournament(stats, starts, np.zeros(len(kinds), dtype=int), GROW_STAGES, search)
     if grown.loglik >= run.loglik:
         return grown
-    return run._replace(theta=np.vstack([run.theta, _pooled_theta(stats)]), pi=np.append(run.pi, 0.0),
+    return run._replace(theta=np.vstack([run.theta, _pooled(stats.XtX, stats.Xty)]), pi=np.append(run.pi, 0.0),
                         sigma=np.append(run.sigma, _start_sigma(stats, 1)),
                         W=np.column_stack([run.W, np.zeros(len(run.W))]))
 

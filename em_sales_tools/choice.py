@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, InputError, Progress, Sums, _check_K,
-                      _e_step, _own_fits, _polish, _pooled_fit, _rss, _run_em, _search, _spread, _statistics)
+                      _e_step, _own_fits, _polish, _pooled, _rss, _run_em, _search, _spread, _statistics)
 
 AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
 ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median): the model-based are too small
@@ -95,7 +95,7 @@ def _own_holdout(train, fold):
     within it) is predicted by the pooled regression. (score, stores predicted by the pooled one)."""
     N, P = train.Xty.shape
     own = _own_fits(train.XtX, train.Xty, train.yty, train.n)
-    pooled = _pooled_fit(train.XtX, train.Xty)
+    pooled = _pooled(train.XtX, train.Xty)
     b = np.where(own.usable[:, None], own.b, pooled)
 
     def rss(sums, b):
@@ -157,9 +157,7 @@ def _simulated(stats, fit, rng):
     Xty = np.einsum("npq,nq->np", XtX, theta) + u
     yty = (np.einsum("np,npq,nq->n", theta, XtX, theta) + 2 * (theta * u).sum(axis=1)
            + sigma ** 2 * ((values > 0) * z * z).sum(axis=1) + sigma ** 2 * chi2)
-    A = XtX.sum(axis=0)
-    pooled = np.linalg.solve(A, Xty.sum(axis=0))
-    pooled_s2 = max(yty.sum() - pooled @ Xty.sum(axis=0), TINY) / stats.m.sum()
+    pooled_s2 = _pooled(stats.XtX, Xty, yty, stats.m)[1]
     return stats._replace(Xty=Xty, yty=yty, pooled_s2=pooled_s2,
                           moments=np.column_stack([stats.XtX, Xty, yty]))
 
