@@ -204,6 +204,204 @@ SIGMA = {
 }
 
 
+class Shares:
+    """How stores are in segments without covariates (flexmix's FLXPconstant): Pr[C_i = c] = pi_c
+    for every store. A fit's member is pi (K,) (or a batch (..., K)); its free parameters are
+    eta_c = log(pi_c / pi_K), c < K, the last segment the reference: pi = softmax(eta, 0)."""
+    Z = scale = None
+    names = ()
+    width = 1                                    # z_i = 1
+
+    def log_prior(self, pi):
+        """log Pr[C_i = c] (..., K, 1); an empty segment (pi_c = 0) gets -inf, so that its
+        posterior is 0 without a NaN."""
+        return np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)[..., None]
+
+    def fit(self, W, pi):
+        """The M-step's member: pi_c = mean_i w_ic, as the M-step has it."""
+        return pi
+
+    def df(self, K):
+        return K - 1
+
+    def reported(self, K):
+        """The member's entries the standard errors report (pi_1..pi_K)."""
+        return K
+
+    def reference(self, pi):
+        return pi.shape[-1] - 1
+
+    def empty(self, pi):
+        """True where a segment holds no share: no Newton step and no standard error there."""
+        return pi.min() < EMPTY_SHARE
+
+    def valid(self, pi):
+        """(...,) True where a batch's pi is a point of the model (no negative share)."""
+        return (pi >= 0).all(axis=-1)
+
+    def moved(self, pi, step):
+        """pi moved by a step in eta."""
+        K = len(pi)
+        logits = np.append(np.log(pi[:K - 1]) - np.log(pi[K - 1]) + step, 0.0)
+        new_pi = np.exp(logits - logits.max())
+        return new_pi / new_pi.sum()
+
+    def terms(self, pi, W, WV):
+        """_score_hessian's membership parts: each store's score in eta (N, K - 1), and the
+        Hessian's (theta, tau)-eta block (K Q, K - 1) and eta-eta block before its - sum_i g_i g_i'
+        term (Concomitant.terms with pi_i = pi and z_i = 1: the sums over stores in closed form)."""
+        N, K = W.shape
+        free = _others(K, self.reference(pi))
+        w = W[:, free]
+        p, m = pi[free], w.sum(axis=0)                            # m: expected segment sizes
+        cross = WV.sum(axis=0)[:, :, None] * (np.eye(K)[:, free] - p)[:, None, :]
+        eta = np.diag(m - N * p) - np.outer(m, p) - np.outer(p, m) + 2 * N * np.outer(p, p)
+        return w - p, cross.reshape(K * WV.shape[2], K - 1), eta
+
+    def identified(self, pi):
+        """(free parameters,) True for those with a finite maximum: every one."""
+        return np.ones(len(pi) - 1, dtype=bool)
+
+    def delta(self, pi):
+        """d pi / d eta (K, K - 1), the delta method's map: pi_c (1[c = d] - pi_d)."""
+        return (np.diag(pi) - np.outer(pi, pi))[:, :len(pi) - 1]
+
+    def errors(self, pi, se, se_sigma):
+        """(se of pi (K,), se of sigma) as Params carries them."""
+        return se, se_sigma
+
+    def canonical(self, pi):
+        """(pi as a Fit reports it, {segment: covariates that separate it}): pi itself, none."""
+        return pi, {}
+
+
+class Concomitant(NamedTuple):
+    """How stores are in segments with covariates of membership (flexmix's FLXPmultinom):
+    Pr[C_i = c | z_i] = softmax_c(z_i'gamma_c), z_i = (1, the covariates standardised over the
+    stores, (z - mean) / sd). Z (N, R): the z_i; scale: (mean (Q,), sd (Q,)) of the covariates as
+    given; names: theirs. A fit's member is gamma (K, R); its free parameters are the rows of the
+    segments other than the reference (the largest a priori), relative to its row."""
+    Z: np.ndarray
+    scale: tuple
+    names: tuple
+
+    width = property(lambda self: self.Z.shape[1])
+
+    def log_prior(self, gamma):
+        """(..., K, N) log pi_ic = z_i'gamma_c - log sum_k exp(z_i'gamma_k)."""
+        eta = gamma @ self.Z.T
+        return eta - _log_normalise(eta.copy())[1]
+
+    def fit(self, W, pi=None):
+        """gamma (..., K, R) maximising sum_i sum_c w_ic log pi_ic: a multinomial logit of the
+        posteriors on Z (fractional responses), by Newton's method from gamma = 0, which the
+        concave objective lets converge; the segment with the most weight is the reference (its
+        row 0). Where covariates separate a segment the maximum is at infinity: gamma grows until
+        a step gains less than rounding, and the Fit says so (Fit.separated)."""
+        if W.ndim > 2:
+            return np.stack([self.fit(w) for w in W.reshape((-1,) + W.shape[-2:])]).reshape(
+                W.shape[:-2] + (W.shape[-1], self.width))
+        K, R = W.shape[1], self.width
+        gamma = np.zeros((K, R))
+        if K == 1:
+            return gamma
+        free_c = _others(K, int(np.argmax(W.sum(axis=0))))             # the reference: the most weight
+        value = float((W.T * self.log_prior(gamma)).sum())
+        for _ in range(GAMMA_STEPS):
+            p = np.exp(self.log_prior(gamma))[free_c].T                         # (N, K - 1)
+            grad = ((W[:, free_c] - p).T @ self.Z).ravel()
+            step = np.linalg.lstsq(_multinomial_information(self.Z, p), grad, rcond=None)[0]
+            if not grad @ step > ROUNDING * max(1.0, abs(value)):
+                break
+            for _ in range(NEWTON_HALVINGS):
+                new = gamma.copy()
+                new[free_c] = gamma[free_c] + step.reshape(K - 1, R)
+                new_value = float((W.T * self.log_prior(new)).sum())
+                if new_value >= value:
+                    break
+                step = step / 2
+            else:
+                break
+            gamma, value = new, new_value
+        return gamma
+
+    def df(self, K):
+        return (K - 1) * self.width
+
+    reported = df
+
+    def reference(self, gamma):
+        """The segment against which log-odds are parameters: the largest (most stores a priori), so
+        that a small segment that covariates separate does not make every other coefficient infinite."""
+        return int(np.argmax(np.exp(self.log_prior(gamma)).mean(axis=1)))
+
+    def empty(self, gamma):
+        return False
+
+    def valid(self, gamma):
+        return np.ones(gamma.shape[:-2], dtype=bool)
+
+    def moved(self, gamma, step):
+        """gamma moved by a step in the free rows, relative to the reference segment."""
+        K = len(gamma)
+        reference = self.reference(gamma)
+        free = _others(K, reference)
+        new = np.zeros(gamma.shape)
+        new[free] = gamma[free] - gamma[reference] + step.reshape(K - 1, self.width)
+        return new
+
+    def terms(self, gamma, W, WV):
+        """_score_hessian's membership parts: each store's score (N, (K - 1) R), and the Hessian's
+        (theta, tau)-gamma block (K Q, (K - 1) R) and gamma-gamma block before the - sum_i g_i g_i'
+        term: s_ic = (e_c - pi_i) kron z_i, d2 log pi_ic = -(diag(pi_i) - pi_i pi_i') kron z_i z_i'
+        over the free segments, summed with the weights w_ic."""
+        N, K = W.shape
+        free = _others(K, self.reference(gamma))
+        w = W[:, free]
+        Z, R = self.Z, self.width
+        p = np.exp(self.log_prior(gamma)).T[:, free]                 # (N, K - 1)
+        A = np.eye(K)[:, free] - p[:, None, :]                       # (N, K, K - 1): 1[c = d] - pi_id
+        cross = ((WV[:, :, :, None] * A[:, :, None, :]).reshape(N, -1).T @ Z).reshape(K * WV.shape[2], (K - 1) * R)
+        C = ((w - p)[:, :, None] * np.eye(K - 1) - w[:, :, None] * p[:, None, :] - p[:, :, None] * w[:, None, :]
+             + 2 * p[:, :, None] * p[:, None, :])
+        return ((w - p)[:, :, None] * Z[:, None, :]).reshape(N, -1), cross, _kron_sum(C, Z)
+
+    def beyond(self, gamma):
+        """(K, R) True where gamma, against the reference segment, is beyond GAMMA_LIMIT: the
+        covariates separate that segment (its gamma has no finite maximum)."""
+        return np.abs(gamma - gamma[self.reference(gamma)]) > GAMMA_LIMIT
+
+    def identified(self, gamma):
+        """(free parameters,) True for those with a finite maximum: not of a separated segment."""
+        held = self.beyond(gamma)[_others(len(gamma), self.reference(gamma))].any(axis=1)
+        return np.repeat(~held, self.width)
+
+    def delta(self, gamma):
+        """The free rows of gamma against the reference are the parameters themselves."""
+        return np.eye(self.df(len(gamma)))
+
+    def errors(self, gamma, se, se_sigma):
+        """(se of pi: none, se of sigma, se of gamma (K, R), NaN in the reference's row)."""
+        se_gamma = np.full(gamma.shape, np.nan)
+        se_gamma[_others(len(gamma), self.reference(gamma))] = se.reshape(len(gamma) - 1, self.width)
+        return np.full(len(gamma), np.nan), se_sigma, se_gamma
+
+    def canonical(self, gamma):
+        """(gamma against the reference segment, {segment: the covariates that separate it})."""
+        gamma = gamma - gamma[self.reference(gamma)]
+        at = self.beyond(gamma)
+        return gamma, {c: [(("intercept",) + tuple(self.names))[r] for r in np.flatnonzero(at[c])]
+                       for c in range(len(gamma)) if at[c].any()}
+
+    def covariates(self):
+        """(N, Q) the covariates in the units given."""
+        mean, sd = self.scale
+        return self.Z[:, 1:] * sd + mean
+
+
+SHARES = Shares()
+
+
 class _Unpacks:
     """A result that unpacks as the assignment's tuple (the attributes named in _unpacks) and
     carries the rest as attributes."""
@@ -251,15 +449,16 @@ class Fit(_Unpacks):
         self.search, self.ends = search, list(ends)
         self.separated = separated or {}          # with covariates: {segment: entries beyond GAMMA_LIMIT}
         self.without_covariates = without_covariates
-        self.gamma = self.membership if stats.Z is not None else None
-        self.prior = np.exp(np.broadcast_to(_log_prior(stats, self.membership), (len(self.theta), len(self.W)))).T
-        self.pi = self.prior.mean(axis=0) if stats.Z is not None else self.membership
+        self.gamma = self.membership if stats.membership.names else None
+        self.prior = np.exp(np.broadcast_to(stats.membership.log_prior(self.membership),
+                                            (len(self.theta), len(self.W)))).T
+        self.pi = self.prior.mean(axis=0) if stats.membership.names else self.membership
         self._se, self._se_robust = None, None
 
     K = property(lambda self: len(self.pi))
     n_obs = property(lambda self: int(self._stats.n.sum()))
-    n_params = property(lambda self: self.K * self.theta.shape[1] + (self.K - 1) * self._R + self.model.mode.count(self.K))
-    _R = property(lambda self: 1 if self._stats.Z is None else self._stats.Z.shape[1])
+    n_params = property(lambda self: self.K * self.theta.shape[1] + self._stats.membership.df(self.K)
+                        + self.model.mode.count(self.K))
     aic = property(lambda self: 2 * self.n_params - 2 * self.loglik)
     bic = property(lambda self: self.n_params * math.log(self.n_obs) - 2 * self.loglik)
     aic3 = property(lambda self: 3 * self.n_params - 2 * self.loglik)
@@ -558,9 +757,8 @@ class Stats(NamedTuple):
     columns     the columns of X that the statistics keep (all, or all but the intercept)
     pooled_s2   residual variance of pooled least squares (K = 1): the scale of sigma^2
     model       the Model
-    Z (N, R)    with covariates of membership: 1 and the standardised covariates, (z - mean) / sd;
-                None without
-    z_scale     (mean (Q,), sd (Q,)) of the covariates as given
+    membership  how stores are in segments: SHARES (pi_c for every store) or, with covariates of
+                membership, a Concomitant (Z, their scale, their names)
     moments     (N, P*P + P + 1): X_i'X_i, X_i'y_i, y_i'y_i side by side, for _rss's one product
     width       the number of columns of X as given (before store effects drop the constant one)
     """
@@ -574,12 +772,13 @@ class Stats(NamedTuple):
     columns: tuple
     pooled_s2: float
     model: Model
-    Z: np.ndarray = None
-    z_scale: tuple = None
+    membership: object = None
     moments: np.ndarray = None
     width: int = None
 
     P = property(lambda self: self.Xty.shape[1])
+    Z = property(lambda self: self.membership.Z)                 # with covariates: 1 and the standardised ones
+    z_scale = property(lambda self: self.membership.scale)       # ... and their (mean, sd) as given
 
 
 def _wide_sums(y, X):
@@ -714,7 +913,7 @@ def _statistics(sums, model, names=None, covariates=None):
         raise InputError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
     stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model,
-                  moments=np.column_stack([XtX, Xty, yty]), width=sums.Xty.shape[1])
+                  moments=np.column_stack([XtX, Xty, yty]), width=sums.Xty.shape[1], membership=SHARES)
     return _covariates(stats, covariates) if model.covariates else stats
 
 
@@ -735,8 +934,8 @@ def _within(sums, columns):
 
 
 def _covariates(stats, z):
-    """stats with Z = [1, (z - mean) / sd] for covariates of membership z (N, Q), or ValueError
-    naming a covariate that is missing, constant, or a combination of the others."""
+    """stats with the membership on covariates z (N, Q), Z = [1, (z - mean) / sd] (Concomitant), or an
+    InputError naming a covariate that is missing, constant, or a combination of the others."""
     names = stats.model.covariates
     z = _array(z, "covariates")
     N = len(stats.n)
@@ -754,7 +953,7 @@ def _covariates(stats, z):
     if np.linalg.eigvalsh(Z.T @ Z / N).min() < COLLINEAR:
         raise InputError(f"the covariates {', '.join(names)} are collinear (one is a combination of the "
                          "others, or there are more covariates than stores): drop one")
-    return stats._replace(Z=Z, z_scale=(mean, sd))
+    return stats._replace(membership=Concomitant(Z, (mean, sd), names))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,23 +972,13 @@ def _rss(stats, theta):
     return (terms @ moments.T).reshape(theta.shape[:-1] + (len(stats.yty),))
 
 
-def _log_prior(stats, pi):
-    """log Pr[C_i = c]: (..., K, 1) log pi_c, or with covariates of membership, where the pi slot
-    holds gamma (K, R), the (K, N) log pi_ic = z_i'gamma_c - log sum_k exp(z_i'gamma_k).
-    An empty segment (pi_c = 0) gets -inf, so its posterior is 0 without a NaN."""
-    if stats.Z is None:
-        return np.log(pi, out=np.full(pi.shape, -np.inf), where=pi > 0)[..., None]
-    eta = pi @ stats.Z.T
-    return eta - _log_normalise(eta.copy())[1]
-
-
 def _log_joint(stats, theta, pi, sigma):
     """(..., K, N) log(pi_ic f(y_i | c)) = log pi_ic + const_i - m_i log sigma_c - R_ic / (2 sigma_c^2)."""
     out = _rss(stats, theta)
     out *= (-0.5 / (sigma * sigma))[..., None]
     out += stats.const
     out -= np.log(sigma)[..., None] * stats.m
-    out += _log_prior(stats, pi)
+    out += stats.membership.log_prior(pi)
     return out
 
 
@@ -868,62 +1057,13 @@ def _m_step(stats, W):
     if not ok.all():                                         # not so for the pooled theta
         rss += (theta * ((A @ theta[..., None])[..., 0] - b)).sum(axis=-1)
     variance = stats.model.mode.variance(stats, rss, weeks, ok)
-    member = pi if stats.Z is None else _gamma_step(stats, W)
+    member = stats.membership.fit(W, pi)
     return theta, member, np.sqrt(np.maximum(variance, VARIANCE_FLOOR * stats.pooled_s2))
-
-
-def _gamma_step(stats, W):
-    """With covariates of membership, gamma (..., K, R) maximising sum_i sum_c w_ic log pi_ic: a
-    multinomial logit of the posteriors on Z (fractional responses), by Newton's method from
-    gamma = 0, which the concave objective lets converge; the segment with the most weight is
-    the reference (its row 0). Where covariates separate a segment the maximum is at infinity:
-    gamma grows until a step gains less than rounding, and the Fit says so (Fit.separated)."""
-    if W.ndim > 2:
-        return np.stack([_gamma_step(stats, w) for w in W.reshape((-1,) + W.shape[-2:])]).reshape(
-            W.shape[:-2] + (W.shape[-1], stats.Z.shape[1]))
-    K, R = W.shape[1], stats.Z.shape[1]
-    gamma = np.zeros((K, R))
-    if K == 1:
-        return gamma
-    free_c = _others(K, int(np.argmax(W.sum(axis=0))))             # the reference: the most weight
-    value = float((W.T * _log_prior(stats, gamma)).sum())
-    for _ in range(GAMMA_STEPS):
-        p = np.exp(_log_prior(stats, gamma))[free_c].T                      # (N, K - 1)
-        grad = ((W[:, free_c] - p).T @ stats.Z).ravel()
-        step = np.linalg.lstsq(_multinomial_information(stats.Z, p), grad, rcond=None)[0]
-        if not grad @ step > ROUNDING * max(1.0, abs(value)):
-            break
-        for _ in range(NEWTON_HALVINGS):
-            new = gamma.copy()
-            new[free_c] = gamma[free_c] + step.reshape(K - 1, R)
-            new_value = float((W.T * _log_prior(stats, new)).sum())
-            if new_value >= value:
-                break
-            step = step / 2
-        else:
-            break
-        gamma, value = new, new_value
-    return gamma
 
 
 def _others(K, reference):
     """The segments other than the reference one, whose log-odds against it are parameters."""
     return np.array([c for c in range(K) if c != reference], dtype=int)
-
-
-def _reference(stats, pi):
-    """The segment against which log-odds are parameters: the last without covariates (pi_c =
-    softmax(eta, 0)); with covariates of membership, the largest (most stores a priori), so that
-    a small segment that covariates separate does not make every other coefficient infinite."""
-    if stats.Z is None:
-        return len(pi) - 1
-    return int(np.argmax(np.exp(_log_prior(stats, pi)).mean(axis=1)))
-
-
-def _beyond_limit(stats, gamma):
-    """(K, R) True where gamma, against the _reference segment, is beyond GAMMA_LIMIT: the
-    covariates separate that segment (its gamma has no finite maximum)."""
-    return np.abs(gamma - gamma[_reference(stats, gamma)]) > GAMMA_LIMIT
 
 
 def _multinomial_information(Z, p):
@@ -973,7 +1113,7 @@ def _score_hessian(stats, theta, pi, sigma, W, per_store=False):
         H = sum_i sum_c w_ic (d2 log(pi_c f_ic) + s_ic s_ic') - sum_i g_i g_i',
     where s_ic is v_ic = (u_ic / sigma_c^2, R_ic / sigma_c^2 - m_i) in segment c's block
     (theta_c, tau_c), u_ic = X_i'y_i - X_i'X_i theta_c, and (e_c - pi_i) kron z_i in the eta
-    block (_membership_terms; with covariates of membership eta_c = gamma_c - gamma_ref). It is
+    block (the membership's terms; with covariates of membership eta_c = gamma_c - gamma_ref). It is
     computed with each segment its own tau_c and then mapped into psi by SigmaMode.index (a
     common tau is the sum of the K segments' ones).
     """
@@ -989,7 +1129,7 @@ def _score_hessian(stats, theta, pi, sigma, W, per_store=False):
         R = _rss(stats, theta).T                                  # (N, K)
         V[:, :, P] = R / s2 - stats.m[:, None]
     WV = W[:, :, None] * V
-    g_eta, cross, eta = _membership_terms(stats, pi, W, WV)
+    g_eta, cross, eta = stats.membership.terms(pi, W, WV)
     D = g_eta.shape[1]                                            # membership parameters
     G = np.concatenate([WV.reshape(N, K * Q), g_eta], axis=1)     # g_i, per segment
     H = -(G.T @ G)
@@ -1017,29 +1157,6 @@ def _score_hessian(stats, theta, pi, sigma, W, per_store=False):
     return (G @ M if per_store else G.sum(axis=0) @ M), M.T @ H @ M
 
 
-def _membership_terms(stats, pi, W, WV):
-    """_score_hessian's membership parts: each store's score in eta (N, D), and the Hessian's
-    (theta, tau)-eta block (K Q, D) and eta-eta block (D, D) before the - sum_i g_i g_i' term:
-        s_ic = (e_c - pi_i) kron z_i,   d2 log pi_ic = -(diag(pi_i) - pi_i pi_i') kron z_i z_i'
-    over the free segments (all but the _reference), summed with the weights w_ic. Without
-    covariates pi_i = pi and z_i = 1, and the sums over stores are closed forms."""
-    N, K = W.shape
-    free = _others(K, _reference(stats, pi))
-    w = W[:, free]
-    if stats.Z is None:
-        p, m = pi[free], w.sum(axis=0)                            # m: expected segment sizes
-        cross = WV.sum(axis=0)[:, :, None] * (np.eye(K)[:, free] - p)[:, None, :]
-        eta = np.diag(m - N * p) - np.outer(m, p) - np.outer(p, m) + 2 * N * np.outer(p, p)
-        return w - p, cross.reshape(K * WV.shape[2], K - 1), eta
-    Z, R = stats.Z, stats.Z.shape[1]
-    p = np.exp(_log_prior(stats, pi)).T[:, free]                 # (N, K - 1)
-    A = np.eye(K)[:, free] - p[:, None, :]                       # (N, K, K - 1): 1[c = d] - pi_id
-    cross = ((WV[:, :, :, None] * A[:, :, None, :]).reshape(N, -1).T @ Z).reshape(K * WV.shape[2], (K - 1) * R)
-    C = ((w - p)[:, :, None] * np.eye(K - 1) - w[:, :, None] * p[:, None, :] - p[:, :, None] * w[:, None, :]
-         + 2 * p[:, :, None] * p[:, None, :])
-    return ((w - p)[:, :, None] * Z[:, None, :]).reshape(N, -1), cross, _kron_sum(C, Z)
-
-
 def _newton_direction(stats, theta, pi, sigma, W):
     """(step, decrement, flat) for psi at (theta, pi, sigma), or None where no step applies (an
     empty segment).
@@ -1052,7 +1169,7 @@ def _newton_direction(stats, theta, pi, sigma, W):
     where -H has flat directions (an over-fitted model: two equal segments); there the posteriors
     are not unique.
     """
-    if stats.Z is None and pi.min() < EMPTY_SHARE:
+    if stats.membership.empty(pi):
         return None
     grad, H = _score_hessian(stats, theta, pi, sigma, W)
     values, vectors = np.linalg.eigh(-H)
@@ -1071,15 +1188,7 @@ def _moved(stats, theta, pi, sigma, step):
     K, P = theta.shape
     KP, nt = K * P, stats.model.mode.count(K)
     new_sigma = sigma * np.exp(step[KP:KP + nt][stats.model.mode.index(K)]) if nt else sigma
-    if stats.Z is not None:                       # gamma, relative to the _reference segment
-        reference = _reference(stats, pi)
-        free = _others(K, reference)
-        new_gamma = np.zeros(pi.shape)
-        new_gamma[free] = pi[free] - pi[reference] + step[KP + nt:].reshape(K - 1, pi.shape[1])
-        return theta + step[:KP].reshape(K, P), new_gamma, new_sigma
-    logits = np.append(np.log(pi[:K - 1]) - np.log(pi[K - 1]) + step[KP + nt:], 0.0)
-    new_pi = np.exp(logits - logits.max())
-    return theta + step[:KP].reshape(K, P), new_pi / new_pi.sum(), new_sigma
+    return theta + step[:KP].reshape(K, P), stats.membership.moved(pi, step[KP + nt:]), new_sigma
 
 
 def _newton_step(stats, run):
@@ -1153,7 +1262,7 @@ def _accelerated_step(stats, run, gain):
     """Near a maximum (the last gain below NEWTON_GAIN) a Newton step, else (or where Newton
     does not go uphill) a SQUAREM step: (theta, pi, sigma, W, loglik, decrement or None, flat)."""
     newton = _newton_step(stats, run) if gain < NEWTON_GAIN else None
-    return newton or (_squarem_step(stats, run) if stats.Z is None else _em_step(stats, run.W)) + (None, False)
+    return newton or _squarem_step(stats, run) + (None, False)
 
 
 def _stopped(stats, run, gain, moved, decrement, flat, tol, accelerate):
@@ -1180,29 +1289,50 @@ def _remaining_gain(stats, run):
 
 
 def _squarem_step(stats, run):
-    """Two EM steps extrapolated along their path (SQUAREM, Varadhan & Roland 2008, SqS3), in
-    x = (theta, pi, sigma); kept only where valid (pi >= 0, sigma > 0, no _thin segment) with a
-    log-likelihood at least that of the two plain steps. (theta, pi, sigma, W, loglik)."""
-    K, P = run.theta.shape
-    th1, pi1, s1, W1, _ = _em_step(stats, run.W)
-    th2, pi2, s2, W2, ll2 = _em_step(stats, W1)
-    x0, x1, x2 = (np.concatenate([t.ravel(), p, s]) for t, p, s in
-                  ((run.theta, run.pi, run.sigma), (th1, pi1, s1), (th2, pi2, s2)))
+    """One SQUAREM step (_squarem) from a run's point: (theta, pi, sigma, W, loglik)."""
+    new = _squarem(stats, (run.theta[None], run.pi[None], run.sigma[None]), run.W[None])
+    return tuple(part[0] for part in new[:4]) + (float(new[4][0]),)
+
+
+def _squarem(stats, params, W):
+    """One SQUAREM step (Varadhan & Roland 2008, SqS3) from each of a batch of points params =
+    (theta (B, K, P), pi (B, K) or gamma (B, K, R), sigma (B, K)) with their posteriors W (B, N,
+    K): two EM steps, extrapolated along their path in x = (theta, pi or gamma, sigma) by
+    alpha = min(-|r| / |v|, -1), kept where valid (pi >= 0, sigma > 0, no _thin segment) with a
+    log-likelihood at least that of the two plain steps; else alpha backs off halfway towards
+    -1 (the two steps themselves), at most SQUAREM_BACKOFFS times. (gamma is identified up to a
+    row added to all segments, and an extrapolation of such points is one too.) Returns the
+    batch (theta, pi or gamma, sigma, W, loglik)."""
+    one = _m_step(stats, W)
+    two = _m_step(stats, _e_step(stats, *one)[0])
+    W2, loglik2 = _e_step(stats, *two)
+    out = list(two) + [W2, loglik2]
+
+    def flat(point):
+        return np.concatenate([part.reshape(len(part), -1) for part in point], axis=1)
+    x0, x1, x2 = flat(params), flat(one), flat(two)
     r, v = x1 - x0, x2 - 2 * x1 + x0
-    v_norm = math.sqrt(v @ v)
-    if v_norm > 0:
-        alpha = min(-math.sqrt(r @ r) / v_norm, -1.0)
-        for _ in range(SQUAREM_BACKOFFS):                        # alpha = -1 gives x2 itself
-            if alpha > -1.01:
-                break
-            x = x0 - 2 * alpha * r + alpha * alpha * v
-            new = x[:K * P].reshape(K, P), x[K * P:K * P + K], x[K * P + K:]
-            if new[1].min() >= 0 and new[2].min() > 0:
-                new_W, new_ll = _e_step(stats, *new)
-                if new_ll >= ll2 and _admissible(stats, new_W):
-                    return new + (new_W, new_ll)
-            alpha = (alpha - 1) / 2                              # back off towards x2
-    return th2, pi2, s2, W2, ll2
+    norm_v = np.sqrt((v * v).sum(axis=1))
+    alpha = np.where(norm_v > 0, np.minimum(-np.sqrt((r * r).sum(axis=1)) / np.maximum(norm_v, TINY), -1.0), -1.0)
+    ends = np.cumsum([0] + [part[0].size for part in two])
+    for _ in range(SQUAREM_BACKOFFS):
+        trying = np.flatnonzero(alpha <= -1.01)                 # alpha = -1 gives x2 itself
+        if not len(trying):
+            break
+        a = alpha[trying][:, None]
+        x = x0[trying] - 2 * a * r[trying] + a * a * v[trying]
+        new = [x[:, ends[k]:ends[k + 1]].reshape((len(x),) + two[k].shape[1:]) for k in range(3)]
+        valid = np.isfinite(x).all(axis=1) & (new[2] > 0).all(axis=1) & stats.membership.valid(new[1])
+        if valid.any():
+            at = trying[valid]
+            new_W, new_loglik = _e_step(stats, *(part[valid] for part in new))
+            ok = (new_loglik >= loglik2[at]) & ~_thin(stats, new_W.swapaxes(-1, -2) @ stats.m).any(axis=-1)
+            for k in range(3):
+                out[k][at[ok]] = new[k][valid][ok]
+            out[3][at[ok]], out[4][at[ok]] = new_W[ok], new_loglik[ok]
+            alpha[at[ok]] = -1.0
+        alpha[trying] = np.where(alpha[trying] <= -1.01, (alpha[trying] - 1) / 2, alpha[trying])
+    return tuple(out)
 
 
 def _same_point(run, W, loglik):
@@ -1242,12 +1372,7 @@ def _finished(stats, run, what, names=None, search=None, ends=(), without_covari
     others = [j for j in range(stats.P) if j != stats.price]
     order = np.lexsort(run.theta[:, others[::-1] + [stats.price]].T)
     theta, pi, sigma = run.theta[order], run.pi[order], run.sigma[order]
-    held = {}
-    if stats.Z is not None:                       # gamma relative to the _reference segment
-        pi = pi - pi[_reference(stats, pi)]
-        at = _beyond_limit(stats, pi)
-        held = {c: [(("intercept",) + stats.model.covariates)[r] for r in np.flatnonzero(at[c])]
-                for c in range(len(order)) if at[c].any()}
+    pi, held = stats.membership.canonical(pi)
     W, loglik = _e_step(stats, theta, pi, sigma)
     fit = Fit(_Run(theta, pi, sigma, loglik, W, run.n_iter, run.converged), stats, names, search, ends, held,
               without_covariates)
@@ -1295,7 +1420,7 @@ def _search(stats, K, search=Search(), names=None, previous=None, progress=None)
     K = _check_K(K, len(stats.n))
     n_init = search.n_init
     _check_run(search.tol, search.max_iter, n_init, search.seed)
-    if stats.Z is not None:
+    if stats.membership.names:
         return _search_covariates(stats, K, search, names, previous, progress)
     tick = (lambda done: progress(Progress("moves", K) if done is None else Progress("starts", K, done, n_init))) \
         if progress else None
@@ -1323,10 +1448,10 @@ def _search_covariates(stats, K, search, names, previous, progress):
     M-step of their posteriors: gamma the multinomial logit of W on Z); the best end, polished.
     Its log-likelihood is never below the fit without covariates (Fit.without_covariates), as
     the first M-step from it can only raise EM's objective. Fit.search counts these runs."""
-    plain = stats._replace(Z=None, z_scale=None, model=stats.model._replace(covariates=()))
+    plain = stats._replace(membership=SHARES, model=stats.model._replace(covariates=()))
     base = _search(plain, K, search, names, previous.without_covariates if previous is not None else None, progress)
     if K == 1:                                   # one segment: nothing to choose, so no membership to model
-        return _finished(stats, _run_of(base)._replace(pi=np.zeros((1, stats.Z.shape[1]))), "Estimate", names,
+        return _finished(stats, _run_of(base)._replace(pi=np.zeros((1, stats.membership.width))), "Estimate", names,
                          base.search, without_covariates=base)
     starts = [base]
     for run in sorted(base.ends, key=lambda run: -run.loglik):
@@ -1410,11 +1535,10 @@ def _plain_em(stats, batch, iterations):
 
 
 def _squarem_em(stats, batch, iterations):
-    """`iterations` SQUAREM steps (_squarem_step) from each of B starts, all at once: a batch as
-    _plain_em takes and returns it. Where a start's extrapolation is not a valid parameter, or
-    does not beat its two plain steps, it takes the two plain steps. A few such steps tell where
-    a move leads far better than as many plain ones: some moves crawl on a plateau under plain
-    EM before they climb above everything else."""
+    """`iterations` SQUAREM steps (_squarem) from each of B starts, all at once: a batch as
+    _plain_em takes and returns it. A few such steps tell where a move leads far better than as
+    many plain ones: some moves crawl on a plateau under plain EM before they climb above
+    everything else."""
     chunk = max(1, BATCH_CELLS // (batch[0].shape[1] * len(stats.n)))
     parts = []
     for first in range(0, len(batch[0]), chunk):
@@ -1423,25 +1547,8 @@ def _squarem_em(stats, batch, iterations):
         before = np.full(len(loglik), -np.inf)
         for _ in range(iterations):
             before = loglik
-            one = _m_step(stats, W)
-            two = _m_step(stats, _e_step(stats, *one)[0])
-            W2, loglik2 = _e_step(stats, *two)
-            x0, x1, x2 = (np.concatenate([p[0].reshape(len(p[0]), -1), p[1], p[2]], axis=1) for p in (params, one, two))
-            r, v = x1 - x0, x2 - 2 * x1 + x0
-            norm_v = np.sqrt((v * v).sum(axis=1))
-            alpha = np.where(norm_v > 0, np.minimum(-np.sqrt((r * r).sum(axis=1)) / np.maximum(norm_v, TINY), -1.0), -1.0)
-            x = x0 - 2 * alpha[:, None] * r + (alpha * alpha)[:, None] * v
-            KP, K = x1.shape[1] - 2 * two[1].shape[1], two[1].shape[1]
-            new = (x[:, :KP].reshape(two[0].shape), x[:, KP:KP + K], x[:, KP + K:])
-            valid = (new[1] >= 0).all(axis=1) & (new[2] > 0).all(axis=1) & np.isfinite(x).all(axis=1)
-            safe = tuple(np.where(valid.reshape((-1,) + (1,) * (n.ndim - 1)), n, t) for n, t in zip(new, two))
-            W_new, loglik_new = _e_step(stats, *safe)
-            weeks = W_new.swapaxes(-1, -2) @ stats.m
-            ok = valid & (loglik_new >= loglik2) & ~_thin(stats, weeks).any(axis=1)
-            params = tuple(np.where(ok.reshape((-1,) + (1,) * (n.ndim - 1)), n, t) for n, t in zip(safe, two))
-            W = np.where(ok[:, None, None], W_new, W2)
-            loglik = np.where(ok, loglik_new, loglik2)
-        parts.append(params + (loglik, loglik - before))
+            *params, W, loglik = _squarem(stats, params, W)
+        parts.append(tuple(params) + (loglik, loglik - before))
     return tuple(np.concatenate(part) for part in zip(*parts))
 
 
@@ -1798,20 +1905,18 @@ def _covariance(stats, run, robust=False):
     where -H is not positive definite (not a maximum, or an empty segment) or is flat (a
     curvature below FLAT times the largest: over-fitted, two equal segments): no standard error
     means anything there. With covariates of membership the membership block is gamma against
-    the _reference segment; a segment that covariates separate (|gamma| > GAMMA_LIMIT) is left
+    the reference segment; a segment that covariates separate (|gamma| > GAMMA_LIMIT) is left
     out of the inverse, its gamma NaN."""
     K, P = run.theta.shape
     KP, nt = K * P, stats.model.mode.count(K)
-    R = 1 if stats.Z is None else stats.Z.shape[1]
-    size = KP + nt + (K if stats.Z is None else (K - 1) * R)
-    if stats.Z is None and run.pi.min() <= 0:
+    membership = stats.membership
+    size = KP + nt + membership.reported(K)
+    if membership.empty(run.pi):
         return np.full((size, size), np.nan)
     W, _ = _e_step(stats, run.theta, run.pi, run.sigma)
     G, H = _score_hessian(stats, run.theta, run.pi, run.sigma, W, per_store=True)
     keep = np.ones(len(H), dtype=bool)
-    if stats.Z is not None:
-        held = _beyond_limit(stats, run.pi)[_others(K, _reference(stats, run.pi))].any(axis=1)
-        keep[KP + nt:] = np.repeat(~held, R)
+    keep[KP + nt:] = membership.identified(run.pi)
     H = H[np.ix_(keep, keep)]
     values = np.linalg.eigvalsh(-H)
     if not values.min() > FLAT * values.max():
@@ -1820,10 +1925,7 @@ def _covariance(stats, run, robust=False):
     J[:KP, :KP] = np.eye(KP)
     first = np.unique(stats.model.mode.index(K), return_index=True)[1]   # a segment of each sigma
     J[KP:KP + nt, KP:KP + nt] = np.diag(run.sigma[first])
-    if stats.Z is None:
-        J[KP + nt:, KP + nt:] = (np.diag(run.pi) - np.outer(run.pi, run.pi))[:, :K - 1]
-    else:                                         # gamma against the _reference: eta itself
-        J[KP + nt:, KP + nt:] = np.eye((K - 1) * R)
+    J[KP + nt:, KP + nt:] = membership.delta(run.pi)
     inverse = np.linalg.solve(-H, J[:, keep].T)
     if robust:                                    # (-H)^-1 (sum_i g_i g_i') (-H)^-1
         scores = G[:, keep] @ inverse
@@ -1843,11 +1945,7 @@ def _standard_errors(stats, run, robust=False):
     KP, nt = K * P, mode.count(K)
     se = np.sqrt(np.diag(_covariance(stats, run, robust)))
     se_sigma = se[KP:KP + nt][mode.index(K)] if nt else np.full(K, np.nan)
-    if stats.Z is None:
-        return Params(se[:KP].reshape(K, P), se[KP + nt:], se_sigma)
-    se_gamma = np.full(run.pi.shape, np.nan)                 # the reference's row is not estimated
-    se_gamma[_others(K, _reference(stats, run.pi))] = se[KP + nt:].reshape(K - 1, run.pi.shape[1])
-    return Params(se[:KP].reshape(K, P), np.full(K, np.nan), se_sigma, se_gamma)
+    return Params(se[:KP].reshape(K, P), *stats.membership.errors(run.pi, se[KP + nt:], se_sigma))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2427,7 +2525,7 @@ def segments_csv(stores, W, fit=None):
     K = W.shape[1]
     extra = fit is not None and fit.gamma is not None
     names = list(fit.model.covariates) if extra else []
-    raw = fit._stats.Z[:, 1:] * fit._stats.z_scale[1] + fit._stats.z_scale[0] if extra else None
+    raw = fit._stats.membership.covariates() if extra else None
     writer.writerow(["store", "segment"] + [f"posterior_{c + 1}" for c in range(K)]
                     + ([f"prior_{c + 1}" for c in range(K)] + names if extra else []))
     for i, store in enumerate(stores):

@@ -1480,7 +1480,7 @@ class CovariatesAgainstBruteForce(unittest.TestCase):
         self.assertAlmostEqual(loglik, logsumexp(joint, axis=1).sum(), delta=1e-9 * abs(loglik))
         np.testing.assert_allclose(W, np.exp(joint - logsumexp(joint, axis=1, keepdims=True)), atol=1e-10)
         grad, H = E._score_hessian(stats, theta, gamma, sigma, W)
-        reference = E._reference(stats, gamma)
+        reference = stats.membership.reference(gamma)
         others = E._others(3, reference)
         for k, (c, r) in enumerate(itertools.product(others, range(3))):
             step = np.zeros_like(gamma)
@@ -1490,12 +1490,12 @@ class CovariatesAgainstBruteForce(unittest.TestCase):
         self.assertTrue(np.allclose(H, H.T))
 
     def test_the_membership_m_step_is_the_multinomial_logit_maximum(self):
-        """_gamma_step against a direct optimisation (scipy BFGS) of sum_ic w_ic log pi_ic."""
+        """The membership M-step (Concomitant.fit) against a direct optimisation (scipy BFGS) of sum_ic w_ic log pi_ic."""
         from scipy.optimize import minimize
         from scipy.special import logsumexp
         panel, stats = covariate_panel(2, N=60)
         W = np.random.default_rng(3).dirichlet(np.ones(3), size=60)
-        gamma = E._gamma_step(stats, W)
+        gamma = stats.membership.fit(W)
 
         def minus(flat):
             eta = stats.Z @ np.vstack([flat.reshape(2, 3), np.zeros(3)]).T
@@ -1505,7 +1505,7 @@ class CovariatesAgainstBruteForce(unittest.TestCase):
         self.assertLessEqual(ours, best.fun + 1e-9)
         np.testing.assert_allclose((gamma[:2] - gamma[2]).ravel(), best.x, atol=1e-4)
         # the M-step's other parts are those of the model without covariates
-        plain = stats._replace(Z=None, model=stats.model._replace(covariates=()))
+        plain = stats._replace(membership=E.SHARES, model=stats.model._replace(covariates=()))
         for ours, theirs in zip(E._m_step(stats, W)[::2], E._m_step(plain, W)[::2]):
             np.testing.assert_allclose(ours, theirs)
 
@@ -1522,7 +1522,7 @@ class CovariatesFit(unittest.TestCase):
         mean, sd = stats.z_scale
         truth = np.array(panel.gamma)[order]                                   # (K, 1 + Q), raw scale
         truth = np.column_stack([truth[:, 0] + truth[:, 1:] @ mean, truth[:, 1:] * sd])    # per sd
-        reference = E._reference(stats, fit.gamma)
+        reference = stats.membership.reference(fit.gamma)
         truth = truth - truth[reference]
         for c in E._others(3, reference):
             z = (fit.gamma[c] - truth[c]) / fit.se.gamma[c]
@@ -1544,7 +1544,7 @@ class CovariatesFit(unittest.TestCase):
         """Oracle: 20 k-means++ starts, each with gamma from the M-step of its posteriors, every one
         run to convergence by EM with covariates."""
         panel, stats = covariate_panel(6, N=60, T=10, sigma="segment")
-        plain = stats._replace(Z=None, model=stats.model._replace(covariates=()))
+        plain = stats._replace(membership=E.SHARES, model=stats.model._replace(covariates=()))
         starts = E._kmeanspp_starts(plain, E._store_coefficients(plain), 3, E._random(6), 20)
         oracle = -math.inf
         for j in range(20):

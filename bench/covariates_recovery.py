@@ -42,7 +42,7 @@ def main(argv=None):
         mean, sd = stats.z_scale
         truth = np.array(GAMMA)[order]
         truth = np.column_stack([truth[:, 0] + truth[:, 1:] @ mean, truth[:, 1:] * sd])
-        reference = E._reference(stats, fit.gamma)
+        reference = stats.membership.reference(fit.gamma) if hasattr(stats, "membership") else E._reference(stats, fit.gamma)
         truth = truth - truth[reference]
         for c in E._others(3, reference):
             error = fit.gamma[c] - truth[c]

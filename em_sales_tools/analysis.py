@@ -4,6 +4,7 @@ with the diagnostics and model-choice tools of em_sales_tools.choice and the cov
 membership of em_sales_tools.covariates; a fit with its panel (FrameFit, and fit_frame from
 pandas); every group of a long file (--by) in worker processes."""
 import os
+import signal
 import warnings
 from typing import NamedTuple
 
@@ -266,14 +267,23 @@ def _analyse_groups(source, Ks, model, search, choice, progress, name):
     if workers > 1:
         import multiprocessing
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(workers) as pool:      # leaving it terminates the workers: an interrupted run leaves none
+        with context.Pool(workers, initializer=_worker) as pool:     # leaving it early ends the workers
             done = dict(zip(jobs, pool.starmap(_group_results, jobs.values(), chunksize=1)))
+            pool.close()
+            pool.join()
     else:
         done = {group: _group_results(*job) for group, job in jobs.items()}
     for group, (each, caught) in done.items():
         for note in caught:
             _warn(f"{by} = {group}: {note}", UserWarning)
     return {"data": label, "by": by, "groups": {str(group): each for group, (each, _) in done.items()}}
+
+
+def _worker():
+    """A worker process's signals: SIGTERM ends it quietly (the pool's own way to stop it), and
+    Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _group_results(*job):

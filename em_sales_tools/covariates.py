@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from em_sales import (LOG_2PI, TINY, InputError, _array, _check_new_X, _log_joint, _log_normalise, _log_prior, _reference,
+from em_sales import (LOG_2PI, TINY, InputError, _array, _check_new_X, _log_joint, _log_normalise, SHARES,
                       _Refused, _wide_sums, _within)
 from em_sales_tools.choice import LR_DECIMALS
 from em_sales_tools.files import read_stores
@@ -31,7 +31,8 @@ def predict(fit, covariates=None, y=None, X=None):
     from the covariates (standardised as in the fit), then Bayes' rule with each new store's
     likelihood in each segment from its own sums (_log_joint)."""
     stats, K = fit._stats, fit.K
-    if stats.Z is not None:
+    membership = stats.membership
+    if membership.names:
         if covariates is None:
             raise InputError(f"this fit has covariates of membership: give covariates (M x {len(fit.model.covariates)}: "
                              f"{', '.join(fit.model.covariates)})")
@@ -39,9 +40,9 @@ def predict(fit, covariates=None, y=None, X=None):
         if z.shape[1] != len(fit.model.covariates) or not np.all(np.isfinite(z)):
             raise InputError(f"covariates must be M x {len(fit.model.covariates)} finite numbers "
                              f"({', '.join(fit.model.covariates)}); got shape {z.shape}")
-        mean, sd = stats.z_scale
-        new = stats._replace(Z=np.column_stack([np.ones(len(z)), (z - mean) / sd]))
-        log_prior = _log_prior(new, fit.gamma)                      # (K, M)
+        mean, sd = membership.scale
+        new = membership._replace(Z=np.column_stack([np.ones(len(z)), (z - mean) / sd]))
+        log_prior = new.log_prior(fit.gamma)                        # (K, M)
     elif covariates is not None:
         raise InputError("this fit has no covariates of membership: its prior is pi for every store")
     else:
@@ -60,7 +61,7 @@ def predict(fit, covariates=None, y=None, X=None):
         m, offset, XtX, Xty, yty = _within(sums, stats.columns)
     else:
         m, offset, XtX, Xty, yty = sums.n, np.zeros(len(sums.n)), sums.XtX, sums.Xty, sums.yty
-    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, Z=None,
+    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, membership=SHARES,
                          moments=np.column_stack([XtX, Xty, yty]))
     log_joint = _log_joint(new, fit.theta, np.ones(K), fit.sigma) + log_prior
     posterior = _log_normalise(log_joint)[0].T
@@ -75,12 +76,12 @@ def _membership_summary(fit):
     if fit.gamma is None:
         return {}
     stats, Q = fit._stats, len(fit.model.covariates)
-    mean, sd = stats.z_scale
-    raw = stats.Z[:, 1:] * sd + mean
+    mean, sd = stats.membership.scale
+    raw = stats.membership.covariates()
     lr = max(2 * (fit.loglik - fit.without_covariates.loglik), 0.0) if fit.without_covariates else None
     df = (fit.K - 1) * Q
     return {"covariates": {"names": list(fit.model.covariates), "mean": mean.tolist(), "sd": sd.tolist()},
-            "reference_segment": _reference(stats, fit.gamma) + 1,
+            "reference_segment": stats.membership.reference(fit.gamma) + 1,
             "gamma": fit.gamma.tolist(), "se_gamma": fit.se.gamma.tolist(),
             "without_covariates": None if lr is None else
             {"loglik": fit.without_covariates.loglik, "lr": round(lr, LR_DECIMALS), "df": df,
