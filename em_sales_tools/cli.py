@@ -16,7 +16,7 @@ from em_sales_tools.analysis import Choice, _analyse, _check_share
 from em_sales_tools.choice import HOLDOUT_FOLDS
 from em_sales_tools.engine import _use_engine
 from em_sales_tools.files import LONG_COLUMNS, Source
-from em_sales_tools.report import report
+from em_sales_tools.report import report, store_rows
 
 CSV_HELP = ("CSV file, wide (first column the price, then one column per store) or long (one row a store and week: "
             "columns store, week, sales, price) (default: data/example.csv, made by simulate.py)")
@@ -122,7 +122,7 @@ def _main(argv, step):
         more.append((args.predict[1], lambda: _predictions_csv(fits[K], args.predict[0])))
     if args.plot:
         more.append((args.plot, lambda: _picture(results, fits, data, K, args.plot)))
-    return _written(args, results, more, report(results))
+    return _written(args, results, more, report(results), store_rows)
 
 
 def _picture(results, fits, data, K, path):

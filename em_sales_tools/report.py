@@ -2,11 +2,12 @@
 it, in place: store-clustered standard errors and who is in each segment under each K's table,
 the table of criteria with the holdout, the bootstrap and --min-share before BIC's choice, and
 the notes on what each answer rests on; one report a group with --by."""
+import json
 import math
 
 import numpy as np
 
-from em_sales import (GAMMA_LIMIT, _choice_lines, _failed_notes, _fit_lines, _header_lines, _largest_K_note,
+from em_sales import (GAMMA_LIMIT, JSON_DIGITS, _tidy, _choice_lines, _failed_notes, _fit_lines, _header_lines, _largest_K_note,
                       _number_cell, _uninformative_note, _unsupported_notes)
 from em_sales_tools.choice import AUTOCORRELATION, ROBUST_RATIO
 
@@ -181,3 +182,24 @@ def _profile_words(model, c, most=2):
     order = sorted(range(len(gaps)), key=lambda j: -abs(gaps[j]))[:most]
     return "stores with " + " and ".join(f"{'higher' if gaps[j] > 0 else 'lower'} {cov['names'][j]} "
                                          f"({gaps[j]:+.1f} sd)" for j in order)
+
+
+def store_rows(stores):
+    """The stores' lines of results.json, each as json.dumps(_tidy(store)) writes it, without its
+    generic recursion: the numbers to JSON_DIGITS digits in one formatting call, with repr's
+    form (1.0, not 1). A number below 1e-290 (near the subnormals, fewer digits can name it), from
+    1e8 (repr writes it without an exponent) or not finite (null) is formatted alone."""
+    shown = {}
+    for key in ("posterior", "prior"):
+        values = [float(value) for store in stores if key in store for value in store[key]]
+        text = (f"%.{JSON_DIGITS}g\n" * len(values) % tuple(values)).split("\n")[:-1]
+        text = [cell if "." in cell or "e" in cell or "n" in cell else cell + ".0" for cell in text]
+        size = np.abs(values)
+        for k in np.flatnonzero(((size < 1e-290) & (size != 0)) | ~(size < 1e8)):
+            text[k] = json.dumps(_tidy(values[k]))
+        cells = iter(text)
+        shown[key] = ["[" + ", ".join(next(cells) for _ in store[key]) + "]" if key in store else None
+                      for store in stores]
+    return [f'{{"store": {json.dumps(store["store"])}, "segment": {store["segment"]}, "posterior": {posterior}'
+            + (f', "prior": {prior}' if prior is not None else "") + "}"
+            for store, posterior, prior in zip(stores, shown["posterior"], shown["prior"])]

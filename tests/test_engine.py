@@ -7,6 +7,7 @@ import unittest.mock
 import numpy as np
 
 from em_sales_tools import engine
+from em_sales_tools.report import store_rows
 from tests.common import (CommandLineCase, E, S, T, needs_duckdb, quietly)
 
 
@@ -71,7 +72,7 @@ class LargeFiles(CommandLineCase):
                   for label, w in zip(['é"x', "S 2", 7] + [f"S{i}" for i in range(197)], W)]
         for store in stores[::3]:
             store["prior"] = [1 / 3, 0.5, 1 / 6]
-        self.assertEqual(E._store_rows(stores), [json.dumps(E._tidy(store)) for store in stores])
+        self.assertEqual(store_rows(stores), [json.dumps(E._tidy(store)) for store in stores])
 
     def test_the_engines_white_space_is_pythons(self):
         self.assertEqual(engine.WHITE_SPACE, "".join(chr(c) for c in range(0x110000) if chr(c).isspace()))
