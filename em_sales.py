@@ -2961,4 +2961,6 @@ def _say(text):
 
 
 if __name__ == "__main__":
+    if getattr(sys.modules.get("__main__"), "main", None) is main:   # the package's `import em_sales` is this
+        sys.modules.setdefault("em_sales", sys.modules["__main__"])  # script, not a second copy compiled again
     raise SystemExit(main())

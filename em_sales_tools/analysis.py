@@ -16,8 +16,7 @@ from em_sales import _model_summary as _course_summary
 from em_sales_tools.choice import (HOLDOUT_FOLDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
                                    _own_regression, _sigma_check)
 from em_sales_tools.covariates import _membership_summary, predict
-from em_sales_tools.engine import _engine_load, _use_engine
-from em_sales_tools.files import Source, read_exact, read_stores, read_sums
+from em_sales_tools.files import Source, _use_engine, read_exact, read_stores, read_sums
 from em_sales_tools.report import _fit_lines, _membership_lines, _robust_lines, notes
 
 
@@ -79,6 +78,7 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None):
     columns = {role: name for role, name in (columns or {}).items() if name}
     x = _names(x, "x", path if isinstance(path, str) else "DataFrame")
     if text is None and _use_engine(path, columns):
+        from em_sales_tools.engine import _engine_load                  # the path of large files only
         loaded = _engine_load(path, columns, x, folds, seed, progress=_reading(progress))
         if loaded is not None:                   # else a file DuckDB cannot read and the exact reader can
             return loaded
@@ -257,6 +257,7 @@ def _model_summary(fit, lags=None):
 def _analyse_groups(source, Ks, model, search, choice, progress, name):
     """--by: one read (the engine, GROUP BY the column too), then each group analysed in its own
     process, the machine's cores across groups. {"data", "by", "groups": {group: results}}."""
+    from em_sales_tools.engine import _engine_load
     by = source.by
     groups = _engine_load(source.path, source.named(), list(source.x), HOLDOUT_FOLDS if choice.holdout else 0,
                           search.seed, by, _reading(progress))

@@ -14,8 +14,7 @@ from em_sales import (MAX_STARTS, Search, _api_check, _arguments, _check_outputs
                       _parser, _Refused, _whole_option, _written, segments_csv)
 from em_sales_tools.analysis import Choice, _analyse, _check_share
 from em_sales_tools.choice import HOLDOUT_FOLDS
-from em_sales_tools.engine import _use_engine
-from em_sales_tools.files import LONG_COLUMNS, Source
+from em_sales_tools.files import LONG_COLUMNS, Source, _use_engine
 from em_sales_tools.report import report, store_rows
 
 CSV_HELP = ("CSV file, wide (first column the price, then one column per store) or long (one row a store and week: "

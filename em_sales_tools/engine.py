@@ -9,11 +9,10 @@ import threading
 
 import numpy as np
 
-from em_sales import VALUE_LIMIT, InputError, Sums, _Table, _escaped, _layout, _shown, _table
+from em_sales import VALUE_LIMIT, InputError, Sums, _Table, _escaped, _shown, _table
 from em_sales_tools.files import Lags, Loaded, _is_parquet, _long_columns, _sql_text, read_long
 
-ENGINE_FROM = 64 << 20   # a long CSV file larger than this (and every Parquet file) is reduced by DuckDB
-HEAD_BYTES = 1 << 16     # a file's first bytes, read for its header and its lines' length
+from em_sales_tools.files import ENGINE_FROM, HEAD_BYTES
 ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
 REREAD_UP_TO = 256 << 20  # a fault the engine finds in a CSV file up to this size is located by the exact
                            # reader (line and column; it takes about ten times the file); above it, by store and week
@@ -25,20 +24,6 @@ WHITE_SPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                  "UBIGINT", "UHUGEINT")   # a Parquet file's week column of these types holds integer weeks
 NUMBER_TYPES = INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")  # numbers of these types are numbers (others: text)
-
-
-def _use_engine(path, columns):
-    """True for a Parquet file, and for a long CSV file larger than ENGINE_FROM."""
-    if _is_parquet(path):
-        return True
-    try:
-        if not os.path.isfile(path) or os.path.getsize(path) <= ENGINE_FROM:
-            return False
-        with open(path, "rb") as handle:
-            head = handle.read(HEAD_BYTES).decode("utf-8-sig", errors="replace")
-    except OSError:
-        return False
-    return _layout(_table(path, head.rsplit("\n", 1)[0] + "\n").header, columns) == "long"
 
 
 def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):

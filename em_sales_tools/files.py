@@ -4,6 +4,7 @@ message names the line and the column) into a Loaded: per-store sums, lags for t
 autocorrelation, and holdout folds. DuckDB's reduction of large files is em_sales_tools.engine;
 analysis.load chooses between the two."""
 import math
+import os
 from array import array
 from typing import NamedTuple
 
@@ -13,6 +14,8 @@ from em_sales import (STORE_NAMES, InputError, Sums, _Table, _cells, _check_valu
                       _refuse_long_as_wide, _row_numbers, _shown, _table, _wide_sums, panel_arrays, read_panel)
 
 LONG_COLUMNS = ("store", "week", "sales", "price")  # a long file's columns, found by name
+ENGINE_FROM = 64 << 20   # a long CSV file larger than this (and every Parquet file) is reduced by DuckDB (engine)
+HEAD_BYTES = 1 << 16     # a file's first bytes, read for its header and its lines' length
 
 
 class Source(NamedTuple):
@@ -371,3 +374,17 @@ def _week_numbers(panel):
     except ValueError:
         values = np.arange(len(panel.weeks), dtype=float)
     return values[panel.week]
+
+
+def _use_engine(path, columns):
+    """True for a Parquet file, and for a long CSV file larger than ENGINE_FROM."""
+    if _is_parquet(path):
+        return True
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) <= ENGINE_FROM:
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(HEAD_BYTES).decode("utf-8-sig", errors="replace")
+    except OSError:
+        return False
+    return _layout(_table(path, head.rsplit("\n", 1)[0] + "\n").header, columns) == "long"

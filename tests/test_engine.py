@@ -6,7 +6,7 @@ import unittest.mock
 
 import numpy as np
 
-from em_sales_tools import engine
+from em_sales_tools import engine, files
 from em_sales_tools.report import store_rows
 from tests.common import (CommandLineCase, E, S, T, needs_duckdb, quietly)
 
@@ -20,12 +20,12 @@ class LargeFiles(CommandLineCase):
         self.exact = T.load(self.path("long.csv"), x=["deal"])
 
     def engine(self, path, **named):
-        saved = engine.ENGINE_FROM
-        engine.ENGINE_FROM = 0                        # every long file through the engine
+        saved = files.ENGINE_FROM
+        files.ENGINE_FROM = 0                        # every long file through the engine
         try:
             return T.load(path, **named)
         finally:
-            engine.ENGINE_FROM = saved
+            files.ENGINE_FROM = saved
 
     def assert_same_sums(self, a, b):
         order = [b.stores.index(store) for store in a.stores]

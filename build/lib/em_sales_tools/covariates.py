@@ -1,0 +1,115 @@
+"""Covariates of membership from the analyst's side: new stores placed by their covariates (and a
+few weeks of sales), who is in each segment (the segments' profiles, gamma and its test against
+the model without covariates, for results.json), and the predictions file. The model itself, a
+multinomial logit of membership on the stores' covariates, is em_sales's."""
+import csv
+import io
+from typing import NamedTuple
+
+import numpy as np
+
+from em_sales import (LOG_2PI, TINY, InputError, _array, _check_new_X, _log_joint, _log_normalise, SHARES,
+                      _Refused, _wide_sums, _within)
+from em_sales_tools.choice import LR_DECIMALS
+from em_sales_tools.files import read_stores
+
+
+class Prediction(NamedTuple):
+    """Fit.predict's answer: prior (M, K), posterior (M, K) or None, segment (M,) 1..K (the
+    posterior's most likely, or the prior's without sales)."""
+    prior: np.ndarray
+    posterior: np.ndarray
+    segment: np.ndarray
+
+
+def predict(fit, covariates=None, y=None, X=None):
+    """Segments of new stores: a Prediction of (M, K) arrays, prior (from covariates of
+    membership: covariates (M, Q) in the units of the stores file, columns as
+    model.covariates; without them pi for every store) and, given a few weeks of sales,
+    posterior: y (T, M) log sales (NaN where missing) and X (T, P) or (T, M, P) with the columns
+    of the X the fit was estimated from (with store effects two weeks or more a store). The prior
+    from the covariates (standardised as in the fit), then Bayes' rule with each new store's
+    likelihood in each segment from its own sums (_log_joint)."""
+    stats, K = fit._stats, fit.K
+    membership = stats.membership
+    if membership.names:
+        if covariates is None:
+            raise InputError(f"this fit has covariates of membership: give covariates (M x {len(fit.model.covariates)}: "
+                             f"{', '.join(fit.model.covariates)})")
+        z = np.atleast_2d(_array(covariates, "covariates"))
+        if z.shape[1] != len(fit.model.covariates) or not np.all(np.isfinite(z)):
+            raise InputError(f"covariates must be M x {len(fit.model.covariates)} finite numbers "
+                             f"({', '.join(fit.model.covariates)}); got shape {z.shape}")
+        mean, sd = membership.scale
+        new = membership._replace(Z=np.column_stack([np.ones(len(z)), (z - mean) / sd]))
+        log_prior = new.log_prior(fit.gamma)                        # (K, M)
+    elif covariates is not None:
+        raise InputError("this fit has no covariates of membership: its prior is pi for every store")
+    else:
+        M = 1 if y is None else np.shape(y)[1] if np.ndim(y) == 2 else 1
+        log_prior = np.log(np.maximum(np.repeat(fit.pi[:, None], M, axis=1), TINY))
+    prior = np.exp(log_prior).T
+    if y is None:
+        return Prediction(prior, None, prior.argmax(axis=1) + 1)
+    X = _check_new_X(_array(X, "X"), stats, "X", per_store=True)
+    sums = _wide_sums(y, X)
+    if len(sums.n) != len(prior):
+        raise InputError(f"y has {len(sums.n)} stores (columns) but covariates {len(prior)} rows")
+    if fit.model.store_effects:
+        if (sums.n < 2).any():
+            raise InputError("with store effects a new store needs two weeks of sales or more")
+        m, offset, XtX, Xty, yty = _within(sums, stats.columns)
+    else:
+        m, offset, XtX, Xty, yty = sums.n, np.zeros(len(sums.n)), sums.XtX, sums.Xty, sums.yty
+    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, membership=SHARES,
+                         moments=np.column_stack([XtX, Xty, yty]))
+    log_joint = _log_joint(new, fit.theta, np.ones(K), fit.sigma) + log_prior
+    posterior = _log_normalise(log_joint)[0].T
+    return Prediction(prior, posterior, posterior.argmax(axis=1) + 1)
+
+
+def _membership_summary(fit):
+    """With covariates of membership, what results.json adds: gamma (K, 1 + Q: log-odds against
+    the reference segment, the largest, whose row is 0; per sd of each covariate) and its standard errors, the covariates'
+    names and standardisation, the likelihood-ratio test against the fit without them, the
+    segments they separate, and each segment's profile (posterior-weighted covariate means)."""
+    if fit.gamma is None:
+        return {}
+    stats, Q = fit._stats, len(fit.model.covariates)
+    mean, sd = stats.membership.scale
+    raw = stats.membership.covariates()
+    lr = max(2 * (fit.loglik - fit.without_covariates.loglik), 0.0) if fit.without_covariates else None
+    df = (fit.K - 1) * Q
+    return {"covariates": {"names": list(fit.model.covariates), "mean": mean.tolist(), "sd": sd.tolist()},
+            "reference_segment": stats.membership.reference(fit.gamma) + 1,
+            "gamma": fit.gamma.tolist(), "se_gamma": fit.se.gamma.tolist(),
+            "without_covariates": None if lr is None else
+            {"loglik": fit.without_covariates.loglik, "lr": round(lr, LR_DECIMALS), "df": df,
+             "p": _chi2_tail(lr, df)},
+            "separated": {str(c + 1): names for c, names in fit.separated.items()},
+            "profiles": ((fit.W.T @ raw) / np.maximum(fit.W.sum(axis=0), TINY)[:, None]).tolist()}
+
+
+def _chi2_tail(x, df):
+    """Pr[chi-square(df) > x] (scipy, imported here only), None without scipy or for df = 0."""
+    try:
+        from scipy.stats import chi2
+    except ImportError:
+        return None
+    return float(chi2.sf(x, df)) if df > 0 else None
+
+
+def _predictions_csv(fit, path):
+    """--predict's file: each new store of a stores file, its most likely segment and its prior
+    probability of each segment, from its covariates alone."""
+    try:
+        labels, z = read_stores(path, None, fit.model.covariates)
+    except InputError as problem:
+        raise _Refused(str(problem)) from None
+    prior = predict(fit, z).prior
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["store", "segment"] + [f"prior_{c + 1}" for c in range(fit.K)])
+    for label, row in zip(labels, prior):
+        writer.writerow([label, int(row.argmax()) + 1] + [f"{p:.6g}" for p in row])
+    return out.getvalue()
