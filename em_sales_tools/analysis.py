@@ -17,6 +17,7 @@ from em_sales_tools.choice import (HOLDOUT_FOLDS, _autocorrelation, _bootstrap, 
                                    _own_regression, _sigma_check)
 from em_sales_tools.covariates import _membership_summary, predict
 from em_sales_tools.files import Source, _use_engine, read_exact, read_stores, read_sums
+from em_sales_tools.prices import Inputs, _aligned, price_policies, read_zones, regular_weeks, regular_weeks_by
 from em_sales_tools.report import _fit_lines, _membership_lines, _robust_lines, notes
 
 
@@ -48,7 +49,7 @@ def _check_share(share):
 
 def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, name=None,
             sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=(),
-            holdout=False, bootstrap=0, min_share=None, by=None, sums=False):
+            holdout=False, bootstrap=0, min_share=None, by=None, sums=False, prices=None):
     """Read a panel (a wide or long CSV file, a Parquet file, a DataFrame: see load; a table of
     per-store sums with sums=True), estimate each K and return the results.json dictionary, whose
     "data" is `name` (default: the path). Warns when the data reject a fixed sigma, when BIC picks
@@ -58,10 +59,13 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
     membership (read_stores). How many segments: holdout (the predictive log-likelihood of
     held-out weeks), bootstrap B (a parametric bootstrap test of K against K + 1), min_share S
     (the best K whose every segment holds at least a share S of the stores). by: a long file's
-    column whose groups are analysed each on its own ({"data", "by", "groups": {group: results}})."""
+    column whose groups are analysed each on its own ({"data", "by", "groups": {group: results}}).
+    prices: a prices.Settings (cost or margin column, zones, max_change, ...): each policy's prices
+    and gains in results["pricing"]."""
     source = Source(path, columns, tuple(_names(x, "x", path if isinstance(path, str) else "DataFrame")), by, sums)
     return _analyse(source, Ks, _model(sigma, store_effects, covariates), Search(n_init, seed, tol),
-                    Choice(holdout, bootstrap, min_share).checked(), stores, progress, name)[0]
+                    Choice(holdout, bootstrap, min_share).checked(), stores, progress, name,
+                    prices.checked() if prices is not None else None).results
 
 
 def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None):
@@ -172,23 +176,40 @@ class FrameFit(Fit):
 # The analysis: a panel's fits and results.json
 # ---------------------------------------------------------------------------------------------
 
-def _analyse(source, Ks, model, search, choice, stores=None, progress=None, name=None):
-    """analyse's work: (results, {K: FrameFit}, Loaded). With source.by, every group of the file
-    analysed on its own (results {"data", "by", "groups": {group: results}}, and no fits)."""
+class Analysis(NamedTuple):
+    """An analysis of a panel: results (results.json's dictionary), fits ({K: FrameFit}), data (the
+    Loaded), prices (each store's table of prices, where they were set; by group with --by)."""
+    results: dict
+    fits: dict
+    data: object
+    prices: object = None
+
+
+def _analyse(source, Ks, model, search, choice, stores=None, progress=None, name=None, pricing=None):
+    """analyse's work: an Analysis. With source.by, every group of the file analysed on its own
+    (results {"data", "by", "groups": {group: results}}, no fits). pricing: the prices' Settings,
+    or None."""
     if source.by is not None:
-        return _analyse_groups(source, Ks, model, search, choice, progress, name), {}, None
+        return _analyse_groups(source, Ks, model, search, choice, progress, name, pricing)
     path = source.path
+    if pricing is not None and source.sums:
+        raise InputError(f"{_escaped(path)}: prices need the panel's weeks (its prices and costs), not a table of sums")
     if source.sums:
         data = read_sums(path)
     else:
         data = load(path, source.named(), source.x, folds=HOLDOUT_FOLDS if choice.holdout else 0, seed=search.seed,
                     progress=progress)
+    regular = None
+    if pricing is not None:
+        regular = (regular_weeks_by(path, source.x, pricing, source.named())[None] if _use_engine(path, source.named())
+                   else regular_weeks(path, source.x, pricing, source.named()))
     return _analyse_data(data, Ks, model, search, choice, stores, name or ("DataFrame" if hasattr(path, "to_csv") else path),
-                         progress)
+                         progress, pricing and Inputs(pricing, regular))
 
 
-def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None):
-    """The analysis of a Loaded panel: (results, {K: FrameFit}, data)."""
+def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, pricing=None):
+    """The analysis of a Loaded panel: an Analysis. pricing: the prices' Inputs (settings and
+    each store's regular week), or None."""
     shown = _escaped(name)
     if choice.holdout and data.folds is None:
         raise InputError(f"{shown}: --holdout needs the panel's weeks (not a table of sums)")
@@ -216,13 +237,22 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None):
     if choice.bootstrap:
         out["bootstrap"] = _diagnostic(failed, "bootstrap test",
                                        lambda: _bootstrap(stats, fits, choice.bootstrap, search, progress), None)
+    table = None
+    if pricing is not None:
+        K = pricing.settings.K or best
+        if K not in fits:
+            raise InputError(f"prices for K = {K}: it is not among the K estimated (--K {' '.join(map(str, Ks))})")
+        zones = read_zones(pricing.settings.zones, data.stores, pricing.settings.zone) if pricing.settings.zones else None
+        found = _diagnostic(failed, "prices", lambda: price_policies(fits[K], data, _aligned(pricing.regular, data.stores),
+                                                                     pricing.settings, zones), None)
+        out["pricing"], table = found if found else (None, None)
     if failed:
         out["failed"] = failed
     out["notes"] = notes(out)
     for note in out["notes"]:
         _warn(note, UserWarning)
     out["store_segments"] = segments
-    return out, fits, data
+    return Analysis(out, fits, data, table)
 
 
 def _model_summary(fit, lags=None):
@@ -254,15 +284,19 @@ def _model_summary(fit, lags=None):
 # Every group of a long file (--by), in worker processes
 # ---------------------------------------------------------------------------------------------
 
-def _analyse_groups(source, Ks, model, search, choice, progress, name):
+def _analyse_groups(source, Ks, model, search, choice, progress, name, pricing=None):
     """--by: one read (the engine, GROUP BY the column too), then each group analysed in its own
-    process, the machine's cores across groups. {"data", "by", "groups": {group: results}}."""
+    process, the machine's cores across groups: an Analysis whose results are {"data", "by",
+    "groups": {group: results}} (a group that cannot be fitted: {"data", "error"}), and whose
+    prices are {group: each store's table}."""
     from em_sales_tools.engine import _engine_load
     by = source.by
     groups = _engine_load(source.path, source.named(), list(source.x), HOLDOUT_FOLDS if choice.holdout else 0,
                           search.seed, by, _reading(progress))
+    regular = regular_weeks_by(source.path, source.x, pricing, source.named(), by) if pricing is not None else {}
     label = name or source.path
-    jobs = {group: (data, Ks, model, search, choice, None, f"{label} [{by} = {group}]")
+    jobs = {group: (data, Ks, model, search, choice, None, f"{label} [{by} = {group}]", None,
+                    pricing and Inputs(pricing, regular.get(str(group))))
             for group, data in groups.items()}
     workers = min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
@@ -274,10 +308,11 @@ def _analyse_groups(source, Ks, model, search, choice, progress, name):
             pool.join()
     else:
         done = {group: _group_results(*job) for group, job in jobs.items()}
-    for group, (each, caught) in done.items():
+    for group, (each, _, caught) in done.items():
         for note in caught:
             _warn(f"{by} = {group}: {note}", UserWarning)
-    return {"data": label, "by": by, "groups": {str(group): each for group, (each, _) in done.items()}}
+    return Analysis({"data": label, "by": by, "groups": {str(group): each for group, (each, _, _) in done.items()}}, {},
+                    None, {str(group): table for group, (_, table, _) in done.items() if table is not None})
 
 
 def _worker():
@@ -288,9 +323,14 @@ def _worker():
 
 
 def _group_results(*job):
-    """One group's results (in a worker process) and its warnings' texts."""
+    """One group's results (in a worker process), its prices' table and its warnings' texts; a
+    group that cannot be fitted (too few stores, a value refused) is said in its results, and
+    the other groups go on."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with np.errstate(all="ignore"):
-            out = _analyse_data(*job)[0]
-    return out, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+            try:
+                found = _analyse_data(*job)
+            except InputError as problem:
+                return {"data": job[6], "error": str(problem)}, None, []
+    return found.results, found.prices, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]

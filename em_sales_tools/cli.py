@@ -15,6 +15,7 @@ from em_sales import (MAX_STARTS, Search, _api_check, _arguments, _check_outputs
 from em_sales_tools.analysis import Choice, _analyse, _check_share
 from em_sales_tools.choice import HOLDOUT_FOLDS
 from em_sales_tools.files import LONG_COLUMNS, Source, _use_engine
+from em_sales_tools.prices import DRAWS, MAX_CHANGE, Settings, _share, prices_csv
 from em_sales_tools.report import report, store_rows
 
 CSV_HELP = ("CSV file, wide (first column the price, then one column per store) or long (one row a store and week: "
@@ -56,6 +57,22 @@ def options(parser, model):
     names = parser.add_argument_group("columns of a long file (found by their header otherwise)")
     for role in LONG_COLUMNS:
         names.add_argument(f"--{role}", metavar="COL", help=f"the {role} column")
+    prices = parser.add_argument_group("prices (for the K of --segments-K, or BIC's)")
+    prices.add_argument("--cost", metavar="COL", help="a long file's column of unit cost, in the price's unit")
+    prices.add_argument("--margin", metavar="COL", help="... or of gross margin, percent of the price "
+                                                         "(cost = price x (1 - margin / 100))")
+    prices.add_argument("--zones", metavar="FILE.csv", help="each store's zone (a store column and --zone's): one "
+                                                           "change a zone, beside one a segment and one a store")
+    prices.add_argument("--zone", metavar="COL", default="zone", help="the zones file's column (default zone)")
+    prices.add_argument("--max-change", type=_api_check(lambda text: _share(_float(text))), default=MAX_CHANGE,
+                        metavar="F", help=f"every price within this share of the store's regular price "
+                                          f"(default {MAX_CHANGE:g})")
+    prices.add_argument("--hold-average-price", action="store_true",
+                        help="keep the chain's average price (weighted by today's expected sales) at today's")
+    prices.add_argument("--draws", type=_whole_option("--draws", 0, 100_000), default=DRAWS, metavar="B",
+                        help=f"draws of the parameters and segments for the intervals (default {DRAWS}; 0 none)")
+    prices.add_argument("--prices", metavar="FILE.csv", help="each store's regular price, cost and the price of each "
+                                                           "policy")
 
 
 def _checked(argv):
@@ -72,17 +89,25 @@ def _checked(argv):
     if bool(args.stores) != bool(args.covariates):
         raise _Refused("--stores FILE.csv and --covariates COL ... go together: the file, and which of its "
                        "columns enter the model of membership")
-    if args.segments_K is not None and not (args.segments or args.plot):
-        raise _Refused("--segments-K needs --segments FILE.csv or --plot FILE.png")
+    args.pricing = args.cost is not None or args.margin is not None
+    if args.cost is not None and args.margin is not None:
+        raise _Refused("--cost COL and --margin COL each give the unit cost: one of them")
+    if not args.pricing and (args.prices or args.zones or args.hold_average_price):
+        raise _Refused("--prices, --zones and --hold-average-price set prices, which need the unit cost: --cost COL or "
+                       "--margin COL")
+    if args.pricing and args.sums:
+        raise _Refused("prices need the panel's weeks (its prices and costs), not a table of sums (--sums)")
+    if args.segments_K is not None and not (args.segments or args.plot or args.pricing):
+        raise _Refused("--segments-K needs --segments FILE.csv, --plot FILE.png or prices (--cost, --margin)")
     if args.plot:
         from em_sales_tools.plot import _extension, _pyplot
         try:
             _pyplot()                            # to say now, not after the work, that it is missing
         except Exception as problem:
             raise _Refused(str(problem)) from None
-    _check_outputs([args.path] + [name for name in (args.stores, args.predict and args.predict[0]) if name],
+    _check_outputs([args.path] + [name for name in (args.stores, args.predict and args.predict[0], args.zones) if name],
                    [(flag, path) for flag, path in (("--output", args.output), ("--segments", args.segments),
-                                                    ("--plot", args.plot)) if path is not None]
+                                                    ("--plot", args.plot), ("--prices", args.prices)) if path is not None]
                    + ([("--predict", args.predict[1])] if args.predict else []))
     if args.plot and _extension(args.plot) is None:
         raise _Refused(f"--plot {args.plot}: the picture is written as PNG, PDF or SVG: name the file .png, .pdf or .svg")
@@ -106,12 +131,14 @@ def _main(argv, step):
     with warnings.catch_warnings(), contextlib.closing(progress):
         warnings.showwarning = lambda message, *rest, **named: print(f"warning: {_escaped(message)}", file=sys.stderr)
         with np.errstate(all="ignore"):
-            results, fits, data = _analyse(source, args.K, _model(args.sigma, args.store_effects, args.covariates),
-                                           Search(args.n_init, args.seed, args.tol),
-                                           Choice(args.holdout, args.bootstrap, args.min_share), args.stores, progress,
-                                           args.csv or "data/example.csv")
+            pricing = Settings(args.cost, args.margin, args.zones, args.zone, args.max_change, args.hold_average_price,
+                               args.draws, args.seed, args.segments_K) if args.pricing else None
+            results, fits, data, table = _analyse(source, args.K, _model(args.sigma, args.store_effects, args.covariates),
+                                                  Search(args.n_init, args.seed, args.tol),
+                                                  Choice(args.holdout, args.bootstrap, args.min_share), args.stores,
+                                                  progress, args.csv or "data/example.csv", pricing)
     every = list(results["groups"].values()) if "groups" in results else [results]
-    if not all(np.isfinite(model["loglik"]) for each in every for model in each["models"]):
+    if not all(np.isfinite(model["loglik"]) for each in every for model in each.get("models", ())):
         raise _Refused(f"{_escaped(args.path)}: the estimates are not finite numbers (values too extreme to fit)")
     step.now = "writing the outputs"
     K = args.segments_K or results.get("best_K")
@@ -121,6 +148,8 @@ def _main(argv, step):
         more.append((args.predict[1], lambda: _predictions_csv(fits[K], args.predict[0])))
     if args.plot:
         more.append((args.plot, lambda: _picture(results, fits, data, K, args.plot)))
+    if args.prices:
+        more.append((args.prices, lambda: prices_csv(table, args.by)))
     return _written(args, results, more, report(results), store_rows)
 
 

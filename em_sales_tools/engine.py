@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from em_sales import VALUE_LIMIT, InputError, Sums, _Table, _escaped, _shown, _table
-from em_sales_tools.files import Lags, Loaded, _is_parquet, _long_columns, _sql_text, read_long
+from em_sales_tools.files import Lags, Loaded, _is_parquet, _logged, _long_columns, _sql_text, read_long
 
 from em_sales_tools.files import ENGINE_FROM, HEAD_BYTES
 ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
@@ -55,7 +55,8 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
     groups (products, brands) are reduced in the same pass: {group: Loaded}. progress(percent):
     DuckDB's estimate of the pass's progress, every second."""
     import duckdb
-    names = ["1", "ln(price)"] + [f"x{j}" for j in range(len(x))]
+    logs = _logs(x)
+    names = ["1", "ln(price)"] + [f"ln(x{j})" if j in logs else f"x{j}" for j in range(len(x))]
     connection, where = _engine_connection(path, columns, x, by, folder)
     with connection:                             # closed however it ends
         every = max(1, int(_engine_rows(connection, path) // LAG_ROWS))
@@ -63,7 +64,7 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
             source = _engine_source(path, where, by, careful)
             try:
                 _watched(connection, "CREATE OR REPLACE TEMP TABLE stores AS "
-                         + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"]), progress)
+                         + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"], logs), progress)
             except duckdb.Error:
                 if careful:
                     _exact_or(path, columns, x, by)
@@ -225,19 +226,29 @@ def _numbers(Q):
     return ["sales", "price"] + [f"x{j}" for j in range(Q)]
 
 
-def _engine_tests(Q, by=None):
+def _logs(x):
+    """The regressors of x written log(COL), by their place: the engine takes their logarithm."""
+    return tuple(j for j, name in enumerate(x) if _logged(name))
+
+
+def _positive(Q, logs=()):
+    """The number columns whose log is taken: sales, price, and the regressors written log(COL)."""
+    return ["sales", "price"] + [f"x{j}" for j in logs]
+
+
+def _engine_tests(Q, by=None, logs=()):
     """[(the SQL test of a faulty row, the column it names, what it says)], in the exact reader's
     order: where the pass's extremes show a fault, the first test that finds a row names it."""
     numbers = _numbers(Q)
     tests = [(f"{name} IS NULL", name, "is missing or not a number") for name in numbers]
     tests += [(f"NOT isfinite({name}) OR abs({name}) > {VALUE_LIMIT:g}", name,
                f"is infinite or larger than {VALUE_LIMIT:g}") for name in numbers]
-    tests += [(f"{name} <= 0", name, "is not positive (its log is taken)") for name in ("sales", "price")]
+    tests += [(f"{name} <= 0", name, "is not positive (its log is taken)") for name in _positive(Q, logs)]
     return tests + [(f"{name} IS NULL OR {_trim(_label(name))} = ''", name, "is missing")
                     for name in ("store", "week") + (("grp",) if by else ())]
 
 
-def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
+def _store_query(source, Q, folds, seed, by, every, integer_weeks=False, logs=()):
     """The one pass: per store (and group, and fold) the sums of Sums without the intercept's
     (n, sy and sx give them); each number's count and extremes (_engine_checks); the weeks as
     integers: their count, range, whether each is written plainly, and their residues modulo
@@ -245,7 +256,7 @@ def _store_query(source, Q, folds, seed, by, every, integer_weeks=False):
     a hash of its label), its rows as a list: the lags' sample."""
     P, labels = Q + 2, (["grp"] if by else []) + ["store"]
     keys = labels + ([f"(hash({_label('store')}, {_label('week')}, {int(seed)}) % {int(folds)}) AS fold"] if folds else [])
-    regressors = ["ln(price) AS c1"] + [f"x{j} AS c{j + 2}" for j in range(Q)]
+    regressors = ["ln(price) AS c1"] + [f"{f'ln(x{j})' if j in logs else f'x{j}'} AS c{j + 2}" for j in range(Q)]
     rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, TRY_CAST(week AS BIGINT) AS w FROM {source}"
     terms = ["count(*) AS n", "sum(y) AS sy", "sum(y * y) AS yy"]
     terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}" for j in range(1, P)]
@@ -268,12 +279,12 @@ def _engine_checks(connection, source, where, path, columns, x, by, labels):
     given twice or a missing week (_engine_repeats). A CSV file up to REREAD_UP_TO is then read
     by the exact reader, whose InputError names the line and column; otherwise a second pass
     finds the store and week. Returns {group: the number of distinct weeks} (_engine_weeks)."""
-    shown, summary = _escaped(path), _engine_summary(connection, len(x), by)
+    shown, summary = _escaped(path), _engine_summary(connection, len(x), by, _logs(x))
     if not labels:
         raise InputError(f"{shown}: has a header but no data rows")
     if not all(label and label.strip() for label in labels) or not all(row[1] for row in summary):
         _exact_or(path, columns, x, by)
-        for test, name, words in _engine_tests(len(x), by):
+        for test, name, words in _engine_tests(len(x), by, _logs(x)):
             found = _watched(connection, f"SELECT store, {_trim(_label('week'))} FROM {source} WHERE {test} LIMIT 1").fetchone()
             if found:
                 what = f"the {by}" if name == "grp" else f"the {name}" if name in ("store", "week") else \
@@ -291,7 +302,7 @@ def _engine_checks(connection, source, where, path, columns, x, by, labels):
     return _engine_weeks(connection, source, by, {row[0]: row[3] for row in summary})
 
 
-def _engine_summary(connection, Q, by):
+def _engine_summary(connection, Q, by, logs=()):
     """Per group (one row without by): (group, every number sound, every store's weeks proven
     distinct, the number of distinct weeks where the bitstrings give it (else None), and for the
     price and each regressor whether it never changes). Numbers are sound with a count of n and
@@ -301,7 +312,7 @@ def _engine_summary(connection, Q, by):
     integer written plainly and they span fewer than WEEK_BITS weeks."""
     numbers = _numbers(Q)
     sound = [f"{name}_count = n AND abs({name}_low) <= {VALUE_LIMIT:g} AND abs({name}_high) <= {VALUE_LIMIT:g}"
-             for name in numbers] + [f"{name}_low > 0" for name in ("sales", "price")]
+             for name in numbers] + [f"{name}_low > 0" for name in _positive(Q, logs)]
     counted = (f"CASE WHEN bool_and(numbered = n AND plain) AND CAST(max(last_week) AS HUGEINT) - min(first_week) < "
                f"{WEEK_BITS} THEN bit_count(bit_or(week_bits)) END")
     flat = ", ".join(f"min({name}_low) = max({name}_high)" for name in numbers[1:])

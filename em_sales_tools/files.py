@@ -5,6 +5,7 @@ autocorrelation, and holdout folds. DuckDB's reduction of large files is em_sale
 analysis.load chooses between the two."""
 import math
 import os
+import re
 from array import array
 from typing import NamedTuple
 
@@ -41,7 +42,9 @@ class Source(NamedTuple):
 class LongPanel(NamedTuple):
     """A long file's rows. stores, weeks: labels as written, in order of first appearance;
     store (R,), week (R,): each row's as an index into them; sales, price (R,); x (R, q):
-    further regressors, named x_names; lines (R,): each row's line in the file."""
+    further regressors, named x_names; lines (R,): each row's line in the file; other (R, o):
+    further number columns that are no regressors (a cost, a margin, a deal), read as numbers
+    (NaN where empty), named other_names."""
     stores: list
     weeks: list
     store: np.ndarray
@@ -51,16 +54,22 @@ class LongPanel(NamedTuple):
     x: np.ndarray
     x_names: list
     lines: np.ndarray
+    other: np.ndarray = None
+    other_names: list = ()
 
 
-def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=None):
+def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=None, other=()):
     """Read a long CSV file: one row a store and week, columns store, week, sales, price (found by
     header, any case, or named by these arguments) and the further regressors named in x (a
     name, or a list of names). Store and week labels are text, kept exactly as written: 0002 and
-    2 are two stores. Weeks need not be aligned across stores. Returns a LongPanel."""
+    2 are two stores. Weeks need not be aligned across stores. other: further number columns
+    (no regressors: a cost, a margin) read beside them, their checks the caller's. Returns a
+    LongPanel."""
     table = _table(path, _read_text(path) if text is None else text)
     where = _long_columns(table, dict(store=store, week=week, sales=sales, price=price), _names(x, "x", path))
-    numbers = [where["sales"], where["price"]] + where["x"]
+    others = [_long_columns(table, dict(store=store, week=week, sales=sales, price=price), [name],
+                            f" (named by --{role})")["x"][0] for role, name in other]
+    numbers = [where["sales"], where["price"]] + where["x"] + others
     labels = ({}, {})
     codes, values, lines = (array("q"), array("q")), array("d"), array("q")
     width, at = len(table.header), (where["store"], where["week"])
@@ -78,10 +87,17 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
     if not lines:
         raise InputError(f"{table.path}: has a header but no data rows")
     values = np.frombuffer(values, dtype=float).reshape(len(lines), len(numbers)).copy()
+    values, extra = values[:, :len(numbers) - len(others)], values[:, len(numbers) - len(others):]
+    numbers = numbers[:len(numbers) - len(others)]
     names = [table.header[j] for j in numbers]
     lines = np.frombuffer(lines, dtype=np.int64).copy()
+    logged = [False, False] + [_logged(name) is not None for name in _names(x, "x", path)]
     _check_values(table, names[:2], values[:, :2], lines, positive=True)
     _check_values(table, names[2:], values[:, 2:], lines, positive=False)
+    for k in np.flatnonzero(logged):
+        _check_values(table, names[k], values[:, k], lines, positive=True)
+        values[:, k] = np.log(values[:, k])
+        names[k] = f"log({names[k]})"
     store, week = (np.frombuffer(code, dtype=np.int64).copy() for code in codes)
     _refuse_repeats(table, labels, store, week, lines)
     for k, name in enumerate(names[1:], 1):
@@ -89,12 +105,12 @@ def read_long(path, store=None, week=None, sales=None, price=None, x=(), text=No
             raise InputError(f"{table.path}: column '{name}' is {values[0, k]:g} in every row; a regressor "
                              "that never changes cannot be estimated")
     return LongPanel(list(labels[0]), list(labels[1]), store, week, values[:, 0], values[:, 1], values[:, 2:],
-                     names[2:], lines)
+                     names[2:], lines, extra, [table.header[j] for j in others])
 
 
-def _long_columns(table, named, x):
+def _long_columns(table, named, x, flag=" (named by --x)"):
     """{role: column} for store, week, sales, price (by name given, else by header, any case)
-    and "x": [column] for the further regressors."""
+    and "x": [column] for the further regressors (flag: how they were named, for a message)."""
     lower = [name.lower() for name in table.header]
 
     def find(name, flag):
@@ -111,13 +127,20 @@ def _long_columns(table, named, x):
     where = {role: find(named.get(role) or role,
                         f" (named by --{role})" if named.get(role) else f"; name the {role} column with --{role} COL")
              for role in LONG_COLUMNS}
-    where["x"] = [find(name, " (named by --x)") for name in x]
+    where["x"] = [find(_logged(name) or name, flag) for name in x]
     used = [where[role] for role in LONG_COLUMNS] + where["x"]
     for j in used:
         if used.count(j) > 1:
             raise InputError(f"{table.path}: column '{table.header[j]}' is used twice (as "
                              + " and ".join(role for role in LONG_COLUMNS if where[role] == j) + " / --x)")
     return where
+
+
+def _logged(name):
+    """The column of a regressor written log(COL), whose logarithm enters the model (another
+    brand's price, say); None for a column used as it is."""
+    found = re.fullmatch(r"\s*log\((.+)\)\s*", name)
+    return found.group(1).strip() if found else None
 
 
 def _refuse_repeats(table, labels, store, week, lines):

@@ -10,6 +10,7 @@ import numpy as np
 from em_sales import (GAMMA_LIMIT, JSON_DIGITS, _tidy, _choice_lines, _failed_notes, _fit_lines, _header_lines, _largest_K_note,
                       _number_cell, _uninformative_note, _unsupported_notes)
 from em_sales_tools.choice import AUTOCORRELATION, ROBUST_RATIO
+from em_sales_tools.prices import pricing_lines
 
 CRITERIA = ("aic", "aic3", "bic", "caic", "sabic", "icl")
 
@@ -21,11 +22,16 @@ def report(results):
     if "groups" in results:
         return "\n\n".join(f"===== {results['by']} = {group} =====\n" + report(each)
                             for group, each in results["groups"].items())
+    if "error" in results:
+        return f"{results['data']}: not fitted: {results['error']}"
     lines = _header_lines(results)
     for model in results["models"]:
         lines += _fit_lines(model, isinstance(results["settings"].get("sigma", 1.0), str),
                             _robust_lines(model) + _membership_lines(model)) + [""]
-    return "\n".join(lines + _how_many_lines(results) + _choice_lines(results))
+    lines += _how_many_lines(results) + _choice_lines(results)
+    if results.get("pricing"):
+        lines += [""] + pricing_lines(results["pricing"])
+    return "\n".join(lines)
 
 
 def _robust_lines(model):

@@ -154,7 +154,7 @@ class RobustStandardErrors(CommandLineCase):
                     noise[t] = ar * noise[t - 1] + math.sqrt(1 - ar * ar) * noise[t]
                 y = X @ theta[segment].T + 0.5 * noise
                 S.write_csv(self.path("ar.csv"), price, np.exp(y))
-                results, fits, _ = quietly(analysis._analyse, analysis.Source(self.path("ar.csv")), (2,), E._model("common"),
+                results, fits, *_ = quietly(analysis._analyse, analysis.Source(self.path("ar.csv")), (2,), E._model("common"),
                                            E.Search(3, 0), analysis.Choice())
                 fit = fits[2]
                 self.assertAlmostEqual(fit.autocorrelation, ar, delta=0.1)
