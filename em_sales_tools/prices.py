@@ -34,7 +34,7 @@ DRAWS = 200              # draws of the parameters and of the stores' segments, 
 INTERVAL = 0.90          # the intervals' coverage
 GRID_POINTS = 21         # each group's change first searched on this grid of [-max, max] ...
 NEWTON_STEPS = 6         # ... then refined by safeguarded Newton steps between the best point's neighbours
-MULTIPLIER_STEPS = 24    # steps on the multiplier of the average-price constraint (regula falsi), in a bracket
+MULTIPLIER_STEPS = 40    # steps on the multiplier of the average-price constraint (regula falsi), in a bracket
 BRACKET_STEPS = 60       # found by doubling at most this often
 AT_BOUND = 1e-4          # a change within this share of max_change of a bound sits at it
 NO_CHANGE = 1e-9         # a change within this share of max_change of 0 is none (the solver's rounding)
@@ -496,13 +496,15 @@ def pricing_lines(pricing):
              f"regular week; {pricing['draws']} draws of the parameters and the stores' segments for the intervals):"]
     rows = [["policy", "changes", "profit", "gain", f"{100 * INTERVAL:.0f}% interval", "P(gain > 0)"]]
     for name, entry in policies.items():
+        none = not any(entry.get("changes", {}).values())           # no change: status quo, or none allowed
         rows.append([WORDS[name] + (f" ({len(entry['changes'])})" if name == "zones" else ""),
-                     _changes_words(entry, bound) if "changes" in entry else "none",
+                     "none" if name == "status_quo" else "none (the average price held)" if none else
+                     _changes_words(entry, bound),
                      f"{entry['profit']:.6g}",
-                     "" if name == "status_quo" else f"{entry['gain_percent']:+.2f}%",
-                     "" if "gain_percent_interval" not in entry else
+                     "" if none else f"{entry['gain_percent']:+.2f}%",
+                     "" if none or "gain_percent_interval" not in entry else
                      "[{:+.2f}%, {:+.2f}%]".format(*entry["gain_percent_interval"]),
-                     "" if "p_gain" not in entry else f"{entry['p_gain']:.2f}"])
+                     "" if none or "p_gain" not in entry else f"{entry['p_gain']:.2f}"])
     widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
     lines += ["  " + "  ".join(cell.ljust(width) if j < 2 else cell.rjust(width) for j, (cell, width) in
                                enumerate(zip(row, widths))) for row in rows]
@@ -550,7 +552,7 @@ def prices_csv(stores, by=None):
             for name in names:
                 value = table.get(name)
                 value = value[i] if value is not None else ""
-                row.append(f"{value:.6g}" if isinstance(value, float) else value)
+                row.append(f"{value:.10g}" if isinstance(value, float) else value)
             writer.writerow(row)
     return out.getvalue()
 
