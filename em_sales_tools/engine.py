@@ -10,9 +10,9 @@ import threading
 import numpy as np
 
 from em_sales import VALUE_LIMIT, InputError, Sums, _Table, _escaped, _shown, _table
-from em_sales_tools.files import Lags, Loaded, _is_parquet, _logged, _long_columns, _sql_text, read_long
+from em_sales_tools.files import (ENGINE_FROM, HEAD_BYTES, Lags, Loaded, _is_parquet, _logged, _long_columns,
+                                  _sql_text, read_long)
 
-from em_sales_tools.files import ENGINE_FROM, HEAD_BYTES
 ENGINE_MEMORY = "512MB"    # DuckDB's memory limit while it reduces a file; beyond it, it spills to disk
 REREAD_UP_TO = 256 << 20  # a fault the engine finds in a CSV file up to this size is located by the exact
                            # reader (line and column; it takes about ten times the file); above it, by store and week
@@ -23,6 +23,8 @@ WHITE_SPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\
                "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # what str.strip() takes off a label
 INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                  "UBIGINT", "UHUGEINT")   # a Parquet file's week column of these types holds integer weeks
+CSV_BUFFER = 8 << 20      # bytes DuckDB reads of a CSV file at a time (a longer line than this is refused)
+PROGRESS_BELOW = 99.0     # the pass's progress in percent is shown below this until the pass has ended
 NUMBER_TYPES = INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")  # numbers of these types are numbers (others: text)
 
 
@@ -40,6 +42,8 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):
             return _engine_reduce(path, columns, x, folds, seed, by, folder, progress)
     except _ExactlyRead:
         return None
+    except (duckdb.InternalException, duckdb.FatalException):
+        raise                                    # DuckDB's own failure, not the file's: a program error (exit 3)
     except duckdb.Error as problem:
         first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
         raise InputError(f"{_escaped(path)}: DuckDB could not reduce it: {first}") from None
@@ -110,7 +114,7 @@ def _watched(connection, query, progress=None, every=1.0):
             if progress is not None:
                 share = connection.query_progress()
                 if share >= 0:
-                    progress(min(99.0, 2 * share))
+                    progress(min(PROGRESS_BELOW, 2 * share))
     except BaseException:
         connection.interrupt()
         finished.wait()
@@ -181,7 +185,7 @@ def _engine_source(path, where, by, careful):
     else:
         kinds = ", ".join(f"'c{j}': '{'VARCHAR' if careful or j not in numbers else 'DOUBLE'}'" for j in range(len(header)))
         scan, text = (f"read_csv({literal}, header = true, skip = {where['skip']}, delim = '{sep}', quote = '\"', "
-                      f"escape = '\"', auto_detect = false, buffer_size = 8388608, columns = {{{kinds}}})"), careful
+                      f"escape = '\"', auto_detect = false, buffer_size = {CSV_BUFFER}, columns = {{{kinds}}})"), careful
 
     def column(j):                               # a CSV file's columns by position, whatever its header says
         name = '"' + header[j].replace('"', '""') + '"' if _is_parquet(path) else f"c{j}"
