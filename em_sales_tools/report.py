@@ -9,9 +9,11 @@ import numpy as np
 
 from em_sales import (GAMMA_LIMIT, JSON_DIGITS, _tidy, _choice_lines, _failed_notes, _fit_lines, _header_lines, _largest_K_note,
                       _number_cell, _uninformative_note, _unsupported_notes)
-from em_sales_tools.choice import AUTOCORRELATION, ROBUST_RATIO
+from em_sales_tools.choice import AUTOCORRELATION, BOOTSTRAP_LEVEL, ROBUST_RATIO
 from em_sales_tools.prices import pricing_lines
 
+SUBNORMAL_NEAR = 1e-290   # a number below this (near the subnormals), and ...
+REPR_PLAIN = 1e8           # ... one from this (repr writes it without an exponent) is formatted alone
 CRITERIA = ("aic", "aic3", "bic", "caic", "sabic", "icl")
 
 
@@ -91,8 +93,20 @@ def _how_many_lines(results):
     share of the stores' spread of price coefficients captured; the holdout, the bootstrap tests
     and --min-share where asked."""
     models = results["models"]
-    if len(models) < 2 or not all("aic3" in m for m in models):      # a results.json of an earlier version
+    if not all("aic3" in m for m in models):      # a results.json of an earlier version
         return []
+    lines = _criteria_lines(models) if len(models) > 1 else []
+    lines += _holdout_lines(results.get("holdout"))
+    lines += _bootstrap_lines(results.get("bootstrap"), models, results["best_K"])
+    share = results.get("min_share")
+    if share:
+        lines.append(f"With every segment holding at least {100 * share['share']:.0f}% of the stores (--min-share): "
+                     + (f"K = {share['K']}, by BIC." if share["K"] is not None else "no K tried qualifies."))
+    return lines + [""] if lines else []
+
+
+def _criteria_lines(models):
+    """The table of criteria by K, the K each picks, the smallest segment and the share captured."""
     rows = [[str(m["K"]), f"{m['loglik']:.2f}", str(m["n_params"])] + [f"{m[c]:.2f}" for c in CRITERIA]
             + [f"{m['smallest_segment']['stores']} ({100 * m['smallest_segment']['share']:.0f}%)",
                "" if m.get("captured") is None else f"{100 * m['captured']:.0f}%"] for m in models]
@@ -101,8 +115,12 @@ def _how_many_lines(results):
     widths = [max(len(str(row[j])) for row in rows + [header]) for j in range(len(header))]
     lines = ["How many segments (lower criteria are better; captured: the share of the spread of the stores' own "
              "price coefficients that the segments explain):"]
-    lines += ["  " + "  ".join(f"{cell:>{width}}" for cell, width in zip(row, widths)) for row in [header] + rows]
-    holdout = results.get("holdout")
+    return lines + ["  " + "  ".join(f"{cell:>{width}}" for cell, width in zip(row, widths)) for row in [header] + rows]
+
+
+def _holdout_lines(holdout):
+    """The holdout's log-likelihoods of held-out weeks by K, against the pooled and own regressions."""
+    lines = []
     if holdout and "loglik" in holdout:
         scored = holdout["loglik"]
         best = max(scored, key=lambda K: scored[K])
@@ -118,22 +136,36 @@ def _how_many_lines(results):
                         "predicted by the pooled one there" if holdout.get("own_pooled_stores") else ""))
     elif holdout:
         lines.append(f"Holdout: skipped ({holdout['skipped']})")
-    boot = results.get("bootstrap")
-    if boot:
-        tests = "; ".join(f"K = {t['K']} against {t['K'] + 1}: LR {t['lr']:.2f}, p = {t['p']:.3f}" for t in boot["tests"])
-        choice = (f"it keeps K = {boot['K']}" if boot["K"] is not None else
-                  "every K tried is rejected for the next: the largest K may be too few")
-        rho = next((m.get("autocorrelation") for m in models if m["K"] == results["best_K"]), None)
-        caveat = ("" if rho is None or not rho > AUTOCORRELATION else
-                  f" The weeks' residuals are autocorrelated within stores (rho = {rho:.2f}), and the test simulates "
-                  "independent weeks: it rejects too often, so read its p-values as too small.")
-        lines.append(f"Bootstrap test ({boot['B']} panels simulated from each K fit; the "
-                     f"smallest p that {boot['B']} panels can give is {1 / (boot['B'] + 1):.3f}): {tests}; {choice}.{caveat}")
-    share = results.get("min_share")
-    if share:
-        lines.append(f"With every segment holding at least {100 * share['share']:.0f}% of the stores (--min-share): "
-                     + (f"K = {share['K']}, by BIC." if share["K"] is not None else "no K tried qualifies."))
-    return lines + [""]
+    return lines
+
+
+def _bootstrap_lines(boot, models, best_K):
+    """The bootstrap tests of K against K + 1, the K they keep, and what limits them: too few
+    panels to reject at its level, a K missing from the sequence, autocorrelated weeks."""
+    if not boot:
+        return []
+    tested = [t["K"] + 1 for t in boot["tests"]]
+    fitted = sorted(m["K"] for m in models)
+    if not boot["tests"]:
+        return [f"Bootstrap test: none made (it tests K against K + 1, and no two consecutive K were fitted: "
+                f"{', '.join(map(str, fitted))})."]
+    tests = "; ".join(f"K = {t['K']} against {t['K'] + 1}: LR {t['lr']:.2f}, p = {t['p']:.3f}" for t in boot["tests"])
+    if boot["K"] is not None:
+        choice = f"it keeps K = {boot['K']}"
+    elif tested[-1] < fitted[-1]:
+        choice = (f"every K tested is rejected for the next, and K = {tested[-1] + 1} was not fitted: "
+                  f"the test needs consecutive K (--K {' '.join(map(str, range(fitted[0], fitted[-1] + 1)))})")
+    else:
+        choice = "every K tried is rejected for the next: the largest K may be too few"
+    if 1 / (boot["B"] + 1) > BOOTSTRAP_LEVEL:
+        choice += (f" ({boot['B']} panels cannot give a p-value at or below {BOOTSTRAP_LEVEL:g}, so the test "
+                   f"never rejects: use --bootstrap {math.ceil(1 / BOOTSTRAP_LEVEL) - 1} or more)")
+    rho = next((m.get("autocorrelation") for m in models if m["K"] == best_K), None)
+    caveat = ("" if rho is None or not rho > AUTOCORRELATION else
+              f" The weeks' residuals are autocorrelated within stores (rho = {rho:.2f}), and the test simulates "
+              "independent weeks: it rejects too often, so read its p-values as too small.")
+    return [f"Bootstrap test ({boot['B']} panels simulated from each K fit; the "
+            f"smallest p that {boot['B']} panels can give is {1 / (boot['B'] + 1):.3f}): {tests}; {choice}.{caveat}"]
 
 
 def _membership_lines(model):
@@ -201,7 +233,7 @@ def store_rows(stores):
         text = (f"%.{JSON_DIGITS}g\n" * len(values) % tuple(values)).split("\n")[:-1]
         text = [cell if "." in cell or "e" in cell or "n" in cell else cell + ".0" for cell in text]
         size = np.abs(values)
-        for k in np.flatnonzero(((size < 1e-290) & (size != 0)) | ~(size < 1e8)):
+        for k in np.flatnonzero(((size < SUBNORMAL_NEAR) & (size != 0)) | ~(size < REPR_PLAIN)):
             text[k] = json.dumps(_tidy(values[k]))
         cells = iter(text)
         shown[key] = ["[" + ", ".join(next(cells) for _ in store[key]) + "]" if key in store else None
