@@ -5,6 +5,7 @@ membership of em_sales_tools.covariates; a fit with its panel (FrameFit, and fit
 pandas); every group of a long file (--by) in worker processes."""
 import os
 import signal
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -156,7 +157,9 @@ class FrameFit(Fit):
     def plot(self, file=None):
         """The picture of plot() for this fit (bytes: PNG, or PDF or SVG as file's name says;
         written to file if given)."""
-        from em_sales_tools.plot import _extension, plot
+        from em_sales_tools.plot import PICTURES, _extension, plot
+        if file is not None and _extension(file) is None:
+            raise InputError(f"{file}: a picture is written as {', '.join(PICTURES)}, by the file's extension")
         results = {"data": "fit", "settings": {"sigma": self.model.sigma if self.model.sigma != "fixed" else
                                                 self.model.fixed, "store_effects": self.model.store_effects},
                    "models": [{"K": self.K, "bic": self.bic}], "best_K": self.K}
@@ -218,15 +221,18 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, 
     z = read_stores(stores, data.stores, model.covariates) if model.covariates else None
     try:
         stats = _statistics(data.sums, model, data.coefficients, z)
-    except ValueError as problem:
+    except InputError as problem:
         raise InputError(f"{shown}: {problem}") from None
     _check_Ks(Ks, len(data.stores), f"the {len(data.stores)} stores in {shown}")
     fits = {K: FrameFit(fit, data) for K, fit in
             sweep(stats, Ks, search, [data.coefficients[j] for j in stats.columns], progress).items()}
+    if progress:
+        progress(Progress("stage", what="computing the diagnostics"))
     out = results(fits, data.stores, data.weeks, name, search, data.layout, lambda fit: _model_summary(fit, data.lags))
     segments = out.pop("store_segments")
-    out["own_regression"] = _own_regression(stats, data.sums, data.stores, data.coefficients)
     failed, best = {}, out["best_K"]
+    out["own_regression"] = _diagnostic(failed, "stores' own regressions", lambda: _own_regression(
+        stats, data.sums, data.stores, data.coefficients), None)
     if model.sigma == "fixed":
         out["sigma_check"] = _diagnostic(failed, "sigma check", lambda: _sigma_check(fits[best], search.tol), None)
     if choice.min_share is not None:
@@ -299,9 +305,11 @@ def _analyse_groups(source, Ks, model, search, choice, progress, name, pricing=N
                     pricing and Inputs(pricing, regular.get(str(group))))
             for group, data in groups.items()}
     workers = min(len(jobs), os.cpu_count() or 1)
+    if progress:
+        progress(Progress("stage", what=f"fitting the {len(jobs)} groups of {by}"))
     if workers > 1:
-        import multiprocessing
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        import multiprocessing                   # the path of --by only
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
         with context.Pool(workers, initializer=_worker) as pool:     # leaving it early ends the workers
             done = dict(zip(jobs, pool.starmap(_group_results, jobs.values(), chunksize=1)))
             pool.close()

@@ -45,7 +45,7 @@ def plot(results, fits, data, K=None, format="png"):
     left.set(xlabel="store's own price elasticity (log price coefficient)", ylabel="store's own level (intercept)",
              title="Stores and segment centres (X)" if level is not None else "Stores and segment elasticities (--)")
     left.legend(fontsize=8)
-    low, high = data.price_range
+    low, high = _log_price_span(data)
     grid = np.exp(np.linspace(low, high, 100))
     for c in range(K):
         if level is not None:
@@ -68,6 +68,18 @@ def plot(results, fits, data, K=None, format="png"):
     figure.savefig(picture, format=format, dpi=110)
     plt.close(figure)
     return picture.getvalue()
+
+
+def _log_price_span(data):
+    """The range of log price the demand curves are drawn over: the observed one, or for a file of
+    sums (which holds no single price) each store's mean log price plus and minus two of its sds."""
+    if np.all(np.isfinite(data.price_range)):
+        return data.price_range
+    sums, P = data.sums, data.sums.sx.shape[1]   # column 1 of X is log price
+    n = np.maximum(sums.n, 1)
+    mean = sums.sx[:, 1] / n
+    sd = np.sqrt(np.maximum(sums.XtX[:, P + 1] / n - mean ** 2, 0))
+    return float(np.min(mean - 2 * sd)), float(np.max(mean + 2 * sd))
 
 
 def _pyplot():

@@ -228,7 +228,8 @@ class OddStores(CommandLineCase):
             progress(E.Progress("starts", 3, done, 10))
         now[0] = 2.5
         self.assertEqual(progress._line(2.5), "2 of 10 starts done, about 8 s left for its starts")
-        self.assertEqual(progress._line(32.0), "2 of 10 starts done, about 210 s left for its starts")
+        self.assertEqual(progress._line(32.0), "2 of 10 starts done; the one running now has taken 30 s, the others "
+                         "1 s each: at least 210 s more after it")
         progress.close()
 
 
@@ -293,6 +294,16 @@ class Picture(CommandLineCase):
             picture = handle.read()
         self.assertEqual(picture[:8], b"\x89PNG\r\n\x1a\n")
         self.assertGreater(len(picture), 20_000)
+        pd = pd_or_skip(self)
+        N, weeks = panel.sales.shape[1], panel.sales.shape[0]
+        frame = pd.DataFrame({"store": np.repeat(np.arange(N), weeks), "week": np.tile(np.arange(weeks), N),
+                              "sales": panel.sales.T.ravel(), "price": np.broadcast_to(panel.price.reshape(weeks, -1),
+                                                                                       (weeks, N)).T.ravel()})
+        fit = quietly(T.fit_frame, frame, 2)
+        self.assertTrue(fit.plot().startswith(b"\x89PNG"))
+        with self.assertRaisesRegex(E.InputError, "png, pdf, svg"):
+            fit.plot(self.path("p.jpg"))
+        self.assertFalse(os.path.exists(self.path("p.jpg")))
 
 
 class CommittedResults(CommandLineCase):

@@ -184,6 +184,14 @@ class LargeFiles(CommandLineCase):
         self.assertAlmostEqual(from_sums["models"][0]["loglik"], from_file["models"][0]["loglik"], delta=1e-8)
         np.testing.assert_allclose(from_sums["models"][0]["theta"], from_file["models"][0]["theta"], rtol=1e-7)
         self.assert_refused("a table of sums needs the column 'syy'", self.write("s.csv", "store,n,sy\na,3,4\n"), "--sums")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return
+        code, out, err = self.run_main(self.path("sums.csv"), "--sums", "--K", "2", "--sigma", "common",
+                                       "--plot", self.path("sums.svg"))   # no single price: the stores' spans
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"Demand curves", open(self.path("sums.svg"), "rb").read())
 
     @needs_duckdb
     def test_by_fits_each_group_from_one_read(self):
