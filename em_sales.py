@@ -63,7 +63,8 @@ MAX_ITER = 10_000        # default iterations of one run
 ROUNDING = 1e-13         # relative rounding error of a log-likelihood: changes below it are noise
 NEWTON_GAIN = 1.0        # Newton steps are tried once an iteration gains less than this
 NEWTON_HALVINGS = 6      # a Newton step is halved at most this often before it is given up
-SQUAREM_BACKOFFS = 3     # SQUAREM's extrapolation is shortened at most this often
+SQUAREM_BACKOFFS = 3     # SQUAREM's extrapolation is shortened at most this often, ...
+SQUAREM_REACH = 1.01     # ... while its step length |alpha| reaches beyond this (1: the two plain steps)
 FLAT = 1e-8              # a curvature below FLAT x the largest is flat: a ridge, not a maximum
 POLISH_STEPS = 2         # Newton steps after convergence, to the maximum's last digits
 SAME_LOGLIK = 1e-9       # two points are one maximum if their log-likelihoods agree to this
@@ -72,7 +73,7 @@ SAME_POSTERIOR = 1e-6    # ... and every posterior probability to this (in some 
 VARIANCE_FLOOR = 1e-10   # an estimated sigma^2 is at least this x the pooled residual variance
 VALUE_LIMIT = 1e100      # |value| above this in y, X, theta or sigma: squares would overflow
 SIGMA_RANGE = (1e-100, 1e100)   # a fixed sigma outside this range cannot be computed with
-LOG_SALES_LIMIT = 100.0  # |log S| above this is no log of a real quantity (e^100 = 2.7e43)
+LOG_SALES_LIMIT = 100.0  # |log S| above this is no log of a real quantity
 SPREAD_FLOOR = 1e-5      # a regressor whose sd is below this x max(1, |mean|) is a constant
 COLLINEAR = 1e-12        # smallest eigenvalue of X'X in correlation form: below it, collinear
 ABSORBED = 1e-12         # a column's within-store sum of squares below this x its raw one: constant there
@@ -84,8 +85,7 @@ WARM_UP = 30             # plain EM iterations for all starts together, as one b
 WARM_UP_LARGE = 10       # ... or this many when starts x K x stores exceed BATCH_LARGE
 BATCH_LARGE = 1_000_000
 BATCH_CELLS = 2_000_000  # a batch's (starts, K, N) arrays are cut into chunks of about this size
-NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own ...
-OTHER_MAXIMUM = 1e-6     # ... where it is at least this far below (closer: the same one, to rounding)
+NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own
 TOURNAMENT = ((5, 2, 4), (8, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
                                      # of each kind, best kept overall); the last stage's run to the end
 GROW_STAGES = ((3, 0, 3),)  # growing a fit by one segment: 3 steps, the 3 best run to the end
@@ -121,6 +121,8 @@ MAX_BYTES = 2 ** 31      # 2 GiB: a larger (or endless) file is refused by the e
 SNIFF_BYTES = 1 << 20    # a file's first MB: a binary file shows itself there (a NUL byte) before the rest is read
 CELL_SHOWN = 40          # a cell in a message is cut to this many characters
 STORES_NAMED = 5         # a note names at most this many stores
+PRICE_NAMES = r"prices?(usd|eur|gbp|chf|jpy|cad|aud|sek|nok|dkk|inr|cny)?"   # a wide file's price column, by
+                         # its letters (Price, PriceUSD); also a name with the word price (unit_price, Price ($))
 INDEX_NAMES = ("week", "weeks", "wk", "date", "day", "time", "period", "t", "index", "row",
                "unnamed: 0", "month", "year")          # a first column so named is no price
 STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr", "store_no", "shop",
@@ -661,7 +663,7 @@ def _array(value, name):
         return np.asarray(value, dtype=float)
     except (TypeError, ValueError):
         raise InputError(f"{name} must be an array of numbers; got {type(value).__name__} "
-                         f"{_shown(repr(value), 60)}") from None
+                         f"{_shown(repr(value), 2 * CELL_SHOWN)}") from None
 
 
 def _check_parameters(stats, theta, pi, sigma):
@@ -856,7 +858,8 @@ def _check_scale(y, X):
     top = np.abs(y).max() if y.size else 0.0
     if top > LOG_SALES_LIMIT:
         _warn(f"y has values as large as {top:.6g}: y must be log sales, and no log of a real quantity "
-              f"exceeds {LOG_SALES_LIMIT:g} (e^{LOG_SALES_LIMIT:g} = 2.7e43). Raw sales? Pass np.log(sales)")
+              f"exceeds {LOG_SALES_LIMIT:g} (e^{LOG_SALES_LIMIT:g} = {math.exp(LOG_SALES_LIMIT):.2g}). Raw sales? Pass "
+              "np.log(sales)")
 
 
 def _spread(sums):
@@ -1316,7 +1319,7 @@ def _squarem(stats, params, W):
     alpha = np.where(norm_v > 0, np.minimum(-np.sqrt((r * r).sum(axis=1)) / np.maximum(norm_v, TINY), -1.0), -1.0)
     ends = np.cumsum([0] + [part[0].size for part in two])
     for _ in range(SQUAREM_BACKOFFS):
-        trying = np.flatnonzero(alpha <= -1.01)                 # alpha = -1 gives x2 itself
+        trying = np.flatnonzero(alpha <= -SQUAREM_REACH)        # alpha = -1 gives x2 itself
         if not len(trying):
             break
         a = alpha[trying][:, None]
@@ -1331,7 +1334,7 @@ def _squarem(stats, params, W):
                 out[k][at[ok]] = new[k][valid][ok]
             out[3][at[ok]], out[4][at[ok]] = new_W[ok], new_loglik[ok]
             alpha[at[ok]] = -1.0
-        alpha[trying] = np.where(alpha[trying] <= -1.01, (alpha[trying] - 1) / 2, alpha[trying])
+        alpha[trying] = np.where(alpha[trying] <= -SQUAREM_REACH, (alpha[trying] - 1) / 2, alpha[trying])
     return tuple(out)
 
 
@@ -1385,6 +1388,14 @@ def _finished(stats, run, what, names=None, search=None, ends=(), without_covari
         _warn(f"{what} ended with an empty segment (pi_c = 0): the data support fewer "
               "segments from this start", RuntimeWarning)
     return fit
+
+
+def _separation_words(fit):
+    """One sentence on the segments that covariates of membership separate (Fit.separated)."""
+    which = "; ".join(f"segment {c + 1} (by {', '.join(names)})" for c, names in fit.separated.items())
+    return (f"the covariates separate {which}: its membership log-odds pass {GAMMA_LIMIT:g} per sd, so the "
+            "likelihood has no finite maximum in gamma (its supremum is approached as gamma grows); the fit shows "
+            "gamma where EM stopped gaining, without standard errors. Use fewer covariates or fewer segments")
 
 
 def _run_of(fit):
@@ -1473,7 +1484,8 @@ def _climb(stats, coefficients, runs, search, previous=None, explored=(), progre
         while grown.theta.shape[0] < K:
             grown = _grow(stats, coefficients, grown, search)
         best = max(best, grown, key=lambda run: run.loglik)
-    second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik - OTHER_MAXIMUM]
+    second = [run for run in runs if best.loglik - NEAR_TIE <= run.loglik < best.loglik
+              and not _same_loglik(run.loglik, best.loglik)]
     best = _split_and_merge(stats, coefficients, best, search, explored, progress)
     if second:                                # a near tie: moves from the other maximum too
         other = _split_and_merge(stats, coefficients, max(second, key=lambda run: run.loglik), search,
@@ -1519,19 +1531,9 @@ def _first(batch):
 
 def _plain_em(stats, batch, iterations):
     """`iterations` plain EM steps from each of B starts, batch = (theta (B, K, P), pi (B, K),
-    sigma (B, K)), all at once, in chunks of about BATCH_CELLS cells. Returns theta, pi, sigma,
-    loglik (B,) at the end and gain (B,), what the last iteration added."""
-    chunk = max(1, BATCH_CELLS // (batch[0].shape[1] * len(stats.n)))
-    parts = []
-    for first in range(0, len(batch[0]), chunk):
-        params = tuple(part[first:first + chunk] for part in batch)
-        before = np.full(len(params[0]), -np.inf)
-        for _ in range(iterations):
-            W, before = _e_step(stats, *params)
-            params = _m_step(stats, W)
-        loglik = _e_step(stats, *params)[1]
-        parts.append(params + (loglik, loglik - before))
-    return tuple(np.concatenate(part) for part in zip(*parts))
+    sigma (B, K)), all at once. Returns theta, pi, sigma, loglik (B,) at the end and gain (B,),
+    what the last iteration added."""
+    return _batched_em(stats, batch, iterations, accelerated=False)
 
 
 def _squarem_em(stats, batch, iterations):
@@ -1539,6 +1541,11 @@ def _squarem_em(stats, batch, iterations):
     _plain_em takes and returns it. A few such steps tell where a move leads far better than as
     many plain ones: some moves crawl on a plateau under plain EM before they climb above
     everything else."""
+    return _batched_em(stats, batch, iterations, accelerated=True)
+
+
+def _batched_em(stats, batch, iterations, accelerated):
+    """_plain_em and _squarem_em: the starts in chunks of about BATCH_CELLS cells."""
     chunk = max(1, BATCH_CELLS // (batch[0].shape[1] * len(stats.n)))
     parts = []
     for first in range(0, len(batch[0]), chunk):
@@ -1547,7 +1554,11 @@ def _squarem_em(stats, batch, iterations):
         before = np.full(len(loglik), -np.inf)
         for _ in range(iterations):
             before = loglik
-            *params, W, loglik = _squarem(stats, params, W)
+            if accelerated:
+                *params, W, loglik = _squarem(stats, params, W)
+            else:
+                params = _m_step(stats, W)
+                W, loglik = _e_step(stats, *params)
         parts.append(tuple(params) + (loglik, loglik - before))
     return tuple(np.concatenate(part) for part in zip(*parts))
 
@@ -1798,6 +1809,24 @@ def _split_and_merge(stats, coefficients, run, search, explored=(), progress=Non
             break
         run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
     return run
+
+
+def _unsupported(fit):
+    """{segment: (the stores' weight it holds, the earlier segment it equals or None)} for the
+    segments overfitted names."""
+    N = len(fit.W)
+    found = {}
+    for c in range(len(fit.pi)):
+        held = fit.pi[c] * N
+        if held < UNSUPPORTED_WEIGHT:
+            found[c] = held, None
+            continue
+        for d in range(c):
+            if d not in found and np.all(np.abs(fit.theta[c] - fit.theta[d]) <= EQUAL_SEGMENTS * (1 + np.abs(fit.theta[d]))) \
+                    and abs(fit.sigma[c] - fit.sigma[d]) <= EQUAL_SEGMENTS * fit.sigma[d]:
+                found[c] = held, d
+                break
+    return found
 
 
 def _redundant(run):
@@ -2094,23 +2123,23 @@ def _number(cell, sep):
         return None
 
 
-def _not_a_number(table, line, j, cell, first_column_is_price=False):
+def _not_a_number(table, line, j, cell, price=None):
     """The InputError for a cell that is not a number, with a hint where one is likely."""
     shown, hint, cell = _shown(cell), "", cell.strip()
-    if first_column_is_price and j == 0 and re.fullmatch(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}", cell):
+    if price == 0 and j == 0 and re.fullmatch(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}", cell):
         hint = ": a date? The first column must be the price"
     elif re.fullmatch(r"-?\d+,\d+", cell) and table.sep == ",":
         hint = ": a decimal comma? In a comma-separated file write 3.37, or separate the cells with ';'"
     elif re.fullmatch(r"-?\d[\d.,]*", cell):
         hint = ": a thousands separator? Write numbers without them (12345.6)"
-    elif first_column_is_price and j == 0:
+    elif price == 0 and j == 0:
         hint = (": the first column must be the price (a long file, one row a store and week? Name its "
                 "store column with --store COL)")
     raise InputError(f"{table.path}: line {line}, column '{table.header[j] or j + 1}': '{shown}' is not "
                      f"a number{hint}")
 
 
-def _row_numbers(table, line, cells, columns, first_column_is_price=False):
+def _row_numbers(table, line, cells, columns, price=None):
     """The numbers of a row's cells in `columns` (NaN where MISSING), or the InputError."""
     try:
         return [float(cells[j]) for j in columns]       # the fast way, right for most rows
@@ -2120,7 +2149,7 @@ def _row_numbers(table, line, cells, columns, first_column_is_price=False):
     for j in columns:
         value = _number(cells[j], table.sep)
         if value is None:
-            _not_a_number(table, line, j, cells[j], first_column_is_price)
+            _not_a_number(table, line, j, cells[j], price)
         values.append(value)
     return values
 
@@ -2156,10 +2185,15 @@ def read_panel(path, text=None):
     Returns (price (T,), sales (T, N) with NaN where missing, store names as written)."""
     table = _table(path, _read_text(path) if text is None else text)
     _refuse_long_as_wide(table)
+    at = _price_column(table)
+    index = next((name for j, name in enumerate(table.header) if j != at and name.strip().lower() in INDEX_NAMES), None)
+    if index is not None:
+        raise InputError(f"{table.path}: column '{_shown(index)}' is named like a week, date or index, not a store: "
+                         f"a wide file has the price ('{_shown(table.header[at])}') and one column a store")
     rows, lines = [], []
     columns = range(len(table.header))
     for line, cells in table.rows:
-        rows.append(_row_numbers(table, line, _cells(table, line, cells), columns, True))
+        rows.append(_row_numbers(table, line, _cells(table, line, cells), columns, at))
         lines.append(line)
     return _checked_panel(table, np.array(rows, dtype=float).reshape(len(rows), len(table.header)), lines)
 
@@ -2187,10 +2221,6 @@ def _checked_panel(table, values, lines):
     price, sales = values[:, at], np.delete(values, at, axis=1)
     if at == 0:
         _check_first_column(table, price, names[0], lines)
-    index = next((name for j, name in enumerate(names) if j != at and name.strip().lower() in INDEX_NAMES), None)
-    if index is not None:
-        raise InputError(f"{table.path}: column '{_shown(index)}' is named like a week, date or index, not a store: "
-                         f"a wide file has the price ('{_shown(names[at])}') and one column a store")
     names = [names[at]] + names[:at] + names[at + 1:]
     _check_values(table, names[0], price, lines, positive=True, what="the price ")
     if T < 2:
@@ -2210,7 +2240,8 @@ def _checked_panel(table, values, lines):
 def _price_column(table):
     """The wide file's price column: the one whose header names a price (Price, price_usd, Unit
     price, ...), wherever it stands, else the first. Two such columns are refused by name."""
-    named = [j for j, name in enumerate(table.header) if re.search(r"(^|[^a-z])prices?([^a-z]|$)", name.lower())]
+    named = [j for j, name in enumerate(table.header) if re.search(r"(^|[^a-z])prices?([^a-z]|$)", name.lower())
+             or re.fullmatch(PRICE_NAMES, re.sub(r"[^a-z]", "", name.lower()))]
     if len(named) > 1:
         raise InputError(f"{table.path}: line {table.header_line}: columns " + " and ".join(
             f"'{_shown(table.header[j])}'" for j in named[:2]) + " are both named like a price: a wide file has one "
@@ -2422,32 +2453,6 @@ def overfitted(fit):
     segment (theta and sigma within EQUAL_SEGMENTS, relative)."""
     return {c: ("holds no store" if held < EMPTY_WEIGHT else f"holds almost no store ({held:.2f} of one store's weight)")
             if twin is None else f"is the same as segment {twin + 1}" for c, (held, twin) in _unsupported(fit).items()}
-
-
-def _separation_words(fit):
-    """One sentence on the segments that covariates of membership separate (Fit.separated)."""
-    which = "; ".join(f"segment {c + 1} (by {', '.join(names)})" for c, names in fit.separated.items())
-    return (f"the covariates separate {which}: its membership log-odds pass {GAMMA_LIMIT:g} per sd, so the "
-            "likelihood has no finite maximum in gamma (its supremum is approached as gamma grows); the fit shows "
-            "gamma where EM stopped gaining, without standard errors. Use fewer covariates or fewer segments")
-
-
-def _unsupported(fit):
-    """{segment: (the stores' weight it holds, the earlier segment it equals or None)} for the
-    segments overfitted names."""
-    N = len(fit.W)
-    found = {}
-    for c in range(len(fit.pi)):
-        held = fit.pi[c] * N
-        if held < UNSUPPORTED_WEIGHT:
-            found[c] = held, None
-            continue
-        for d in range(c):
-            if d not in found and np.all(np.abs(fit.theta[c] - fit.theta[d]) <= EQUAL_SEGMENTS * (1 + np.abs(fit.theta[d]))) \
-                    and abs(fit.sigma[c] - fit.sigma[d]) <= EQUAL_SEGMENTS * fit.sigma[d]:
-                found[c] = held, d
-                break
-    return found
 
 
 def _store_segments(stores, fit):
@@ -2683,7 +2688,8 @@ def _parser(more=None):
         return _float(text)
 
     parser = Parser(description="Estimate store segments from weekly sales (a mixture of regressions "
-                    "of log sales on log price, by EM) for several K; print a report and write JSON.")
+                    "of log sales on log price, by EM) for several K; print a report and write JSON.",
+                    allow_abbrev=False)
     parser.add_argument("csv", nargs="?", default=None,
                         help=more.CSV_HELP if more else "CSV file, wide: first column the price, then one column "
                              "per store (default: data/example.csv, made by simulate.py)")
@@ -2839,8 +2845,14 @@ def main(argv=None):
     arguments that cannot be used (one line on stderr, no file touched); 3 a failure of the
     program itself (one line, no file touched: please report it); 130 interrupted (Ctrl-C); 141
     standard output closed early (| head); 143 terminated (SIGTERM). Never a traceback."""
+    return _command(_dispatch, argv)
+
+
+def _dispatch(argv, step):
+    """The package's command line where it is importable, else the course's (_main)."""
+    step.now = "importing the analyst's package em_sales_tools"
     tools = _tools()
-    return tools.main(argv) if tools else _command(_main, argv)
+    return tools._main(argv, step) if tools else _main(argv, step)
 
 
 def _tools():

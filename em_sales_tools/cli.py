@@ -18,6 +18,8 @@ from em_sales_tools.files import LONG_COLUMNS, Source, _use_engine
 from em_sales_tools.prices import DRAWS, MAX_CHANGE, Settings, _share, prices_csv
 from em_sales_tools.report import report, store_rows
 
+SLOW = 2.0        # seconds: progress lines start once a run has taken this long, and come this often
+WATCH = 1.0       # seconds between the watcher's looks at a start still running
 CSV_HELP = ("CSV file, wide (first column the price, then one column per store) or long (one row a store and week: "
             "columns store, week, sales, price) (default: data/example.csv, made by simulate.py)")
 
@@ -101,10 +103,7 @@ def _checked(argv):
         raise _Refused("--segments-K needs --segments FILE.csv, --plot FILE.png or prices (--cost, --margin)")
     if args.plot:
         from em_sales_tools.plot import _extension, _pyplot
-        try:
-            _pyplot()                            # to say now, not after the work, that it is missing
-        except Exception as problem:
-            raise _Refused(str(problem)) from None
+        _pyplot()                                # to say now, not after the work, that it is missing
     _check_outputs([args.path] + [name for name in (args.stores, args.predict and args.predict[0], args.zones) if name],
                    [(flag, path) for flag, path in (("--output", args.output), ("--segments", args.segments),
                                                     ("--plot", args.plot), ("--prices", args.prices)) if path is not None]
@@ -181,6 +180,9 @@ class _Progress:
         label = event.what or ("reading" if event.kind == "reading" else f"K = {event.K}")
         if self.step is not None and event.kind != "reading":
             self.step.now = event.what or f"fitting K = {event.K}"
+        if event.kind == "stage":                # a stage of the work: named for a failure, not printed
+            self.state = None
+            return
         if event.kind == "moves":
             self.rounds[event.K] = self.rounds.get(event.K, 0) + 1
             self.state = None
@@ -202,18 +204,20 @@ class _Progress:
         if before < done < total:
             pace = (finished - since) / (done - before)
             running = now - finished
-            left = f", about {max(pace, running) * (total - done) - running:.0f} s left for its {unit}"
+            left = (f", about {pace * (total - done) - running:.0f} s left for its {unit}" if running <= pace else
+                    f"; the one running now has taken {running:.0f} s, the others {pace:.0f} s each: at least "
+                    f"{running * (total - done - 1):.0f} s more after it")
         return f"{done} of {total} {unit} done{left}"
 
     def _say(self, now, label, what, final=False):
-        if not self.quiet and now - self.start > 2 and (now - self.last > 2 or final):
+        if not self.quiet and now - self.start > SLOW and (now - self.last > SLOW or final):
             print(f"{label}: {what}, {now - self.start:.1f} s", file=sys.stderr, flush=True)
             self.last = now
 
     def _watch(self):
-        while not self.done.wait(1.0):
+        while not self.done.wait(WATCH):
             state, now = self.state, self.clock()
-            if state is not None and state[1] < state[2] and now - self.last > 2:
+            if state is not None and state[1] < state[2] and now - self.last > SLOW:
                 self._say(now, state[0], self._line(now))
 
     def close(self):

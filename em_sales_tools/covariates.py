@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from em_sales import (LOG_2PI, TINY, InputError, _array, _check_new_X, _log_joint, _log_normalise, SHARES,
-                      _Refused, _wide_sums, _within)
+                      _wide_sums, _within)
 from em_sales_tools.choice import LR_DECIMALS
 from em_sales_tools.files import read_stores
 
@@ -102,10 +102,7 @@ def _chi2_tail(x, df):
 def _predictions_csv(fit, path):
     """--predict's file: each new store of a stores file, its most likely segment and its prior
     probability of each segment, from its covariates alone."""
-    try:
-        labels, z = read_stores(path, None, fit.model.covariates)
-    except InputError as problem:
-        raise _Refused(str(problem)) from None
+    labels, z = read_stores(path, None, fit.model.covariates)
     prior = predict(fit, z).prior
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
