@@ -129,7 +129,9 @@ STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr"
                "shop_id", "outlet", "outlet_id", "retailer", "retailer_id", "id", "branch", "location",
                "customer", "account", "site")          # ... and one so named is a long file's
 TOOLS_OPTIONS = ("--x", "--store", "--week", "--sales", "--price", "--stores", "--covariates", "--predict", "--by",
-                 "--sums", "--holdout", "--bootstrap", "--min-share", "--plot")   # the analyst's package serves these
+                 "--sums", "--holdout", "--bootstrap", "--min-share", "--plot", "--engine", "--master", "--cost",
+                 "--margin", "--zones", "--zone", "--max-change", "--hold-average-price", "--draws",
+                 "--prices")     # the analyst's package serves these
 
 
 class InputError(ValueError):
@@ -2490,6 +2492,8 @@ def results_json(results, rows=None):
                            for group, each in results["groups"].items())
         return (f'{{"data": {json.dumps(results["data"])}, "by": {json.dumps(results["by"])}, "groups": {{\n'
                 + inner + "\n}}\n")
+    if "models" not in results:                  # a group of --by that could not be fitted: its error
+        return json.dumps(results, indent=2) + "\n"
     stores = results.get("store_segments", [])
     results = _tidy({key: value for key, value in results.items() if key != "store_segments"})
     results["models"] = [{key: value for key, value in model.items() if key != "iterations"}

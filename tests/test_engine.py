@@ -200,11 +200,13 @@ class LargeFiles(CommandLineCase):
             panel = S.simulate(30, 12, theta=theta, pi=(0.5, 0.5), seed=len(rows), sigma=0.4, price_sd=0.1)
             rows += [f"{brand},S{i},{t},{panel.sales[t, i]:.10g},{panel.price[t, i]:.2f}"
                      for i in range(30) for t in range(12)]
+        rows += [f"C,S{i},{t},{10 + i + t},{1 + 0.1 * ((i + t) % 3)}" for i in range(3) for t in range(12)]
         self.write("brands.csv", "\n".join(rows) + "\n")
         code, out, err = self.run_main(self.path("brands.csv"), "--by", "brand", "--K", "1", "2", "--sigma", "common")
         self.assertEqual(code, 0, err)
         results = self.results()
-        self.assertEqual(list(results["groups"]), ["A", "B"])
+        self.assertEqual(list(results["groups"]), ["A", "B", "C"])
+        self.assertIn("stores", results["groups"]["C"]["error"])       # three stores for K = 2: said; A and B fitted
         self.write("a.csv", "\n".join(row.split(",", 1)[1] for row in rows if row.startswith(("A,", "brand"))) + "\n")
         alone = quietly(T.analyse, self.path("a.csv"), Ks=(1, 2), n_init=2, sigma="common")
         self.assertAlmostEqual(results["groups"]["A"]["models"][1]["loglik"], alone["models"][1]["loglik"], delta=1e-6)
