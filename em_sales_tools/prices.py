@@ -492,8 +492,8 @@ def pricing_lines(pricing):
     rule = (f"every price within {100 * bound:g}% of the store's regular price"
             + ("; the chain's average price (weighted by today's expected sales) held" if pricing["hold_average_price"]
                else ""))
-    lines = [f"Prices (K = {pricing['K']}; {rule}; profit in the data's units, expected over the weeks of a "
-             f"regular week; {pricing['draws']} draws of the parameters and the stores' segments for the intervals):"]
+    lines = [f"Prices (K = {pricing['K']}; {rule}; profit: the chain's expected profit in a regular week, in the "
+             f"data's units; {pricing['draws']} draws of the parameters and the stores' segments for the intervals):"]
     rows = [["policy", "changes", "profit", "gain", f"{100 * INTERVAL:.0f}% interval", "P(gain > 0)"]]
     for name, entry in policies.items():
         none = not any(entry.get("changes", {}).values())           # no change: status quo, or none allowed
@@ -522,9 +522,11 @@ def pricing_lines(pricing):
     bounded = sum(len(entry.get("bound", [])) for name, entry in policies.items() if name != "stores")
     if bounded:
         lines.append(f"  ! changes at a bound (+-{100 * bound:g}%) are marked !: the optimum lies beyond it")
-    lines.append("  A one-brand model counts a shopper lost to a price rise as lost; the store keeps some of them in "
-                 "its other brands, so the gains of raising a price are overstated and of cutting it understated. Enter "
-                 "the other brands' prices as regressors (--x log(COL) ...) to hold them at their regular weeks.")
+    lines.append("  This is the product's own profit. A shopper lost to a price rise is counted as lost, though the "
+                 "store keeps some of them in its other brands, and one won by a cut is partly taken from them: for "
+                 "the store, a rise gains more and a cut less than shown. The other brands' prices as regressors "
+                 "(--x log(COL) ...) give an elasticity with them held at their regular weeks; their profit is not "
+                 "counted.")
     return lines
 
 
