@@ -1489,6 +1489,41 @@ class CovariatesAgainstBruteForce(unittest.TestCase):
             self.assertAlmostEqual(grad[-6 + k], numeric, delta=1e-5 * max(1.0, abs(numeric)))
         self.assertTrue(np.allclose(H, H.T))
 
+    def test_score_and_hessian_with_covariates_match_finite_differences(self):
+        """Every entry of the score and of the Hessian of the covariate model (theta, log sigma,
+        gamma of the segments but the reference) against central differences of the
+        log-likelihood and of the score, with and without store effects."""
+        for sigma, store_effects in (("segment", False), ("common", True), (1.0, True)):
+            with self.subTest(sigma=sigma, store_effects=store_effects):
+                panel, stats = covariate_panel(4, N=40, T=8, sigma=sigma, store_effects=store_effects)
+                K, P = 3, stats.P
+                nt = stats.model.mode.count(K)
+                rng = np.random.default_rng(5)
+                theta = panel.theta[:, 2 - P:] + rng.normal(0, 0.2, (K, P))
+                gamma = rng.normal(0, 0.7, (K, 3))
+                reference = stats.membership.reference(gamma)
+                others = E._others(K, reference)
+
+                def unpack(psi):            # psi = (theta flat, log sigma, gamma of the others flat)
+                    g = gamma.copy()
+                    g[others] = psi[K * P + nt:].reshape(len(others), 3)
+                    s = np.exp(psi[K * P:K * P + nt]) if nt else np.full(1, float(sigma))
+                    return psi[:K * P].reshape(K, P), g, np.broadcast_to(s, (K,)).copy()
+
+                def score(psi):
+                    return E._score_hessian(stats, *unpack(psi), E._e_step(stats, *unpack(psi))[0])
+
+                psi = np.concatenate([theta.ravel(), np.log(np.linspace(0.7, 1.1, nt)), gamma[others].ravel()])
+                grad, H = score(psi)
+                self.assertEqual(len(grad), len(psi))
+                h = 1e-5
+                steps = np.eye(len(psi)) * h
+                numeric_grad = [(E._e_step(stats, *unpack(psi + d))[1] - E._e_step(stats, *unpack(psi - d))[1]) / (2 * h)
+                                for d in steps]
+                numeric_H = np.array([(score(psi + d)[0] - score(psi - d)[0]) / (2 * h) for d in steps])
+                np.testing.assert_allclose(grad, numeric_grad, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(H, numeric_H, rtol=1e-5, atol=1e-4)
+
     def test_the_membership_m_step_is_the_multinomial_logit_maximum(self):
         """The membership M-step (Concomitant.fit) against a direct optimisation (scipy BFGS) of sum_ic w_ic log pi_ic."""
         from scipy.optimize import minimize
