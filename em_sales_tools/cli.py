@@ -37,6 +37,10 @@ def options(parser, model):
     large.add_argument("--by", metavar="COL",
                        help="a long file's column (product, brand, category): each of its groups fitted on its own, "
                             "from one read, the machine's cores across groups (needs duckdb)")
+    large.add_argument("--engine", choices=("spark",),
+                       help="spark: --by's groups reduced and fitted on Spark (pyspark; README: Beyond one machine)")
+    large.add_argument("--master", metavar="URL",
+                       help="with --engine spark: the Spark master (default: the active session's, or local[*])")
     large.add_argument("--sums", action="store_true",
                        help="the file is a table of per-store sums (README: one SQL query writes it from any panel)")
     how_many = parser.add_argument_group("how many segments")
@@ -92,6 +96,11 @@ def _checked(argv):
         raise _Refused("--stores FILE.csv and --covariates COL ... go together: the file, and which of its "
                        "columns enter the model of membership")
     args.pricing = args.cost is not None or args.margin is not None
+    if args.engine == "spark" and (args.by is None or args.holdout or args.pricing):
+        raise _Refused("--engine spark fits the groups of --by from per-store sums; --holdout and prices need each "
+                       "week of the panel: run them with --by on one machine")
+    if args.master and args.engine != "spark":
+        raise _Refused("--master URL names the Spark master of --engine spark")
     if args.cost is not None and args.margin is not None:
         raise _Refused("--cost COL and --margin COL each give the unit cost: one of them")
     if not args.pricing and (args.prices or args.zones or args.hold_average_price):
@@ -121,6 +130,8 @@ def main(argv=None):
 
 def _main(argv, step):
     args = _checked(argv)
+    if args.engine == "spark":
+        return _spark(args, step)
     if not args.quiet and os.path.isfile(args.path) and (args.by or (not args.sums and _use_engine(args.path, {}))):
         print(f"reading {_escaped(args.path)} ({os.path.getsize(args.path) / 2 ** 20:.0f} MB): DuckDB reduces it to "
               "per-store sums", file=sys.stderr, flush=True)
@@ -150,6 +161,28 @@ def _main(argv, step):
     if args.prices:
         more.append((args.prices, lambda: prices_csv(table, args.by)))
     return _written(args, results, more, report(results), store_rows)
+
+
+def _spark(args, step):
+    """--by --engine spark: the groups reduced and fitted on Spark; the report and results.json as
+    --by's."""
+    from em_sales_tools import spark
+    step.now = "starting Spark"
+    if not args.quiet:
+        print(f"reading {_escaped(args.path)} with Spark: per-store sums, then each group of {args.by} fitted on its "
+              "executors", file=sys.stderr, flush=True)
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *rest, **named: print(f"warning: {_escaped(message)}", file=sys.stderr)
+        step.now = "fitting the groups on Spark"
+        results = spark.analyse_groups(args.path, args.K, _model(args.sigma, args.store_effects),
+                                       Search(args.n_init, args.seed, args.tol), Choice(False, args.bootstrap, args.min_share),
+                                       tuple(args.x), {role: getattr(args, role) for role in LONG_COLUMNS}, args.by,
+                                       args.master, args.csv or "data/example.csv")
+    every = list(results["groups"].values())
+    if not all(np.isfinite(model["loglik"]) for each in every for model in each.get("models", ())):
+        raise _Refused(f"{_escaped(args.path)}: the estimates are not finite numbers (values too extreme to fit)")
+    step.now = "writing the outputs"
+    return _written(args, results, [], report(results), store_rows)
 
 
 def _picture(results, fits, data, K, path):

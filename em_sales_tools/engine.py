@@ -82,11 +82,18 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
         weeks = _engine_checks(connection, source, where, path, columns, x, by, labels)
         sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
         lags = _watched(connection, _lag_query(sample, len(names), names, by)).fetchnumpy()
-    table["xx_0_0"] = table["sx_0"] = table["n"]            # the intercept's sums: n, and the others' totals
+    return _engine_loaded(_with_intercept(table, len(names)), lags, weeks, len(names), x, folds, by)
+
+
+def _with_intercept(table, P):
+    """A table of per-store sums of the regressors but the intercept (columns n, sy, sx_k, xy_k,
+    xx_j_k for 1 <= j <= k < P) with the intercept's sums too: n, sy and the others' totals.
+    Spark's reduction (em_sales_tools.spark) gives the same table."""
+    table["xx_0_0"] = table["sx_0"] = table["n"]
     table["xy_0"] = table["sy"]
-    for k in range(1, len(names)):
+    for k in range(1, P):
         table[f"xx_0_{k}"] = table[f"sx_{k}"]
-    return _engine_loaded(table, lags, weeks, len(names), x, folds, by)
+    return table
 
 
 def _watched(connection, query, progress=None, every=1.0):
