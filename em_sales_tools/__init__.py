@@ -8,15 +8,16 @@ command line here where this package is importable).
     results = T.analyse("scanner.csv", Ks=(1, 2, 3), sigma="segment", store_effects=True, x=["deal", "feat"])
     print(T.report(results))
     fit = T.fit_frame(frame, 3, x=["deal", "feat"], store_effects=True)
-    pricing = T.prices(fit, frame, margin="profit", zones="zones.csv")   # .results, .frame()
+
+    from em_sales_tools.prices import prices
+    pricing = prices(fit, frame, margin="profit", zones="zones.csv")   # .results, .frame()
 """
 from em_sales import __version__
 from em_sales_tools.analysis import Choice, FrameFit, analyse, fit_frame, load
 from em_sales_tools.covariates import Prediction, predict
 from em_sales_tools.files import Loaded, LongPanel, Source, read_long, read_stores, read_sums
 from em_sales_tools.plot import plot
-from em_sales_tools.prices import Pricing, prices
 from em_sales_tools.report import report
 
 __all__ = ["analyse", "load", "fit_frame", "FrameFit", "Choice", "Source", "Loaded", "LongPanel", "read_long",
-           "read_stores", "read_sums", "predict", "Prediction", "prices", "Pricing", "plot", "report", "__version__"]
+           "read_stores", "read_sums", "predict", "Prediction", "plot", "report", "__version__"]
