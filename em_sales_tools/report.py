@@ -9,7 +9,7 @@ import numpy as np
 
 from em_sales import (GAMMA_LIMIT, JSON_DIGITS, _tidy, _choice_lines, _failed_notes, _fit_lines, _header_lines, _largest_K_note,
                       _number_cell, _uninformative_note, _unsupported_notes)
-from em_sales_tools.choice import AUTOCORRELATION, BOOTSTRAP_LEVEL, ROBUST_RATIO
+from em_sales_tools.choice import AUTOCORRELATION, BOOTSTRAP_LEVEL, ROBUST_RATIO, _median
 from em_sales_tools.prices import pricing_lines
 
 SUBNORMAL_NEAR = 1e-290   # a number below this (near the subnormals), and ...
@@ -63,8 +63,10 @@ def notes(results):
     found.append(_largest_K_note(results))
     chosen = next(model for model in results["models"] if model["K"] == best)
     rho = chosen.get("autocorrelation")
-    ratio = np.nanmedian(np.array(chosen["se_robust"]["theta"], dtype=float) / np.array(chosen["se"]["theta"], dtype=float)) \
-        if "se_robust" in chosen else math.nan
+    ratios = (np.array(chosen["se_robust"]["theta"], dtype=float) / np.array(chosen["se"]["theta"], dtype=float)).ravel() \
+        if "se_robust" in chosen else np.array([])
+    ratios = ratios[np.isfinite(ratios)]
+    ratio = float(_median(ratios)) if len(ratios) else math.nan
     if rho is not None and rho > AUTOCORRELATION and ratio > ROBUST_RATIO:
         found.append(f"weekly residuals are autocorrelated within stores (rho = {rho:.2f} at K = {best}): the "
                      "model-based standard errors are likely too small; the store-clustered ones (the report's "
