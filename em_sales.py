@@ -129,9 +129,9 @@ STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr"
                "shop_id", "outlet", "outlet_id", "retailer", "retailer_id", "id", "branch", "location",
                "customer", "account", "site")          # ... and one so named is a long file's
 TOOLS_OPTIONS = ("--x", "--store", "--week", "--sales", "--price", "--stores", "--covariates", "--predict", "--by",
-                 "--sums", "--holdout", "--bootstrap", "--min-share", "--plot", "--engine", "--master", "--cost",
-                 "--margin", "--zones", "--zone", "--max-change", "--hold-average-price", "--draws",
-                 "--prices")     # the analyst's package serves these
+                 "--sums", "--holdout", "--holdout-folds", "--bootstrap", "--min-share", "--plot", "--engine",
+                 "--master", "--cost", "--margin", "--zones", "--zone", "--max-change", "--hold-average-price",
+                 "--draws", "--prices")     # the analyst's package serves these
 
 
 class InputError(ValueError):

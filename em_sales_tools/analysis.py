@@ -11,30 +11,36 @@ from typing import NamedTuple
 
 import numpy as np
 
-from em_sales import (MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search, _check_flag, _check_Ks, _diagnostic, _escaped,
+from em_sales import (MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search, _check_Ks, _diagnostic, _escaped,
                       _model, _names, _search, _shown_errors, _statistics, _warn, _whole, results, sweep)
 from em_sales import _model_summary as _course_summary
-from em_sales_tools.choice import (HOLDOUT_FOLDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
+from em_sales_tools.choice import (HOLDOUT_FOLDS, HOLDOUT_KINDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
                                    _own_regression, _sigma_check)
 from em_sales_tools.covariates import _membership_summary, predict
-from em_sales_tools.files import Source, _use_engine, read_exact, read_stores, read_sums
+from em_sales_tools.files import Folds, Source, _use_engine, read_exact, read_stores, read_sums
 from em_sales_tools.prices import Inputs, _aligned, price_policies, read_zones, regular_weeks, regular_weeks_by
 from em_sales_tools.report import _fit_lines, _membership_lines, _robust_lines, notes
 
 
 class Choice(NamedTuple):
-    """How many segments, beyond the criteria: holdout (score held-out weeks), bootstrap (B
-    simulated panels a test of K against K + 1; 0: none), min_share (also the best K whose every
-    segment holds at least this share of the stores)."""
-    holdout: bool = False
+    """How many segments, beyond the criteria: holdout (score held-out weeks: False; "blocks",
+    contiguous blocks of each store's weeks, or True; "weeks", single weeks drawn at random),
+    bootstrap (B simulated panels a test of K against K + 1; 0: none), min_share (also the best K
+    whose every segment holds at least this share of the stores)."""
+    holdout: object = False
     bootstrap: int = 0
     min_share: float = None
 
     def checked(self):
-        _check_flag(self.holdout, "holdout")
+        if self.holdout not in HOLDOUT_KINDS and not isinstance(self.holdout, bool):
+            raise InputError(f"holdout must be False, True, 'blocks' or 'weeks'; got {self.holdout!r}")
         _whole(self.bootstrap, "bootstrap", 0, MAX_STARTS)
         _check_share(self.min_share)
-        return self
+        return self._replace(holdout="blocks" if self.holdout is True else self.holdout)
+
+    def folds(self, seed):
+        """The holdout's Folds, or None."""
+        return Folds(HOLDOUT_FOLDS, seed, self.holdout != "weeks") if self.holdout else None
 
 
 def _check_share(share):
@@ -69,25 +75,27 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
                     prices.checked() if prices is not None else None).results
 
 
-def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None):
+def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None, blocks=True):
     """Read a wide or a long panel into a Loaded (stores, weeks, per-store sums, X's names, lags and
     holdout folds); the file is read once. A long CSV file larger than 64 MB and a Parquet file
     are reduced by DuckDB (em_sales_tools.engine), any other file by the exact reader
     (files.read_exact). columns: {role: name} for a long file's store, week, sales, price where
     not so called; x: its further regressors (a name or a list). path may be a pandas DataFrame
     in either layout (read as CSV text: a message's line n is its row n - 2). folds: also the
-    Sums of that many random folds of the store-weeks (drawn with seed), for the holdout.
+    Sums of that many folds of each store's weeks, for the holdout: contiguous blocks of its
+    weeks in time order, or with blocks=False each week drawn into a fold with seed (Folds).
     progress(Progress("reading", ...)) hears of a large file's reduction every second."""
+    folds = Folds(folds, seed, blocks) if folds else None
     if hasattr(path, "to_csv"):                  # a pandas DataFrame: the same reader, as CSV text
         path, text = "DataFrame", path.to_csv(index=False)
     columns = {role: name for role, name in (columns or {}).items() if name}
     x = _names(x, "x", path if isinstance(path, str) else "DataFrame")
     if text is None and _use_engine(path, columns):
         from em_sales_tools.engine import _engine_load                  # the path of large files only
-        loaded = _engine_load(path, columns, x, folds, seed, progress=_reading(progress))
+        loaded = _engine_load(path, columns, x, folds, progress=_reading(progress))
         if loaded is not None:                   # else a file DuckDB cannot read and the exact reader can
             return loaded
-    return read_exact(path, columns, x, text, folds, seed)
+    return read_exact(path, columns, x, text, folds)
 
 
 def _reading(progress):
@@ -201,7 +209,7 @@ def _analyse(source, Ks, model, search, choice, stores=None, progress=None, name
         data = read_sums(path)
     else:
         data = load(path, source.named(), source.x, folds=HOLDOUT_FOLDS if choice.holdout else 0, seed=search.seed,
-                    progress=progress)
+                    progress=progress, blocks=choice.holdout != "weeks")
     regular = None
     if pricing is not None:
         regular = (regular_weeks_by(path, source.x, pricing, source.named())[None] if _use_engine(path, source.named())
@@ -239,7 +247,8 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, 
         fitting = [m for m in out["models"] if min(m["pi"]) >= choice.min_share]
         out["min_share"] = {"share": choice.min_share, "K": min(fitting, key=lambda m: m["bic"])["K"] if fitting else None}
     if choice.holdout:
-        out["holdout"] = _diagnostic(failed, "holdout", lambda: _holdout(data, stats, Ks, search, z), None)
+        out["holdout"] = _diagnostic(failed, "holdout", lambda: {**_holdout(data, stats, Ks, search, z),
+                                                                   "of": choice.holdout}, None)
     if choice.bootstrap:
         out["bootstrap"] = _diagnostic(failed, "bootstrap test",
                                        lambda: _bootstrap(stats, fits, choice.bootstrap, search, progress), None)
@@ -297,8 +306,8 @@ def _analyse_groups(source, Ks, model, search, choice, progress, name, pricing=N
     prices are {group: each store's table}."""
     from em_sales_tools.engine import _engine_load
     by = source.by
-    groups = _engine_load(source.path, source.named(), list(source.x), HOLDOUT_FOLDS if choice.holdout else 0,
-                          search.seed, by, _reading(progress))
+    groups = _engine_load(source.path, source.named(), list(source.x), choice.folds(search.seed), by,
+                          _reading(progress))
     regular = regular_weeks_by(source.path, source.x, pricing, source.named(), by) if pricing is not None else {}
     label = name or source.path
     jobs = {group: (data, Ks, model, search, choice, None, f"{label} [{by} = {group}]", None,

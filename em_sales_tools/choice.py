@@ -13,7 +13,8 @@ from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAM
 
 AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
 ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median): the model-based are too small
-HOLDOUT_FOLDS = 5          # --holdout: each store's weeks in this many random folds
+HOLDOUT_FOLDS = 5          # --holdout: each store's weeks in this many folds: contiguous blocks of its weeks (autocorrelated
+HOLDOUT_KINDS = ("blocks", "weeks")  # weeks predict their neighbours, which favours a large K), or single weeks at random
 BOOTSTRAP_LEVEL = 0.05     # --bootstrap: K + 1 is preferred to K where the p-value is at most this
 CREDIBLE_SPREAD = 5.0      # a segment of few stores with a coefficient more than this many robust sds from the stores' own: flagged
 TINY_SPREAD = 1e-12        # ... (a robust sd below this counts as this: stores all alike)

@@ -13,7 +13,7 @@ import numpy as np
 from em_sales import (MAX_STARTS, Search, _api_check, _arguments, _check_outputs, _command, _escaped, _float, _model,
                       _parser, _Refused, _whole_option, _written, segments_csv)
 from em_sales_tools.analysis import Choice, _analyse, _check_share
-from em_sales_tools.choice import HOLDOUT_FOLDS
+from em_sales_tools.choice import HOLDOUT_FOLDS, HOLDOUT_KINDS
 from em_sales_tools.files import LONG_COLUMNS, Source, _use_engine
 from em_sales_tools.prices import DRAWS, MAX_CHANGE, Settings, _share, prices_csv
 from em_sales_tools.report import report, store_rows
@@ -45,8 +45,11 @@ def options(parser, model):
                        help="the file is a table of per-store sums (README: one SQL query writes it from any panel)")
     how_many = parser.add_argument_group("how many segments")
     how_many.add_argument("--holdout", action="store_true",
-                          help=f"score held-out weeks ({HOLDOUT_FOLDS} random folds of each store's weeks, drawn "
-                               "with --seed) for each K, beside one pooled regression and each store's own")
+                          help=f"score held-out weeks for each K, beside one pooled regression and each store's own: "
+                               f"{HOLDOUT_FOLDS} contiguous blocks of each store's weeks in time order")
+    how_many.add_argument("--holdout-folds", choices=HOLDOUT_KINDS, default="blocks",
+                          help="the holdout's folds: blocks (default), or weeks: single weeks drawn into folds "
+                               "with --seed (autocorrelated neighbours then predict a held-out week)")
     how_many.add_argument("--bootstrap", type=_whole_option("--bootstrap", 1, MAX_STARTS), default=0, metavar="B",
                           help="a parametric bootstrap test of K against K + 1 with B simulated panels (99 is usual)")
     how_many.add_argument("--min-share", type=_api_check(lambda text: _check_share(_float(text))), metavar="S",
@@ -99,6 +102,8 @@ def _checked(argv):
     if args.engine == "spark" and (args.by is None or args.holdout or args.pricing):
         raise _Refused("--engine spark fits the groups of --by from per-store sums; --holdout and prices need each "
                        "week of the panel: run them with --by on one machine")
+    if args.holdout_folds != "blocks" and not args.holdout:
+        raise _Refused("--holdout-folds sets the folds of --holdout")
     if args.master and args.engine != "spark":
         raise _Refused("--master URL names the Spark master of --engine spark")
     if args.cost is not None and args.margin is not None:
@@ -145,7 +150,8 @@ def _main(argv, step):
                                args.draws, args.seed, args.segments_K) if args.pricing else None
             results, fits, data, table = _analyse(source, args.K, _model(args.sigma, args.store_effects, args.covariates),
                                                   Search(args.n_init, args.seed, args.tol),
-                                                  Choice(args.holdout, args.bootstrap, args.min_share), args.stores,
+                                                  Choice(args.holdout and args.holdout_folds, args.bootstrap,
+                                                         args.min_share), args.stores,
                                                   progress, args.csv or "data/example.csv", pricing)
     every = list(results["groups"].values()) if "groups" in results else [results]
     if not all(np.isfinite(model["loglik"]) for each in every for model in each.get("models", ())):

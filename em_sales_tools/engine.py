@@ -28,7 +28,7 @@ PROGRESS_BELOW = 99.0     # the pass's progress in percent is shown below this u
 NUMBER_TYPES = INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")  # numbers of these types are numbers (others: text)
 
 
-def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):
+def _engine_load(path, columns, x, folds=None, by=None, progress=None):
     """_engine_reduce, with the engine's own failures (out of memory or disk, a file it cannot
     parse) as one-line InputErrors; None for a CSV file in which DuckDB finds a fault and the
     exact reader none (load then reads it exactly)."""
@@ -39,7 +39,7 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):
                          "read by DuckDB, which is not installed (pip install duckdb)") from None
     try:
         with tempfile.TemporaryDirectory(prefix="em_sales_") as folder:     # the engine's database and spill
-            return _engine_reduce(path, columns, x, folds, seed, by, folder, progress)
+            return _engine_reduce(path, columns, x, folds, by, folder, progress)
     except _ExactlyRead:
         return None
     except (duckdb.InternalException, duckdb.FatalException):
@@ -49,7 +49,7 @@ def _engine_load(path, columns, x, folds=0, seed=0, by=None, progress=None):
         raise InputError(f"{_escaped(path)}: DuckDB could not reduce it: {first}") from None
 
 
-def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
+def _engine_reduce(path, columns, x, folds, by, folder, progress=None):
     """A Loaded of a long CSV or Parquet file, reduced to per-store sums by DuckDB's GROUP BY in
     one pass over the file (_store_query), within ENGINE_MEMORY (it spills to disk beyond it),
     whatever the file's size. The same pass flags a missing, non-numeric or non-positive value,
@@ -68,7 +68,7 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
             source = _engine_source(path, where, by, careful)
             try:
                 _watched(connection, "CREATE OR REPLACE TEMP TABLE stores AS "
-                         + _store_query(source, len(x), folds, seed, by, every, where["integer_weeks"], logs), progress)
+                         + _store_query(source, len(x), folds, by, every, where["integer_weeks"], logs), progress)
             except duckdb.Error:
                 if careful:
                     _exact_or(path, columns, x, by)
@@ -82,7 +82,8 @@ def _engine_reduce(path, columns, x, folds, seed, by, folder, progress=None):
         weeks = _engine_checks(connection, source, where, path, columns, x, by, labels)
         sample = f"(SELECT {'grp, ' if by else ''}store, unnest(sample, recursive := true) FROM stores WHERE sample IS NOT NULL)"
         lags = _watched(connection, _lag_query(sample, len(names), names, by)).fetchnumpy()
-    return _engine_loaded(_with_intercept(table, len(names)), lags, weeks, len(names), x, folds, by)
+    return _engine_loaded(_with_intercept(table, len(names)), lags, weeks, len(names), x,
+                          folds.count if folds else 0, by)
 
 
 def _with_intercept(table, P):
@@ -259,16 +260,23 @@ def _engine_tests(Q, by=None, logs=()):
                     for name in ("store", "week") + (("grp",) if by else ())]
 
 
-def _store_query(source, Q, folds, seed, by, every, integer_weeks=False, logs=()):
+def _store_query(source, Q, folds, by, every, integer_weeks=False, logs=()):
     """The one pass: per store (and group, and fold) the sums of Sums without the intercept's
     (n, sy and sx give them); each number's count and extremes (_engine_checks); the weeks as
     integers: their count, range, whether each is written plainly, and their residues modulo
     WEEK_BITS as a bitstring (_engine_repeats, _engine_weeks); and, for one store in `every` (by
     a hash of its label), its rows as a list: the lags' sample."""
     P, labels = Q + 2, (["grp"] if by else []) + ["store"]
-    keys = labels + ([f"(hash({_label('store')}, {_label('week')}, {int(seed)}) % {int(folds)}) AS fold"] if folds else [])
+    keys, blocks = list(labels), ""
+    if folds and folds.blocks:                   # a store's weeks in time order, cut into contiguous blocks
+        place = f"ORDER BY TRY_CAST({_label('week')} AS DOUBLE), {_label('week')}"
+        blocks = (f", row_number() OVER (PARTITION BY {', '.join(labels)} {place}) - 1 AS week_rank, "
+                  f"count(*) OVER (PARTITION BY {', '.join(labels)}) AS store_rows")
+        keys.append(f"({int(folds.count)} * week_rank) // store_rows AS fold")
+    elif folds:
+        keys.append(f"(hash({_label('store')}, {_label('week')}, {int(folds.seed)}) % {int(folds.count)}) AS fold")
     regressors = ["ln(price) AS c1"] + [f"{f'ln(x{j})' if j in logs else f'x{j}'} AS c{j + 2}" for j in range(Q)]
-    rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, TRY_CAST(week AS BIGINT) AS w FROM {source}"
+    rows = f"SELECT *, ln(sales) AS y, {', '.join(regressors)}, TRY_CAST(week AS BIGINT) AS w{blocks} FROM {source}"
     terms = ["count(*) AS n", "sum(y) AS sy", "sum(y * y) AS yy"]
     terms += [f"sum(c{j}) AS sx_{j}, sum(c{j} * y) AS xy_{j}" for j in range(1, P)]
     terms += [f"sum(c{j} * c{k}) AS xx_{j}_{k}" for j in range(1, P) for k in range(j, P)]

@@ -35,6 +35,29 @@ class Source(NamedTuple):
         return {role: name for role, name in (self.columns or {}).items() if name}
 
 
+class Folds(NamedTuple):
+    """The holdout's folds of each store's weeks: count of them; blocks (the default): each store's
+    weeks in time order cut into `count` contiguous blocks, so that a held-out week is not
+    predicted by its neighbours where weeks are autocorrelated; else each week drawn into a fold
+    at random with seed (the same draw for every K)."""
+    count: int
+    seed: int = 0
+    blocks: bool = True
+
+    def of(self, store, time):
+        """Each row's fold (R,), for rows of stores store (R,) in 0..N-1 at times time (R,)."""
+        if not self.blocks:
+            import numpy.random
+            return numpy.random.default_rng(self.seed).integers(0, self.count, len(store))
+        order = np.lexsort((time, store))
+        first = np.r_[0, np.flatnonzero(np.diff(store[order])) + 1]
+        n = np.diff(np.r_[first, len(order)])
+        rank = np.arange(len(order)) - np.repeat(first, n)
+        fold = np.empty(len(order), dtype=np.int64)
+        fold[order] = (self.count * rank) // np.repeat(n, n)
+        return fold
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading a long file, a stores file and a table of sums
 # ---------------------------------------------------------------------------------------------
@@ -303,13 +326,12 @@ class Loaded(NamedTuple):
     folds: list = None                           # Sums of each holdout fold (load's folds)
 
 
-def read_exact(path, columns, x, text=None, folds=0, seed=0):
+def read_exact(path, columns, x, text=None, folds=None):
     """A wide or a long CSV file (long: a 'store' column, or columns named by `columns`, a dict
     with keys store, week, sales, price) read by the exact reader into a Loaded; the file is read
     once. x: further regressors of a long file (a list of names). X = [1, log price, x]; y = log
     sales. text: the file's text, where it is not read from path (path then only names it in
-    messages). folds: also the Sums of that many random folds of the store-weeks (drawn with
-    seed), for the holdout check."""
+    messages). folds: Folds, for the holdout: also the Sums of each fold of the store-weeks."""
     text = _read_text(path) if text is None else text
     table = _table(path, text)
     if _layout(table.header, columns) == "long":
@@ -320,7 +342,7 @@ def read_exact(path, columns, x, text=None, folds=0, seed=0):
         return Loaded(panel.stores, len(panel.weeks), sums, ["intercept", "log price"] + panel.x_names, "long",
                       (float(np.log(panel.price.min())), float(np.log(panel.price.max()))),
                       _long_lags(panel.store, _week_numbers(panel), y, X, sums),
-                      _fold_sums(panel.store, y, X, N, folds, seed) if folds else None)
+                      _fold_sums(panel.store, _week_order(panel), y, X, N, folds) if folds else None)
     if x:
         _refuse_long_as_wide(table)
         raise InputError(f"{table.path}: --x needs a long file (one row a store and week), and this one has no "
@@ -332,7 +354,7 @@ def read_exact(path, columns, x, text=None, folds=0, seed=0):
     folded = None
     if folds:
         week, store = np.nonzero(~np.isnan(y))
-        folded = _fold_sums(store, y[week, store], X[week], y.shape[1], folds, seed)
+        folded = _fold_sums(store, week, y[week, store], X[week], y.shape[1], folds)
     sums = _wide_sums(y, X)
     return Loaded(stores, len(price), sums, ["intercept", "log price"], "wide",
                   (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X, sums), folded)
@@ -381,12 +403,22 @@ def _long_lags(store, time, y, X, sums):
                 sums.n, sums.sy, sums.sx)
 
 
-def _fold_sums(store, y, X, N, folds, seed):
-    """Sums of each of `folds` folds of a panel's rows (store (R,), y (R,), X (R, P)): each row
-    (a store's week) drawn into a fold at random with `seed`, the same draw for every K."""
-    import numpy.random
-    fold = numpy.random.default_rng(seed).integers(0, folds, len(y))
-    return [_grouped_sums(store[fold == f], y[fold == f], X[fold == f], N) for f in range(folds)]
+def _fold_sums(store, time, y, X, N, folds):
+    """Sums of each fold (Folds) of a panel's rows: store (R,), time (R,) the week's place in
+    time, y (R,), X (R, P)."""
+    fold = folds.of(store, time)
+    return [_grouped_sums(store[fold == f], y[fold == f], X[fold == f], N) for f in range(folds.count)]
+
+
+def _week_order(panel):
+    """Each row's week's place in time, for the holdout's blocks: the labels as numbers where all
+    are, else their rank as text (dates written year first sort in time), as the engine orders
+    them."""
+    try:
+        values = np.array([float(label) for label in panel.weeks])
+    except ValueError:
+        values = np.argsort(np.argsort(np.array(panel.weeks, dtype=object), kind="stable"), kind="stable").astype(float)
+    return values[panel.week]
 
 
 def _week_numbers(panel):

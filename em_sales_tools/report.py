@@ -126,7 +126,9 @@ def _holdout_lines(holdout):
     if holdout and "loglik" in holdout:
         scored = holdout["loglik"]
         best = max(scored, key=lambda K: scored[K])
-        lines.append(f"Holdout ({holdout['folds']} folds of each store's weeks, higher is better): "
+        folds = (f"{holdout['folds']} folds of single weeks drawn at random" if holdout.get("of") == "weeks" else
+                 f"{holdout['folds']} contiguous blocks of each store's weeks")
+        lines.append(f"Holdout ({folds}, higher is better): "
                      + ", ".join(f"K = {K}: {value:.2f}" for K, value in scored.items())
                      + f"; one pooled regression {holdout['pooled']:.2f}; each store's own regression "
                      f"{holdout['own']:.2f}. Best: K = {best}"

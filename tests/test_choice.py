@@ -92,7 +92,8 @@ class HowManySegments(CommandLineCase):
         self.assertEqual(results["bootstrap"]["K"], 2)
         self.assertEqual(results["min_share"]["K"], 2)
         self.assertGreater(results["models"][1]["captured"], 0.9)
-        self.assertIn("Holdout (5 folds", T.report(results))
+        self.assertIn("Holdout (5 contiguous blocks of each store's weeks", T.report(results))
+        self.assertEqual(holdout["of"], "blocks")
 
     def test_simulated_sums_are_those_of_a_panel_drawn_from_the_fit(self):
         """_simulated draws the sums directly: over many draws, X'y has mean X'X theta_c and

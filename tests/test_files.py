@@ -1,8 +1,10 @@
 """Long files, stores files and column names: read exactly, or refused with the line and the column."""
+import unittest
 
 import numpy as np
 
 import test_em_sales
+from em_sales_tools import files
 from tests.common import (CommandLineCase, E, S, T, real_panel)
 
 
@@ -96,3 +98,20 @@ class NothingMisread(CommandLineCase, test_em_sales.NothingMisread):
 
 class NoLostFile(CommandLineCase, test_em_sales.NoLostFile):
     PLOT_REFUSED = None
+
+
+class HoldoutFolds(unittest.TestCase):
+    def test_blocks_are_contiguous_disjoint_and_cover_each_stores_weeks(self):
+        rng = np.random.default_rng(0)
+        store = rng.integers(0, 7, 400)
+        time = rng.permutation(400).astype(float)        # every row a distinct time, in no order
+        fold = files.Folds(5).of(store, time)
+        for i in range(7):
+            mine = np.flatnonzero(store == i)
+            in_time = fold[mine[np.argsort(time[mine])]]
+            self.assertTrue(np.all(np.diff(in_time) >= 0), "a store's blocks follow its weeks in time")
+            sizes = np.bincount(in_time, minlength=5)
+            self.assertEqual(sizes.sum(), len(mine))
+            self.assertLessEqual(sizes.max() - sizes.min(), 1)
+        weeks = files.Folds(5, seed=2, blocks=False).of(store, time)
+        np.testing.assert_array_equal(weeks, np.random.default_rng(2).integers(0, 5, 400))   # the draw of old
