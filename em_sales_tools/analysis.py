@@ -85,7 +85,11 @@ def load(path, columns=None, x=(), text=None, folds=0, seed=0, progress=None, bl
     Sums of that many folds of each store's weeks, for the holdout: contiguous blocks of its
     weeks in time order, or with blocks=False each week drawn into a fold with seed (Folds).
     progress(Progress("reading", ...)) hears of a large file's reduction every second."""
-    folds = Folds(folds, seed, blocks) if folds else None
+    return _load(path, columns, x, text, Folds(folds, seed, blocks) if folds else None, progress)
+
+
+def _load(path, columns, x, text, folds, progress):
+    """load, with the holdout's Folds (or None)."""
     if hasattr(path, "to_csv"):                  # a pandas DataFrame: the same reader, as CSV text
         path, text = "DataFrame", path.to_csv(index=False)
     columns = {role: name for role, name in (columns or {}).items() if name}
@@ -208,8 +212,7 @@ def _analyse(source, Ks, model, search, choice, stores=None, progress=None, name
     if source.sums:
         data = read_sums(path)
     else:
-        data = load(path, source.named(), source.x, folds=HOLDOUT_FOLDS if choice.holdout else 0, seed=search.seed,
-                    progress=progress, blocks=choice.holdout != "weeks")
+        data = _load(path, source.named(), source.x, None, choice.folds(search.seed), progress)
     regular = None
     if pricing is not None:
         regular = (regular_weeks_by(path, source.x, pricing, source.named())[None] if _use_engine(path, source.named())

@@ -342,7 +342,7 @@ def read_exact(path, columns, x, text=None, folds=None):
         return Loaded(panel.stores, len(panel.weeks), sums, ["intercept", "log price"] + panel.x_names, "long",
                       (float(np.log(panel.price.min())), float(np.log(panel.price.max()))),
                       _long_lags(panel.store, _week_numbers(panel), y, X, sums),
-                      _fold_sums(panel.store, _week_order(panel), y, X, N, folds) if folds else None)
+                      _fold_sums(panel.store, _week_numbers(panel, text_order=True), y, X, N, folds) if folds else None)
     if x:
         _refuse_long_as_wide(table)
         raise InputError(f"{table.path}: --x needs a long file (one row a store and week), and this one has no "
@@ -410,24 +410,17 @@ def _fold_sums(store, time, y, X, N, folds):
     return [_grouped_sums(store[fold == f], y[fold == f], X[fold == f], N) for f in range(folds.count)]
 
 
-def _week_order(panel):
-    """Each row's week's place in time, for the holdout's blocks: the labels as numbers where all
-    are, else their rank as text (dates written year first sort in time), as the engine orders
-    them."""
+def _week_numbers(panel, text_order=False):
+    """Each row's week as a number: the labels where all are numbers, else their order of first
+    appearance (for consecutive weeks, the lags), or with text_order their rank as text (dates
+    written year first sort in time), as the engine orders a store's weeks for the holdout's
+    blocks."""
     try:
         values = np.array([float(label) for label in panel.weeks])
     except ValueError:
-        values = np.argsort(np.argsort(np.array(panel.weeks, dtype=object), kind="stable"), kind="stable").astype(float)
-    return values[panel.week]
-
-
-def _week_numbers(panel):
-    """Each row's week as a number, for consecutive weeks: the labels where all are numbers, else
-    their order of first appearance."""
-    try:
-        values = np.array([float(label) for label in panel.weeks])
-    except ValueError:
-        values = np.arange(len(panel.weeks), dtype=float)
+        labels = np.array(panel.weeks, dtype=object)
+        values = (np.argsort(np.argsort(labels, kind="stable"), kind="stable") if text_order
+                  else np.arange(len(panel.weeks))).astype(float)
     return values[panel.week]
 
 

@@ -12,6 +12,7 @@ em_sales on the executors (groupBy(by).applyInPandas), as --by fits it on one ma
 
 The executors get em_sales.py and this package from the driver (SparkContext.addPyFile), so a
 cluster's workers need only pyspark, numpy and pandas. Spark is imported on this path only."""
+import atexit
 import json
 import os
 import shutil
@@ -26,10 +27,10 @@ import numpy as np
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")   # it works with pandas 3 ...
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="pyspark")         # ... whose own code warns
 
-from em_sales import N_INIT, TOL, VALUE_LIMIT, InputError, Search, _escaped, _model, _warn
+from em_sales import N_INIT, TOL, VALUE_LIMIT, InputError, Search, _escaped, _model, _shown, _Table, _warn, _whole
 from em_sales_tools.analysis import Choice, _analyse_data
 from em_sales_tools.engine import _engine_loaded, _with_intercept
-from em_sales_tools.files import LONG_COLUMNS, _logged
+from em_sales_tools.files import LONG_COLUMNS, _logged, _long_columns
 
 SESSION = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",      # a session this module starts
            "spark.sql.execution.arrow.pyspark.enabled": "true"}
@@ -139,7 +140,7 @@ def session(master=None, config=None):
 
 def _quiet_logs():
     """A log4j2 configuration that lets through the JVM's errors only (not its start-up chatter)."""
-    path = os.path.join(tempfile.mkdtemp(prefix="em_sales_spark_"), "log4j2.properties")
+    path = os.path.join(_folder(), "log4j2.properties")
     with open(path, "w") as out:
         out.write("rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
                   "appender.console.type = Console\nappender.console.name = console\n"
@@ -148,13 +149,21 @@ def _quiet_logs():
     return path
 
 
+def _folder():
+    """A temporary folder for the session's files (the executors fetch them from it while the
+    driver runs), removed when the driver's process ends."""
+    folder = tempfile.mkdtemp(prefix="em_sales_spark_")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def _ship(context):
     """em_sales.py and a zip of this package, built on the fly, added to the executors' path, once
     for a SparkContext."""
     if getattr(context, "_em_sales_shipped", False):
         return
     import em_sales
-    folder = tempfile.mkdtemp(prefix="em_sales_spark_")
+    folder = _folder()
     package = os.path.dirname(os.path.abspath(__file__))
     archive = os.path.join(folder, "em_sales_tools.zip")
     with zipfile.ZipFile(archive, "w") as out:
@@ -167,10 +176,8 @@ def _ship(context):
 
 
 def _Ks(K):
-    Ks = (K,) if isinstance(K, (int, np.integer)) else tuple(K)
-    if not Ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in Ks):
-        raise InputError(f"K must be whole numbers of segments, at least 1; got {K!r}")
-    return tuple(dict.fromkeys(int(k) for k in Ks))
+    """K (a number or numbers of segments) as a tuple of distinct whole numbers."""
+    return tuple(dict.fromkeys(_whole(k, "K", 1) for k in ((K,) if isinstance(K, (int, np.integer)) else K)))
 
 
 def _read(spark, path):
@@ -290,28 +297,19 @@ def _number(F, frame, name):
 
 def _columns(frame, by, columns, x):
     """The frame's columns: "by", "store", "week", and "numbers" (sales, price, then each
-    regressor's column), "checks" [(name shown, positive)], "logs" [a regressor is log(COL)]; by
-    name, else the one column so named in any case; InputError naming what is missing."""
+    regressor's column), "checks" [(name shown, positive)], "logs" [a regressor is log(COL)]: the
+    exact reader's choice of columns (files._long_columns) and messages."""
     header = list(frame.columns)
+    table = _Table("the DataFrame", ",", header, 1, iter(()))
+    where = _long_columns(table, {role: name for role, name in columns.items() if name and name != role}, x)
     lower = [name.lower() for name in header]
-
-    def find(name, what):
-        if name in header:
-            return name
-        if lower.count(name.lower()) == 1:
-            return header[lower.index(name.lower())]
-        raise InputError(f"the rows have no column '{name}' ({what}); they have: {', '.join(header)}")
-    found = {"by": find(by, "--by"), "store": find(columns["store"], "the store"),
-             "week": find(columns["week"], "the week")}
-    numbers = [find(columns["sales"], "the sales"), find(columns["price"], "the price")]
-    logs = []
-    for name in x:
-        inner = _logged(name)
-        numbers.append(find(inner or name, "a regressor, --x"))
-        logs.append(inner is not None)
-    found.update(numbers=numbers, logs=logs,
-                 checks=[(numbers[0], True), (numbers[1], True)] + [(n, lg) for n, lg in zip(numbers[2:], logs)])
-    return found
+    if by not in header and lower.count(by.lower()) != 1:
+        raise InputError(f"the DataFrame: no column '{_shown(by)}' (--by) in the header")
+    numbers = [header[where["sales"]], header[where["price"]]] + [header[j] for j in where["x"]]
+    logs = [_logged(name) is not None for name in x]
+    return {"by": by if by in header else header[lower.index(by.lower())], "store": header[where["store"]],
+            "week": header[where["week"]], "numbers": numbers, "logs": logs,
+            "checks": [(numbers[0], True), (numbers[1], True)] + list(zip(numbers[2:], logs))}
 
 
 def _repeats(sums, frame, found):
