@@ -254,7 +254,7 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, 
                                                                    "of": choice.holdout}, None)
     if choice.bootstrap:
         out["bootstrap"] = _diagnostic(failed, "bootstrap test",
-                                       lambda: _bootstrap(stats, fits, choice.bootstrap, search, progress), None)
+                                       lambda: _bootstrap(stats, fits, choice.bootstrap, search, progress, data), None)
     table = None
     if pricing is not None:
         K = pricing.settings.K or best

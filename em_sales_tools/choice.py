@@ -5,6 +5,7 @@ parametric bootstrap test of K against K + 1, the sigma check of the course mode
 stores have their own regression."""
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,6 +17,9 @@ ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median):
 HOLDOUT_FOLDS = 5          # --holdout: each store's weeks in this many folds: contiguous blocks of its weeks (autocorrelated
 HOLDOUT_KINDS = ("blocks", "weeks")  # weeks predict their neighbours, which favours a large K), or single weeks at random
 BOOTSTRAP_LEVEL = 0.05     # --bootstrap: K + 1 is preferred to K where the p-value is at most this
+AR_BOOTSTRAP = 0.1         # ... its panels are drawn with each segment's AR(1) errors over the stores' own weeks where a
+                           # segment's residual autocorrelation exceeds this, else with independent weeks from the sums (fast)
+AR_LIMIT = 0.99            # ... (an estimated rho_c is held within +-this: a stationary process)
 CREDIBLE_SPREAD = 5.0      # a segment of few stores with a coefficient more than this many robust sds from the stores' own: flagged
 TINY_SPREAD = 1e-12        # ... (a robust sd below this counts as this: stores all alike)
 MAD_SD = 1.4826            # a robust sd: this x the median absolute deviation (the sd of a normal)
@@ -31,6 +35,30 @@ def _autocorrelation(fit, lags):
     mean with store effects), from the panel's Lags; None where its week order is not known (fits
     from arrays, tables of sums):
         rho = (sum_ic w_ic sum_pairs r_a r_b / sum_i pairs_i) / (sum_ic w_ic R_ic / sum_i m_i)."""
+    found = _lag_products(fit, lags)
+    if found is None:
+        return None
+    product, R = found
+    return float((fit.W * product).sum() / lags.pairs.sum() / ((fit.W * R).sum() / fit._stats.m.sum()))
+
+
+def _segment_autocorrelations(fit, lags):
+    """Each segment's rho_c, as _autocorrelation with the stores weighted by their posteriors of c:
+        rho_c = (sum_i w_ic sum_pairs r_a r_b / sum_i w_ic pairs_i) / (sum_i w_ic R_ic / sum_i w_ic m_i),
+    (K,), 0 for a segment without pairs; None where the week order is not known."""
+    found = _lag_products(fit, lags)
+    if found is None:
+        return None
+    product, R = found
+    W, m = fit.W, fit._stats.m
+    pairs, variance = W.T @ lags.pairs, (W * R).sum(axis=0) / np.maximum(W.T @ m, TINY)
+    rho = (W * product).sum(axis=0) / np.maximum(pairs, TINY) / np.maximum(variance, TINY)
+    return np.where(pairs > 0, np.clip(rho, -AR_LIMIT, AR_LIMIT), 0.0)
+
+
+def _lag_products(fit, lags):
+    """(sum over store i's pairs of consecutive weeks of r_a r_b under each segment (N, K), R_ic (N, K)),
+    r the residuals (centred on the store's mean with store effects); None without lags."""
     stats = fit._stats
     if lags is None or not lags.pairs.sum() > 0:
         return None
@@ -43,8 +71,7 @@ def _autocorrelation(fit, lags):
         mean = (lags.sy[:, None] - lags.sx[:, keep] @ theta.T) / lags.n[:, None]
         product -= mean * ((lags.ya[:, None] - lags.xa[:, keep] @ theta.T) + (lags.yb[:, None] - lags.xb[:, keep] @ theta.T))
         product += lags.pairs[:, None] * mean ** 2
-    variance = (fit.W * _rss(stats, theta).T).sum() / stats.m.sum()
-    return float((fit.W * product).sum() / lags.pairs.sum() / variance)
+    return product, _rss(stats, theta).T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,14 +133,16 @@ def _own_holdout(train, fold):
     return float((-0.5 * fold.n * np.log(2 * math.pi * s2) - rss(fold, b) / (2 * s2)).sum()), int((~own.usable).sum())
 
 
-def _bootstrap(stats, fits, B, search, progress=None):
+def _bootstrap(stats, fits, B, search, progress=None, data=None):
     """A parametric bootstrap test of K against K + 1 for each pair of consecutive K fitted, in
     turn from the smallest (as mclust's mclustBootstrapLRT): B panels simulated from the K fit
-    (_simulated), each fitted with K and K + 1 segments by the same search, and the p-value
+    (_simulation), each fitted with K and K + 1 segments by the same search, and the p-value
     (1 + #{LR_b >= LR}) / (B + 1) of the observed likelihood ratio LR = 2 (loglik_{K+1} -
     loglik_K). It stops after the first K whose p-value is above BOOTSTRAP_LEVEL: that K is its
-    choice (B = 19 is the least that can reject at 5%; 99 is usual). {"B", "tests": [{"K", "lr", "p"}], "K"} (no
-    timing: results.json holds none)."""
+    choice (B = 19 is the least that can reject at 5%; 99 is usual). data: the Loaded panel, whose
+    lags and rows let the simulation keep its weeks' autocorrelation. {"B", "tests": [{"K", "lr",
+    "p", "weeks", "rho"}], "K"} (weeks: "AR(1)" or "independent", as simulated; rho: the K fit's
+    segments' autocorrelations, None where unknown; no timing: results.json holds none)."""
     import numpy.random
     tests, chosen = [], None
     rng = numpy.random.default_rng(search.seed)
@@ -121,9 +150,10 @@ def _bootstrap(stats, fits, B, search, progress=None):
         if K + 1 not in fits:
             break
         observed = 2 * (fits[K + 1].loglik - fits[K].loglik)
+        simulate, weeks, rho = _simulation(stats, fits[K], data)
         exceed = 0
         for b in range(B):
-            simulated = _simulated(stats, fits[K], rng)
+            simulated = simulate(rng)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 small = _search(simulated, K, search._replace(seed=b))
@@ -131,11 +161,79 @@ def _bootstrap(stats, fits, B, search, progress=None):
             exceed += 2 * (large.loglik - small.loglik) >= observed
             if progress:
                 progress(Progress("panels", K, b + 1, B, f"bootstrap K = {K} against {K + 1}"))
-        tests.append({"K": K, "lr": round(observed, LR_DECIMALS), "p": (1 + exceed) / (B + 1)})
+        tests.append({"K": K, "lr": round(observed, LR_DECIMALS), "p": (1 + exceed) / (B + 1),
+                      "weeks": weeks,
+                      "rho": None if rho is None else [round(float(r), 3) for r in rho]})
         if tests[-1]["p"] > BOOTSTRAP_LEVEL:
             chosen = K
             break
     return {"B": B, "tests": tests, "K": chosen}
+
+
+def _simulation(stats, fit, data):
+    """How the bootstrap draws panels from a fit: (a function of the random generator giving a
+    panel's Stats, "independent" or "AR(1)", each segment's residual autocorrelation rho_c or None). Where every |rho_c| is
+    at most AR_BOOTSTRAP, or the panel's rows are not kept (a file reduced by the engine, a table
+    of sums), from the sums with independent weeks (_simulated: fast); else over the stores' own
+    observed weeks with each segment's AR(1) errors (_ar_panel)."""
+    lags, rows = (None, None) if data is None else (data.lags, data.rows)
+    rho = _segment_autocorrelations(fit, lags)
+
+    if rho is None or rows is None or not (np.abs(rho) > AR_BOOTSTRAP).any():
+        return (lambda rng: _simulated(stats, fit, rng)), "independent", rho
+    return _ar_panel(stats, fit, data, rho), "AR(1)", rho
+
+
+def _ar_panel(stats, fit, data, rho):
+    """A function drawing a panel's Stats from a fit over the stores' own observed weeks (data.rows):
+    store i's segment c from its prior, and with its weeks t_1 < t_2 < ... (gaps as observed)
+        y_it = x_it'theta_c + sigma_c e_it,  e_1 ~ N(0, 1),  e_k = a e_{k-1} + sqrt(1 - a^2) z_k,
+        a = rho_c^(t_k - t_{k-1}), z_k ~ N(0, 1):
+    stationary AR(1) errors of variance sigma_c^2 and correlation rho_c^d at d weeks apart (a store's
+    level is 0: with store effects the within likelihood does not see it). The sums X'X, x, n are
+    the panel's own; X'y, y'y and y's sum are summed from the drawn rows, and the Stats built as the
+    fit's were (_statistics; its membership kept)."""
+    rows, sums = data.rows, data.sums
+    order = np.lexsort((rows.time, rows.store))
+    store, X = rows.store[order], rows.X[order]
+    weeks = _WeekOrder.of(store, rows.time[order])
+    N, columns, plain = len(sums.n), list(stats.columns), stats.model._replace(covariates=())
+
+    def ar1(rng):
+        segment = (rng.random(N)[:, None] > np.cumsum(fit.prior, axis=1)).sum(axis=1).clip(0, fit.K - 1)[store]
+        y = (X[:, columns] * fit.theta[segment]).sum(axis=1) + fit.sigma[segment] * weeks.ar1(rho[segment], rng)
+        drawn = sums._replace(Xty=np.column_stack([np.bincount(store, X[:, j] * y, N) for j in range(X.shape[1])]),
+                              yty=np.bincount(store, y * y, N), sy=np.bincount(store, y, N))
+        return _statistics(drawn, plain)._replace(model=stats.model, membership=stats.membership)
+    return ar1
+
+
+class _WeekOrder(NamedTuple):
+    """Rows sorted by store and week: each row's gap to its store's previous week (0 at its first),
+    and for p = 1, 2, ... the rows that are their store's p-th week after the first (steps)."""
+    gap: np.ndarray
+    steps: list
+
+    @classmethod
+    def of(cls, store, time):
+        R = len(store)
+        first = np.ones(R, dtype=bool)
+        first[1:] = store[1:] != store[:-1]
+        start = np.flatnonzero(first)
+        position = np.arange(R) - np.repeat(start, np.diff(np.append(start, R)))
+        steps = [np.flatnonzero(position == p) for p in range(1, int(position.max()) + 1)] if R else []
+        return cls(np.where(first, 0.0, np.diff(time, prepend=time[:1])), steps)
+
+    def ar1(self, rho, rng):
+        """Stationary AR(1) errors of variance 1 with each row's rho (R,), over the rows' weeks:
+        e_1 ~ N(0, 1), e_k = a e_{k-1} + sqrt(1 - a^2) z_k with a = rho^(t_k - t_{k-1}), so that
+        corr(e_j, e_k) = rho^|t_k - t_j|."""
+        a = np.sign(rho) ** np.round(self.gap) * np.abs(rho) ** self.gap
+        shock = np.sqrt(np.maximum(1 - a * a, 0.0))
+        e = rng.standard_normal(len(a))
+        for rows in self.steps:                  # every store's p-th week at once
+            e[rows] = a[rows] * e[rows - 1] + shock[rows] * e[rows]
+        return e
 
 
 def _simulated(stats, fit, rng):

@@ -313,9 +313,18 @@ class Lags(NamedTuple):
     sx: np.ndarray
 
 
+class Rows(NamedTuple):
+    """A panel's store-weeks, kept by the exact reader for simulating from a fit with autocorrelated
+    weeks (the bootstrap): store (R,) in 0..N-1, time (R,) the week as a number, X (R, P)."""
+    store: np.ndarray
+    time: np.ndarray
+    X: np.ndarray
+
+
 class Loaded(NamedTuple):
     """A file reduced to what the models need: store labels, weeks, per-store Sums, the names of
-    X's columns, the layout ("wide" or "long") and the range of log price (for the picture)."""
+    X's columns, the layout ("wide" or "long") and the range of log price (for the picture); the
+    exact reader also keeps its Rows (the engine, which reduces large files, does not)."""
     stores: list
     weeks: int
     sums: Sums
@@ -324,6 +333,7 @@ class Loaded(NamedTuple):
     price_range: tuple = (0.0, 0.0)
     lags: Lags = None
     folds: list = None                           # Sums of each holdout fold (load's folds)
+    rows: Rows = None
 
 
 def read_exact(path, columns, x, text=None, folds=None):
@@ -339,10 +349,12 @@ def read_exact(path, columns, x, text=None, folds=None):
         X = np.column_stack([np.ones(len(panel.price)), np.log(panel.price), panel.x])
         y, N = np.log(panel.sales), len(panel.stores)
         sums = _grouped_sums(panel.store, y, X, N)
+        time = _week_numbers(panel)
         return Loaded(panel.stores, len(panel.weeks), sums, ["intercept", "log price"] + panel.x_names, "long",
                       (float(np.log(panel.price.min())), float(np.log(panel.price.max()))),
-                      _long_lags(panel.store, _week_numbers(panel), y, X, sums),
-                      _fold_sums(panel.store, _week_numbers(panel, text_order=True), y, X, N, folds) if folds else None)
+                      _long_lags(panel.store, time, y, X, sums),
+                      _fold_sums(panel.store, _week_numbers(panel, text_order=True), y, X, N, folds) if folds else None,
+                      Rows(panel.store, time, X))
     if x:
         _refuse_long_as_wide(table)
         raise InputError(f"{table.path}: --x needs a long file (one row a store and week), and this one has no "
@@ -351,13 +363,12 @@ def read_exact(path, columns, x, text=None, folds=None):
                          "called so)")
     price, sales, stores = read_panel(path, text)
     y, X = panel_arrays(price, sales)
-    folded = None
-    if folds:
-        week, store = np.nonzero(~np.isnan(y))
-        folded = _fold_sums(store, week, y[week, store], X[week], y.shape[1], folds)
+    week, store = np.nonzero(~np.isnan(y))
+    folded = _fold_sums(store, week, y[week, store], X[week], y.shape[1], folds) if folds else None
     sums = _wide_sums(y, X)
     return Loaded(stores, len(price), sums, ["intercept", "log price"], "wide",
-                  (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X, sums), folded)
+                  (float(X[:, 1].min()), float(X[:, 1].max())), _wide_lags(y, X, sums), folded,
+                  Rows(store, week.astype(float), X[week]))
 
 
 def _grouped_sums(store, y, X, N):

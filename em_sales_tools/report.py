@@ -164,12 +164,23 @@ def _bootstrap_lines(boot, models, best_K):
     if 1 / (boot["B"] + 1) > BOOTSTRAP_LEVEL:
         choice += (f" ({boot['B']} panels cannot give a p-value at or below {BOOTSTRAP_LEVEL:g}, so the test "
                    f"never rejects: use --bootstrap {math.ceil(1 / BOOTSTRAP_LEVEL) - 1} or more)")
-    rho = next((m.get("autocorrelation") for m in models if m["K"] == best_K), None)
-    caveat = ("" if rho is None or not rho > AUTOCORRELATION else
-              f" The weeks' residuals are autocorrelated within stores (rho = {rho:.2f}), and the test simulates "
-              "independent weeks: it rejects too often, so read its p-values as too small.")
-    return [f"Bootstrap test ({boot['B']} panels simulated from each K fit; the "
-            f"smallest p that {boot['B']} panels can give is {1 / (boot['B'] + 1):.3f}): {tests}; {choice}.{caveat}"]
+    return [f"Bootstrap test ({boot['B']} panels simulated from each K fit{_simulated_words(boot, models, best_K)}; the "
+            f"smallest p that {boot['B']} panels can give is {1 / (boot['B'] + 1):.3f}): {tests}; {choice}."]
+
+
+def _simulated_words(boot, models, best_K):
+    """How the bootstrap's panels were drawn, and the caveat where they could not keep the weeks'
+    autocorrelation (a panel read by the engine or given as sums keeps no rows)."""
+    rho = [r for t in boot["tests"] for r in (t.get("rho") or [])]
+    if any(t.get("weeks") == "AR(1)" for t in boot["tests"]):
+        return (f", with each segment's AR(1) errors over the stores' own weeks (rho {min(rho):.2f} to {max(rho):.2f})"
+                if min(rho) < max(rho) else f", with AR(1) errors over the stores' own weeks (rho {rho[0]:.2f})")
+    rho = max(rho, default=next((m.get("autocorrelation") for m in models if m["K"] == best_K), None))
+    if rho is None or not rho > AUTOCORRELATION:
+        return ""
+    return (f", with independent weeks though the residuals are autocorrelated within stores (rho = {rho:.2f}): this "
+            "panel's rows are not kept (a file reduced by the engine, or sums), so the test rejects too often: read "
+            "its p-values as too small")
 
 
 def _membership_lines(model):

@@ -1,5 +1,7 @@
 """How many segments and what an answer rests on: the sigma check, the criteria, the holdout, the bootstrap, store-clustered standard errors."""
 import math
+import os
+import tempfile
 
 import numpy as np
 
@@ -109,6 +111,56 @@ class HowManySegments(CommandLineCase):
         np.testing.assert_allclose(mean_Xty, XtX @ fit.theta[0], rtol=0.02, atol=0.02 * np.abs(mean_Xty).max())
         rss = np.mean([E._rss(d, fit.theta[:1])[0] for d in draws], axis=0)
         np.testing.assert_allclose(rss, fit.sigma[0] ** 2 * stats.m, rtol=0.05)
+
+    def test_ar1_errors_have_unit_variance_and_correlation_rho_to_the_gap(self):
+        """_WeekOrder.ar1 over weeks with gaps (1, 2, 3, 5, 8, unsorted, two stores): each week's
+        variance 1 and corr(e_j, e_k) = rho^|t_k - t_j|, over 20000 draws of both stores."""
+        weeks = np.array([8.0, 1, 3, 2, 5, 2, 1, 3])
+        store = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+        order = np.lexsort((weeks, store))
+        week_order = choice._WeekOrder.of(store[order], weeks[order])
+        rng, rho = np.random.default_rng(1), 0.6
+        e = np.array([week_order.ar1(np.full(8, rho), rng) for _ in range(20000)])
+        np.testing.assert_allclose(e.var(axis=0), 1.0, atol=0.04)
+        t = weeks[order]
+        for j, k in [(0, 1), (1, 2), (2, 3), (3, 4), (0, 4), (5, 6), (5, 7)]:
+            expected = rho ** abs(t[k] - t[j])
+            self.assertAlmostEqual(np.corrcoef(e[:, j], e[:, k])[0, 1], expected, delta=0.03, msg=(j, k))
+        self.assertAlmostEqual(np.corrcoef(e[:, 4], e[:, 5])[0, 1], 0.0, delta=0.03)    # stores apart
+
+    def test_ar1_panels_have_the_sums_of_the_fit_and_of_the_autocorrelated_weeks(self):
+        """_ar_panel's sums: E[X'y] = X'X theta_c and E[R_i] = sigma^2 m_i (no store effects): the
+        autocorrelation changes the spread of the sums, not their means."""
+        panel = S.simulate(N=6, T=20, seed=4, ar=0.5)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "p.csv")
+            S.write_long(path, panel.price, panel.sales)
+            data = analysis._load(path, None, (), None, None, None)
+        stats = E._statistics(data.sums, E._model(sigma="common"), data.coefficients)
+        fit = quietly(E._search, stats, 1, E.Search(seed=0))
+        draw = choice._ar_panel(stats, fit, data, np.array([0.5]))
+        rng = np.random.default_rng(2)
+        draws = [draw(rng) for _ in range(3000)]
+        XtX = stats.XtX.reshape(6, 2, 2)
+        np.testing.assert_allclose(np.mean([d.Xty for d in draws], axis=0), XtX @ fit.theta[0], rtol=0.01)
+        rss = np.mean([E._rss(d, fit.theta)[0] for d in draws], axis=0)
+        np.testing.assert_allclose(rss, fit.sigma[0] ** 2 * stats.m, rtol=0.05)
+
+    def test_the_bootstrap_says_how_it_simulated_its_panels(self):
+        """Autocorrelated weeks (rho 0.6) with the panel's rows: AR(1) panels, and each segment's rho
+        near the truth; without rows (data=None, as from the engine): independent weeks."""
+        panel = S.simulate(N=40, T=30, theta=((10.0, -3.0), (10.0, -1.0)), pi=(0.5, 0.5), seed=5, sigma=0.5,
+                           ar=0.6, store_sd=0.5, price_sd=0.1)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "p.csv")
+            S.write_long(path, panel.price, panel.sales)
+            data = analysis._load(path, None, (), None, None, None)
+        stats = E._statistics(data.sums, E._model(sigma="common", store_effects=True), data.coefficients)
+        fits = {K: analysis.FrameFit(fit, data) for K, fit in quietly(E.sweep, stats, (2, 3), E.Search(seed=0)).items()}
+        found = quietly(choice._bootstrap, stats, fits, 2, E.Search(seed=0), data=data)["tests"][0]
+        self.assertEqual(found["weeks"], "AR(1)")
+        np.testing.assert_allclose(found["rho"], 0.6, atol=0.15)
+        self.assertEqual(quietly(choice._bootstrap, stats, fits, 2, E.Search(seed=0))["tests"][0]["weeks"], "independent")
 
 
 class RobustStandardErrors(CommandLineCase):
