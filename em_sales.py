@@ -80,6 +80,7 @@ ABSORBED = 1e-12         # a column's within-store sum of squares below this x i
 EXACT_FIT = 1e-12        # pooled residual variance below this x mean y^2: fitted exactly (to rounding)
 # The search (Estimate): starts, then split-and-merge moves ranked in a tournament
 N_INIT = 10              # default starts (k-means++ on the stores' own coefficients)
+KMEANS_STEPS = 10        # Lloyd's steps of the covariates' k-means starts
 MAX_STARTS = 10_000      # n_init above this is refused: 10 to 100 starts are plenty
 WARM_UP = 30             # plain EM iterations for all starts together, as one batch ...
 WARM_UP_LARGE = 10       # ... or this many when starts x K x stores exceed BATCH_LARGE
@@ -225,6 +226,10 @@ class Shares:
         """The M-step's member: pi_c = mean_i w_ic, as the M-step has it."""
         return pi
 
+    def shares(self, pi):
+        """Each segment's share of the stores a priori (..., K): pi itself."""
+        return pi
+
     def df(self, K):
         return K - 1
 
@@ -294,40 +299,56 @@ class Concomitant(NamedTuple):
     def log_prior(self, gamma):
         """(..., K, N) log pi_ic = z_i'gamma_c - log sum_k exp(z_i'gamma_k)."""
         eta = gamma @ self.Z.T
-        return eta - _log_normalise(eta.copy())[1]
+        return eta - _log_normalise(eta.copy())[1][..., None, :]
 
     def fit(self, W, pi=None):
         """gamma (..., K, R) maximising sum_i sum_c w_ic log pi_ic: a multinomial logit of the
         posteriors on Z (fractional responses), by Newton's method from gamma = 0, which the
         concave objective lets converge; the segment with the most weight is the reference (its
         row 0). Where covariates separate a segment the maximum is at infinity: gamma grows until
-        a step gains less than rounding, and the Fit says so (Fit.separated)."""
-        if W.ndim > 2:
-            return np.stack([self.fit(w) for w in W.reshape((-1,) + W.shape[-2:])]).reshape(
-                W.shape[:-2] + (W.shape[-1], self.width))
-        K, R = W.shape[1], self.width
-        gamma = np.zeros((K, R))
+        a step gains less than rounding, and the Fit says so (Fit.separated). (From 0 each time,
+        not from the last gamma: from there a separated gamma grows at every EM step, and EM
+        crawls along its ray.) A batch of W is fitted together, each logit stopping on its own."""
+        shape, (N, K), R = W.shape[:-2], W.shape[-2:], self.width
+        W = W.reshape((-1, N, K))
+        B = len(W)
         if K == 1:
-            return gamma
-        free_c = _others(K, int(np.argmax(W.sum(axis=0))))             # the reference: the most weight
-        value = float((W.T * self.log_prior(gamma)).sum())
+            return np.zeros(shape + (K, R))
+        order = np.argsort(-W.sum(axis=1), axis=1, kind="stable")        # the reference, most weight, first
+        free = order[:, 1:]                                                # (B, K - 1)
+        rows = np.arange(B)[:, None]
+        gamma = np.zeros((B, K, R))
+        w_free = np.take_along_axis(W, free[:, None, :], axis=2)           # (B, N, K - 1)
+
+        def value(W, gamma):
+            return (W.swapaxes(1, 2) * self.log_prior(gamma)).sum(axis=(1, 2))
+        current = value(W, gamma)
+        active = np.ones(B, dtype=bool)
         for _ in range(GAMMA_STEPS):
-            p = np.exp(self.log_prior(gamma))[free_c].T                         # (N, K - 1)
-            grad = ((W[:, free_c] - p).T @ self.Z).ravel()
-            step = np.linalg.lstsq(_multinomial_information(self.Z, p), grad, rcond=None)[0]
-            if not grad @ step > ROUNDING * max(1.0, abs(value)):
+            at = np.flatnonzero(active)
+            if not len(at):
                 break
+            p = np.take_along_axis(np.exp(self.log_prior(gamma[at])), free[at, :, None], axis=1).swapaxes(1, 2)
+            grad = ((w_free[at] - p).swapaxes(1, 2) @ self.Z).reshape(len(at), -1)        # (b, (K - 1) R)
+            step = _least_squares(_multinomial_information(self.Z, p), grad)
+            gains = (grad * step).sum(axis=1)
+            going = gains > ROUNDING * np.maximum(1.0, np.abs(current[at]))
+            active[at[~going]] = False
+            at, step = at[going], step[going]
             for _ in range(NEWTON_HALVINGS):
-                new = gamma.copy()
-                new[free_c] = gamma[free_c] + step.reshape(K - 1, R)
-                new_value = float((W.T * self.log_prior(new)).sum())
-                if new_value >= value:
+                if not len(at):
                     break
-                step = step / 2
-            else:
-                break
-            gamma, value = new, new_value
-        return gamma
+                new = gamma[at].copy()
+                new[rows[:len(at)], free[at]] += step.reshape(len(at), K - 1, R)
+                new_value = value(W[at], new)
+                better = new_value >= current[at]
+                gamma[at[better]], current[at[better]] = new[better], new_value[better]
+                at, step = at[~better], step[~better] / 2
+            active[at] = False                   # no halving gained: at its maximum, to rounding
+        return gamma.reshape(shape + (K, R))
+    def shares(self, gamma):
+        """Each segment's share of the stores a priori (..., K): the mean over stores of pi_ic."""
+        return np.exp(self.log_prior(gamma)).mean(axis=-1)
 
     def df(self, K):
         return (K - 1) * self.width
@@ -1072,18 +1093,29 @@ def _others(K, reference):
 
 
 def _multinomial_information(Z, p):
-    """(K-1)R x (K-1)R: sum_i (diag(p_i) - p_i p_i') kron z_i z_i', the information of a
-    multinomial logit with probabilities p (N, K - 1) of the free segments on Z (N, R)."""
-    return _kron_sum(p[:, :, None] * np.eye(p.shape[1]) - p[:, :, None] * p[:, None, :], Z)
+    """(..., (K-1)R, (K-1)R): sum_i (diag(p_i) - p_i p_i') kron z_i z_i', the information of a
+    multinomial logit with probabilities p (..., N, K - 1) of the free segments on Z (N, R)."""
+    return _kron_sum(p[..., :, None] * np.eye(p.shape[-1]) - p[..., :, None] * p[..., None, :], Z)
 
 
 def _kron_sum(C, Z):
-    """sum_i C_i kron z_i z_i' for C (N, D, D) and Z (N, R): (D R, D R)."""
-    N, D, R = len(C), C.shape[1], Z.shape[1]
+    """sum_i C_i kron z_i z_i' for C (..., N, D, D) and Z (N, R): (..., D R, D R)."""
+    *batch, N, D, _ = C.shape
+    R = Z.shape[1]
     if R == 1:                                   # z_i = 1: without covariates
-        return C.sum(axis=0)
-    out = C.reshape(N, D * D).T @ (Z[:, :, None] * Z[:, None, :]).reshape(N, R * R)
-    return out.reshape(D, D, R, R).transpose(0, 2, 1, 3).reshape(D * R, D * R)
+        return C.sum(axis=-3)
+    out = C.reshape(*batch, N, D * D).swapaxes(-1, -2) @ (Z[:, :, None] * Z[:, None, :]).reshape(N, R * R)
+    return out.reshape(*batch, D, D, R, R).swapaxes(-3, -2).reshape(*batch, D * R, D * R)
+
+
+def _least_squares(A, g):
+    """The least-squares solution of least norm of A x = g for each of a batch of symmetric
+    positive semi-definite A (B, D, D), g (B, D), as lstsq gives it: through the eigenvalues of
+    A above eps D times the largest (a separated segment's directions have none)."""
+    values, vectors = np.linalg.eigh(A)
+    keep = values > np.finfo(float).eps * A.shape[-1] * np.maximum(values[:, -1:], TINY)
+    inverse = np.where(keep, 1 / np.where(keep, values, 1.0), 0.0)
+    return (vectors @ (inverse * (vectors.swapaxes(1, 2) @ g[..., None])[..., 0])[..., None])[..., 0]
 
 
 def _solve(A, b, weighted):
@@ -1456,11 +1488,16 @@ def _search(stats, K, search=Search(), names=None, previous=None, progress=None)
 
 
 def _search_covariates(stats, K, search, names, previous, progress):
-    """With covariates of membership: the model without them is searched as always, then EM with
-    them runs from each distinct maximum that search's starts reached and from its best (the
-    M-step of their posteriors: gamma the multinomial logit of W on Z); the best end, polished.
-    Its log-likelihood is never below the fit without covariates (Fit.without_covariates), as
-    the first M-step from it can only raise EM's objective. Fit.search counts these runs."""
+    """With covariates of membership, searched as a model of its own:
+      1. the model without them is searched as always (Fit.without_covariates), and EM with them
+         runs from each distinct maximum its starts reached (the M-step of their posteriors: gamma
+         the multinomial logit of W on Z), so the fit is never below the one without covariates;
+      2. starts that the covariates suggest (_covariate_starts: k-means on the stores' own
+         coefficients and covariates together, and random gamma), each made by one M-step of its
+         posteriors, compete in a _tournament, the first N_INIT of each kind apart from the rest
+         (more starts are never worse);
+      3. split-and-merge from the best (_covariate_moves), gamma refitted after each move.
+    The best end, polished. Fit.search counts the runs of step 1 and the starts of step 2."""
     plain = stats._replace(membership=SHARES, model=stats.model._replace(covariates=()))
     base = _search(plain, K, search, names, previous.without_covariates if previous is not None else None, progress)
     if K == 1:                                   # one segment: nothing to choose, so no membership to model
@@ -1470,10 +1507,70 @@ def _search_covariates(stats, K, search, names, previous, progress):
     for run in sorted(base.ends, key=lambda run: -run.loglik):
         if not any(_same_loglik(run.loglik, other.loglik) for other in starts):
             starts.append(run)
+    coefficients = _store_coefficients(plain)
+    suggested = _covariate_starts(stats, coefficients, base, K, _random(search.seed), search.n_init)
     with _one_blas_thread(len(stats.n)):
         runs = [_run_em(stats, _m_step(stats, start.W), search.tol, search.max_iter) for start in starts]
-        best = _polish(stats, max(runs, key=lambda run: run.loglik))
-    return _finished(stats, best, "Estimate", names, _search_record(runs, best), without_covariates=base)
+        best = max(runs, key=lambda run: run.loglik)
+        for part in (slice(0, N_INIT), slice(N_INIT, search.n_init)) if search.n_init > N_INIT else (slice(0, None),):
+            W = np.concatenate([each[part] for each in suggested])
+            kinds = np.repeat(np.arange(len(suggested)), [len(each[part]) for each in suggested])
+            found = _tournament(stats, _m_step(stats, W), kinds, TOURNAMENT, search,
+                                [run for run in runs if run.converged], supported=True)
+            best = max(best, found, key=lambda run: run.loglik)
+        best = _polish(stats, _covariate_moves(stats, plain, coefficients, best, search, progress))
+    record = _search_record(runs, best)
+    record["starts"] += sum(len(each) for each in suggested)
+    return _finished(stats, best, "Estimate", names, record, without_covariates=base)
+
+
+def _covariate_starts(stats, coefficients, base, K, rng, count):
+    """Posteriors (count, N, K) of each of two kinds of start that the covariates suggest:
+      k-means  a partition of the stores by k-means (KMEANS_STEPS of Lloyd's steps from k-means++
+               centres) on their own coefficients and their covariates together, each column as
+               ranks in [0, 1] (a store of few weeks has an extreme b_i), the covariates' columns
+               weighted by a weight drawn uniformly on [0, 1] and by sqrt(P / Q) (as many
+               columns of each);
+      gamma    random log-odds per sd, gamma_c ~ N(0, I), with the segments of the best fit
+               without covariates: W its E-step.
+    Each start's draws come from rng in turn, so the first starts are the same whatever count is."""
+    N, P = coefficients.shape
+    ranks = lambda a: np.argsort(np.argsort(a, axis=0, kind="stable"), axis=0, kind="stable") / max(N - 1, 1)
+    own, covariates = ranks(coefficients), ranks(stats.Z[:, 1:]) * math.sqrt(P / (stats.Z.shape[1] - 1))
+    partitions, draws = [], []
+    for _ in range(count):
+        features = np.column_stack([own, rng.random() * covariates])
+        centres = features[[rng.randrange(N)]]
+        for _ in range(K - 1):                   # k-means++: each centre drawn by squared distance
+            nearest = ((features[:, None] - centres[None]) ** 2).sum(axis=-1).min(axis=1)
+            at = np.searchsorted(np.cumsum(nearest), rng.random() * nearest.sum(), side="right")
+            centres = np.vstack([centres, features[min(at, N - 1)]])
+        for _ in range(KMEANS_STEPS):
+            label = ((features[:, None] - centres[None]) ** 2).sum(axis=-1).argmin(axis=1)
+            centres = np.array([features[label == c].mean(axis=0) if (label == c).any() else centres[c]
+                                for c in range(K)])
+        partitions.append(np.eye(K)[label])
+        gamma = np.array([[rng.gauss(0.0, 1.0) for _ in range(stats.membership.width)] for _ in range(K)])
+        draws.append(_e_step(stats, base.theta, gamma, base.sigma)[0])
+    return np.array(partitions), np.array(draws)
+
+
+def _covariate_moves(stats, plain, coefficients, run, search, progress=None):
+    """Split-and-merge with covariates of membership: the moves of the model without them
+    (_moves, from the run's segments with their shares of the posteriors), each made a start by
+    the E-step without covariates and the M-step with them (gamma refitted to the moved
+    posteriors), compete in a _tournament; the winner replaces the run where it gains more than
+    tol; repeat until no move helps. progress(Progress) hears of each round."""
+    while True:
+        if progress:
+            progress(Progress("moves", run.theta.shape[0]))
+        moves, kinds = _moves(plain, coefficients, run._replace(pi=run.W.mean(axis=0)))
+        W = _e_step(plain, *moves)[0]
+        candidate = _tournament(stats, _m_step(stats, W), kinds, TOURNAMENT, search, [run] if run.converged else [],
+                                supported=True)
+        if candidate.loglik <= run.loglik + search.tol:
+            return run
+        run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
 
 
 def _climb(stats, coefficients, runs, search, previous=None, explored=(), progress=None):
@@ -1861,7 +1958,7 @@ def _growth(stats, coefficients, run, outliers):
     return _batch(dict(pairs, outlier=_stacked(found)))
 
 
-def _tournament(stats, starts, kinds, stages, search, known=()):
+def _tournament(stats, starts, kinds, stages, search, known=(), supported=False):
     """The best converged run among a batch of starts, found cheaply. At each stage
     (iterations, per_kind, overall) every start still in gets that many SQUAREM steps, together
     (_squarem_em); the `per_kind` best of each kind and the `overall` best stay in. Ranks are taken
@@ -1869,13 +1966,17 @@ def _tournament(stats, starts, kinds, stages, search, known=()):
     early and would crowd out the moves that change more; a start already back at a known
     maximum, or a copy of another start (_copies), ranks last and takes no place of its kind, at
     every stage. Without stages, every start runs to its end (a ridge: _split_and_merge). The
-    last stage's survivors run to convergence; the best of them is returned."""
+    last stage's survivors run to convergence; the best of them is returned. supported: a survivor
+    with a segment of less than UNSUPPORTED_WEIGHT stores' weight is not run on (with covariates
+    of membership EM crawls along such a segment's emptying for thousands of steps); where all
+    are so, the best is run."""
     theta, pi, sigma = starts
     gain, ranking = np.full(len(theta), math.inf), np.zeros(len(theta))    # no stages: all run
     for iterations, per_kind, overall in stages:
         theta, pi, sigma, loglik, gain = _squarem_em(stats, (theta, pi, sigma), iterations)
+        shares = stats.membership.shares
         copies = _copies(np.concatenate([theta, [run.theta for run in known]]) if known else theta,
-                         np.concatenate([pi, [run.pi for run in known]]) if known else pi,
+                         shares(np.concatenate([pi, [run.pi for run in known]]) if known else pi),
                          np.concatenate([sigma, [run.sigma for run in known]]) if known else sigma,
                          np.concatenate([-loglik, np.full(len(known), -np.inf)]))[:len(theta)]
         ranking = np.where(copies, -np.inf, loglik)
@@ -1886,7 +1987,11 @@ def _tournament(stats, starts, kinds, stages, search, known=()):
         kept = sorted(picked)
         theta, pi, sigma, gain, kinds = theta[kept], pi[kept], sigma[kept], gain[kept], kinds[kept]
     ends, best = list(known), None               # a finalist that reaches another's end stops there
-    for j in np.argsort(-ranking[kept] if stages else ranking, kind="stable"):
+    order = np.argsort(-ranking[kept] if stages else ranking, kind="stable")
+    if supported:
+        held = _e_step(stats, theta, pi, sigma)[0].sum(axis=-2).min(axis=-1)
+        order = [j for j in order if held[j] >= UNSUPPORTED_WEIGHT] or order[:1]
+    for j in order:
         end = _run_em(stats, (theta[j], pi[j], sigma[j]), search.tol, search.max_iter, known=ends, gain=gain[j])
         if not any(_same_point(other, end.W, end.loglik) for other in ends):    # each maximum once
             ends.append(end)

@@ -3,11 +3,12 @@ panels drawn with each segment's AR(1) errors over the stores' own weeks (--boot
 simulation where the fit's residuals are autocorrelated) against independent weeks drawn from
 the sums (as before). Each panel: 3 segments (elasticities -3, -2, -1), store levels, store
 prices, sigma 0.5, AR(1) errors rho; fitted for K = 2, 3, 4 with store effects and one common
-sigma. Size: how often K = 3 (true) is rejected for 4 at 5%; power: how often K = 2 is rejected
+sigma (or, --no-store-effects, stores without levels of their own fitted without them). Size: how often K = 3 (true) is rejected for 4 at 5%; power: how often K = 2 is rejected
 for 3. Prints a table of rejections by simulation and test.
 
     python bench/bootstrap_size.py                         # 50 panels, rho 0.5, B = 19 (tens of minutes)
-    python bench/bootstrap_size.py --panels 10 --ar 0.8 --B 19
+    python bench/bootstrap_size.py --panels 50 --ar 0.8
+    python bench/bootstrap_size.py --panels 50 --no-store-effects
 """
 import argparse
 import os
@@ -33,16 +34,19 @@ def main():
     parser.add_argument("--B", type=int, default=19)
     parser.add_argument("--n-init", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=["AR(1)", "independent"])
+    parser.add_argument("--no-store-effects", action="store_true",
+                        help="stores without levels of their own, fitted without store effects")
     args = parser.parse_args()
     rejected = {(kind, K): 0 for kind in args.kinds for K in (2, 3)}
     search = E.Search(n_init=args.n_init, seed=0)
-    model = E._model(sigma="common", store_effects=True)
+    effects = not args.no_store_effects
+    model = E._model(sigma="common", store_effects=effects)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for seed in range(args.panels):
             panel = S.simulate(args.stores, args.weeks, theta=THETA, pi=(1 / 3, 1 / 3, 1 / 3), seed=seed, sigma=0.5,
-                               store_sd=0.5, price_sd=0.1, ar=args.ar)
+                               store_sd=0.5 if effects else 0.0, price_sd=0.1, ar=args.ar)
             with tempfile.TemporaryDirectory() as folder:
                 path = os.path.join(folder, "p.csv")
                 S.write_long(path, panel.price, panel.sales)
@@ -59,7 +63,7 @@ def main():
                     row.append(f"{kind} {K}v{K + 1} p={test['p']:.2f}")
             print(f"panel {seed}: " + ", ".join(row), flush=True)
     print(f"\n{args.panels} panels of {args.stores} stores x {args.weeks} weeks, true K = 3, AR(1) rho = {args.ar}, "
-          f"store effects, common sigma, B = {args.B} ({time.perf_counter() - start:.0f} s):")
+          f"{'store effects' if effects else 'no store levels or effects'}, common sigma, B = {args.B} ({time.perf_counter() - start:.0f} s):")
     print(common.table(["simulated weeks", "size: rejects K = 3 for 4", "power: rejects K = 2 for 3"],
                        [[kind, f"{rejected[kind, 3]}/{args.panels}", f"{rejected[kind, 2]}/{args.panels}"]
                         for kind in args.kinds]))
