@@ -276,10 +276,10 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, 
 def _model_summary(fit, lags=None):
     """Everything results.json says of one Fit: the course's entry (em_sales._model_summary), then
     the analyst's: store-clustered standard errors, the residual autocorrelation within stores
-    (from the panel's lags), AIC3, CAIC and SABIC, the smallest segment, the share of the stores'
-    spread the segments capture, segments that are not credible and, with covariates of
-    membership, gamma and who is in each segment. A diagnostic that fails leaves its value empty
-    and says so (failed), never the fit."""
+    (from the panel's lags), AIC3, CAIC and SABIC, the smallest segment, the share of the
+    likelihood gain from one segment to each store's own regression that the segments capture,
+    segments that are not credible and, with covariates of membership, gamma and who is in each
+    segment. A diagnostic that fails leaves its value empty and says so (failed), never the fit."""
     summary = _course_summary(fit)
     failed = summary.pop("failed", {})
     robust = _shown_errors(fit, _diagnostic(failed, "store-clustered standard errors", lambda: fit.se_robust, None))

@@ -1,15 +1,15 @@
 """How many segments, and what an answer rests on: the diagnostics beside the criteria (the share
-of the stores' spread the segments capture, segments of a few stores that are not credible, the
-residual autocorrelation within stores), the predictive log-likelihood of held-out weeks, a
-parametric bootstrap test of K against K + 1, the sigma check of the course model, and which
-stores have their own regression."""
+of the likelihood gain from one segment to each store's own regression that the segments capture,
+segments of a few stores that are not credible, the residual autocorrelation within stores), the
+predictive log-likelihood of held-out weeks, a parametric bootstrap test of K against K + 1, the
+sigma check of the course model, and which stores have their own regression."""
 import math
 import warnings
 
 import numpy as np
 
-from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, InputError, Progress, Sums, _check_K,
-                      _e_step, _own_fits, _polish, _pooled, _rss, _run_em, _search, _spread, _statistics)
+from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, VARIANCE_FLOOR, InputError, Progress,
+                      Sums, _check_K, _e_step, _own_fits, _polish, _pooled, _rss, _run_em, _search, _spread, _statistics)
 
 AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
 ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median): the model-based are too small
@@ -181,7 +181,7 @@ def _sigma_check(fit, tol):
 
 def _own_regression(stats, sums, stores, names):
     """How many stores have their own regression (_own_fits), for the diagnostics that set stores
-    beside segments (captured, not-credible, the holdout's own regression, the picture), and why
+    beside segments (not-credible, the holdout's own regression, the picture), and why
     the others are left out of them, by reason (a column that never changes within the store is
     named from the raw sums): {"stores", "left_out": {reason: {"count", "stores": the first}}}."""
     N = len(stats.n)
@@ -201,20 +201,41 @@ def _own_regression(stats, sums, stores, names):
 
 
 def _captured(fit):
-    """The share of the spread of the stores' own price coefficients (their own least squares,
-    weighted by precision 1 / var(b_i)) that the segments' explain: a weighted R^2 of b_i on
-    sum_c w_ic beta_c, over the stores with an own regression (_own_fits). None where fewer than
-    3 stores have one."""
-    stats = fit._stats
-    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
-    keep = own.usable & (np.nan_to_num(own.var[:, stats.price]) > 0)
-    if keep.sum() < 3:
+    """The share of the log-likelihood gain from one segment to each store's own regression that
+    the K segments achieve,
+        captured = (log L_K - log L_1) / (log L_own - log L_1)      (_bounds),
+    None where the stores' own regressions gain nothing on one segment. Every model of K segments
+    under the same sigma and store effects lies between the two, so with exact maxima it is in
+    [0, 1] (rounding is clipped) and a model that nests another never captures less."""
+    one, own = _bounds(fit._stats)
+    if not own - one > 10.0 ** -LR_DECIMALS:
         return None
-    weight = 1 / own.var[keep, stats.price]
-    b, segment = own.b[keep, stats.price], (fit.W @ fit.theta[:, stats.price])[keep]
-    centre = np.average(b, weights=weight)
-    total = (weight * (b - centre) ** 2).sum()
-    return float(max(0.0, 1 - (weight * (b - segment) ** 2).sum() / total)) if total > 0 else None
+    return float(min(max((fit.loglik - one) / (own - one), 0.0), 1.0))
+
+
+def _bounds(stats):
+    """The log-likelihoods of one segment, log L_1 (pooled least squares), and of the saturated
+    model, log L_own (each store its own segment: its own coefficients b_i by least squares from
+    its sums, the minimum-norm ones where its weeks do not identify them all, _own_fits), under
+    the model's sigma and store effects:
+        log L = sum_i const_i - (m_i / 2) log sigma_i^2 - R_i / (2 sigma_i^2),
+    R_i store i's residual sum of squares (at the pooled theta; at b_i, R_i = y_i'y_i - b_i'X_i'y_i)
+    and sigma^2 as the M-step sets it for those segments (the fixed one; sum R / sum m for one
+    estimated; R_i / m_i for each store's own), at least VARIANCE_FLOOR x the pooled residual
+    variance. A store's term under any K segments is at most its own regression's (a store with
+    no more weeks than coefficients is fitted exactly, at the floor of sigma). (log L_1, log L_own)."""
+    theta = _pooled(stats.XtX, stats.Xty)
+    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m).b
+    every = np.ones(len(stats.m), dtype=bool)
+
+    def loglik(rss, variance):
+        s2 = np.maximum(variance, VARIANCE_FLOOR * stats.pooled_s2)
+        return float((stats.const - 0.5 * stats.m * np.log(s2) - rss / (2 * s2)).sum())
+    pooled = np.maximum(_rss(stats, theta[None])[0], 0.0)
+    alone = np.maximum(stats.yty - (own * stats.Xty).sum(axis=1), 0.0)
+    variance = stats.model.mode.variance
+    return (loglik(pooled, variance(stats, pooled.sum(keepdims=True), stats.m.sum(keepdims=True), every[:1])),
+            loglik(alone, variance(stats, alone, stats.m, every)))
 
 
 def _not_credible(fit):

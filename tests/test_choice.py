@@ -1,5 +1,7 @@
 """How many segments and what an answer rests on: the sigma check, the criteria, the holdout, the bootstrap, store-clustered standard errors."""
 import math
+import types
+import unittest
 
 import numpy as np
 
@@ -173,3 +175,55 @@ class RobustStandardErrors(CommandLineCase):
         self.assertIn("How many segments", out)
         self.assertIn("store-clustered s.e.", out)
         self.assertIn("holdout", self.results())
+
+
+class Captured(unittest.TestCase):
+    """captured = (log L_K - log L_1) / (log L_own - log L_1) on nested fits."""
+
+    def test_nested_fits_never_capture_less(self):
+        panel, _ = small_panel(8, N=40, T=12, K=3, missing=0.1)
+        for sigma, effects in ((1.0, False), ("common", False), ("segment", True)):
+            with self.subTest(sigma=sigma, store_effects=effects):
+                stats = stats_of(panel.y, panel.X, sigma, effects)
+                fits = quietly(E.sweep, stats, (1, 2, 3, 4), E.Search(3, 0))
+                one, own = choice._bounds(stats)
+                shares = [choice._captured(fits[K]) for K in (1, 2, 3, 4)]
+                self.assertAlmostEqual(shares[0], 0.0, delta=1e-9)
+                self.assertTrue(all(b >= a - 1e-9 for a, b in zip(shares, shares[1:])), shares)
+                self.assertTrue(all(0 <= s <= 1 for s in shares) and shares[3] > 0.05, shares)
+                self.assertTrue(all(fit.loglik <= own for fit in fits.values()))
+                K = 2                                       # K + 1 segments, one of them a copy: the same likelihood
+                fit = fits[K]
+                theta, pi, s = (np.concatenate([a, a[:1]]) for a in (fit.theta, fit.pi, fit.sigma))
+                pi[0] = pi[-1] = fit.pi[0] / 2
+                copy = E._e_step(stats, theta, pi, s)[1]
+                self.assertAlmostEqual(copy, fit.loglik, delta=1e-9 * abs(copy))
+                twin = choice._captured(types.SimpleNamespace(_stats=stats, loglik=copy))
+                self.assertAlmostEqual(twin, shares[K - 1], delta=1e-9)
+
+    def test_the_stores_own_regressions_by_least_squares_on_their_weeks(self):
+        """log L_own against each store's own least squares on its weeks, a store of one week (fitted
+        exactly) among them; with store effects on its weeks less their mean. (Its residual, 0 to
+        rounding, over twice the floor of sigma^2 leaves a term of about 1e-5 on that rounding.)"""
+        panel, _ = small_panel(9, N=10, T=8, K=2, missing=0.0)
+        y = panel.y.copy()
+        y[1:, 0] = np.nan                                     # store 0: one week
+        for sigma, effects in (("common", False), ("common", True), ("segment", False), (0.7, False)):
+            with self.subTest(sigma=sigma, store_effects=effects):
+                stats = stats_of(y, panel.X, sigma, effects)
+                rss, m, n = [], [], []
+                for i in range(10):
+                    rows = ~np.isnan(y[:, i])
+                    Xi, yi = panel.X[rows], y[rows, i]
+                    if effects:
+                        Xi, yi = Xi[:, 1:] - Xi[:, 1:].mean(axis=0), yi - yi.mean()
+                    b = np.linalg.lstsq(Xi, yi, rcond=None)[0]
+                    rss.append(((yi - Xi @ b) ** 2).sum())
+                    n.append(rows.sum())
+                    m.append(rows.sum() - effects)
+                rss, m, n = map(np.array, (rss, m, n))
+                floor = E.VARIANCE_FLOOR * stats.pooled_s2
+                s2 = (np.full(10, max(rss.sum() / m.sum(), floor)) if sigma == "common" else
+                      np.maximum(rss / np.maximum(m, 1), floor) if sigma == "segment" else np.full(10, sigma ** 2))
+                expected = (-0.5 * m * np.log(2 * math.pi * s2) - rss / (2 * s2) - effects * 0.5 * np.log(n)).sum()
+                self.assertAlmostEqual(choice._bounds(stats)[1], expected, delta=1e-8 * abs(expected) + 1e-4)
