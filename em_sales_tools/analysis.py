@@ -15,7 +15,7 @@ from em_sales import (MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search
                       _model, _names, _search, _shown_errors, _statistics, _warn, _whole, results, sweep)
 from em_sales import _model_summary as _course_summary
 from em_sales_tools.choice import (HOLDOUT_FOLDS, HOLDOUT_KINDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
-                                   _own_regression, _sigma_check)
+                                   _own_regression, _sigma_check, _verdict)
 from em_sales_tools.covariates import _membership_summary, predict
 from em_sales_tools.files import Folds, Source, _use_engine, read_exact, read_stores, read_sums
 from em_sales_tools.prices import Inputs, _aligned, price_policies, read_zones, regular_weeks, regular_weeks_by
@@ -255,6 +255,7 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, 
     if choice.bootstrap:
         out["bootstrap"] = _diagnostic(failed, "bootstrap test",
                                        lambda: _bootstrap(stats, fits, choice.bootstrap, search, progress), None)
+    out["verdict"] = _diagnostic(failed, "verdict", lambda: _verdict(out), None)
     table = None
     if pricing is not None:
         K = pricing.settings.K or best

@@ -2,7 +2,8 @@
 of the likelihood gain from one segment to each store's own regression that the segments capture,
 segments of a few stores that are not credible, the residual autocorrelation within stores), the
 predictive log-likelihood of held-out weeks, a parametric bootstrap test of K against K + 1, the
-sigma check of the course model, and which stores have their own regression."""
+verdict that weighs them, the sigma check of the course model, and which stores have their own
+regression."""
 import math
 import warnings
 
@@ -23,6 +24,15 @@ LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
 SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
 NO_DEGREES = 1e-9          # a store's chi-square degrees of freedom where it has none (that draw is then 0)
 LR_DECIMALS = 6            # a difference of log-likelihoods keeps their absolute noise (1e-9)
+# The verdict (_verdict): one K where the evidence agrees on it, else none and why
+VOTERS = ("BIC", "ICL", "holdout", "bootstrap", "min-share")   # each names a K: BIC and ICL always; the holdout
+                           # (the best held-out score) and the bootstrap (the K it keeps) where run; --min-share
+                           # (BIC's best K whose every segment holds that share) where given. AIC, AIC3 and SABIC
+                           # are in the table but do not vote: their penalties are too light for mixtures, which
+                           # they over-fit (they go on adding segments to describe a continuous spread); nor CAIC,
+                           # BIC + k, which would count BIC's vote twice. A bootstrap whose panels cannot reject
+                           # at BOOTSTRAP_LEVEL does not vote. Every voter must name the same K, and that K must
+                           # have no not-credible and no unsupported segment and not be the largest K tried
 
 
 def _autocorrelation(fit, lags):
@@ -258,6 +268,113 @@ def _not_credible(fit):
                         f"{fit.theta[c, j]:.3g} lies far outside the stores' own estimates (median {median[j]:.3g}, "
                         f"robust sd {spread[j]:.3g}); it describes those stores, not a segment")
     return found
+
+
+def _verdict(results):
+    """The K the evidence supports, from results.json's dictionary (its models, holdout, bootstrap
+    and min_share): each of VOTERS that was run names a K (the bootstrap none where it rejects
+    every K it tested; --min-share none where no K qualifies). The verdict is the K they all name,
+    unless one of its segments is not credible or unsupported, or it is the largest K tried (a
+    wider --K may go further); else none, with what separates the candidates and the option not
+    yet used. agreeing: the voters that name the verdict's K or, where there is none, the K most
+    of them name (BIC's where tied); disagreeing: the others, {name: K}.
+    {"K": int or None, "reasons": [...], "agreeing": [...], "disagreeing": {...}}."""
+    models = {m["K"]: m for m in results["models"]}
+    if len(models) < 2:
+        return {"K": None, "reasons": [f"one K fitted (K = {next(iter(models))}): the evidence compares K; give "
+                                       "several (--K 1 2 3 4)"], "agreeing": [], "disagreeing": {}}
+    holdout, boot, share = results.get("holdout"), results.get("bootstrap"), results.get("min_share")
+    words = {"BIC": "BIC", "ICL": "ICL", "holdout": "the holdout", "bootstrap": "the bootstrap",
+             "min-share": f"--min-share {share['share']:g}" if share else ""}
+    picks, asides = {"BIC": min(models.values(), key=lambda m: m["bic"])["K"],
+                     "ICL": min(models.values(), key=lambda m: m["icl"])["K"]}, []
+    if holdout and "loglik" in holdout:
+        picks["holdout"] = int(max(holdout["loglik"], key=lambda K: holdout["loglik"][K]))
+    elif holdout:
+        asides.append("the holdout was skipped")
+    if boot and boot["tests"] and 1 / (boot["B"] + 1) > BOOTSTRAP_LEVEL:
+        asides.append(f"the bootstrap's {boot['B']} panels cannot reject at {BOOTSTRAP_LEVEL:g}: it does not vote")
+    elif boot and boot["tests"]:
+        picks["bootstrap"] = boot["K"]
+    if share:
+        picks["min-share"] = share["K"]
+    named = [K for K in picks.values() if K is not None]
+    chosen = max(set(named), key=lambda K: (named.count(K), K == picks["BIC"]))
+    agreeing = [name for name in VOTERS if name in picks and picks[name] == chosen]
+    disagreeing = {name: picks[name] for name in VOTERS if name in picks and picks[name] != chosen}
+    vetoes = _vetoes(models, chosen)
+    if not disagreeing and not vetoes:
+        model = models[chosen]
+        reasons = [_listed([words[name] for name in agreeing if name != "bootstrap"]) + " agree"]
+        if "bootstrap" in agreeing:
+            reasons.append(f"the bootstrap keeps {chosen} (p = {boot['tests'][-1]['p']:.2f})")
+        reasons.append(f"every segment holds at least {100 * model['smallest_segment']['share']:.0f}% of the stores "
+                       f"({model['smallest_segment']['stores']} in the smallest)")
+        return {"K": chosen, "reasons": reasons + asides, "agreeing": agreeing, "disagreeing": {}}
+    others = {}
+    for name, K in disagreeing.items():
+        others.setdefault(K, []).append(words[name])
+    reasons = [", ".join(_picks(names, K) for K, names in [(chosen, [words[name] for name in agreeing])]
+                         + list(others.items()))]
+    if "bootstrap" in disagreeing and picks["bootstrap"] is None:
+        last = boot["tests"][-1]
+        reasons.append(f"the bootstrap rejects every K it tested, the last K = {last['K']} against {last['K'] + 1} "
+                       f"(p = {last['p']:.2f})")
+    if "min-share" in disagreeing and share["K"] is None:
+        reasons.append(f"no K tried has every segment holding {100 * share['share']:.0f}% of the stores")
+    reasons += [said for said in (_between(models, holdout, *sorted((chosen, K))) for K in sorted(K for K in others
+                                                                                      if K is not None)) if said]
+    reasons += vetoes + asides
+    unused = [advice for advice, used in (("--holdout would score each K on weeks it has not seen", holdout),
+                                          ("--min-share S would keep only a K whose every segment holds a share S "
+                                           "of the stores", share),
+                                          ("--bootstrap 99 would test each K against K + 1", boot)) if not used]
+    return {"K": None, "reasons": reasons + unused[:1], "agreeing": agreeing, "disagreeing": disagreeing}
+
+
+def _vetoes(models, K):
+    """Why K cannot be the verdict though the evidence names it: a segment not credible or not
+    supported, or K the largest tried."""
+    model = models.get(K)
+    if model is None:
+        return [f"K = {K} was not fitted (--K {' '.join(map(str, sorted(set(models) | {K})))})"]
+    found = [f"K = {K}'s segment {c} is not credible" for c in model.get("not_credible", {})]
+    if model.get("unsupported"):
+        found.append(f"the data support at most {model['supported_K']} of K = {K}'s segments")
+    if K == max(models):
+        found.append(f"K = {K} is the largest K tried: a wider --K may go further")
+    return found
+
+
+def _between(models, holdout, low, high):
+    """What separates two candidates: how the larger K's segments share the stores (each's most
+    likely stores), and which of the two BIC, ICL (with the larger K's entropy, where they part)
+    and the held-out weeks favour, by how much (None where neither was fitted nor held out)."""
+    parts = []
+    if low in models and high in models:
+        small, large = models[low], models[high]
+        parts.append(f"its segments hold {_listed([str(n) for n in sorted(large['stores_in_segment'])])} stores")
+        favours = {name: (low if large[key] > small[key] else high, abs(large[key] - small[key]))
+                   for name, key in (("BIC", "bic"), ("ICL", "icl"))}
+        parts += [f"{name} favours {K} by {gap:.2f}" for name, (K, gap) in favours.items()]
+        if favours["BIC"][0] != favours["ICL"][0]:
+            parts[-1] += f" (entropy {large['entropy']:.3f}: ICL charges uncertain memberships)"
+    scores = (holdout or {}).get("loglik", {})
+    if str(low) in scores and str(high) in scores:
+        gap = scores[str(high)] - scores[str(low)]
+        parts.append(f"the held-out weeks favour {high if gap > 0 else low} by {abs(gap):.2f}")
+    return f"K = {high} against {low}: " + ", ".join(parts) if parts else None
+
+
+def _picks(names, K):
+    """"BIC and ICL pick 3", "the bootstrap keeps none"."""
+    verb = "keeps" if names == ["the bootstrap"] else "picks" if len(names) == 1 else "pick"
+    return f"{_listed(names)} {verb} {'none' if K is None else K}"
+
+
+def _listed(names):
+    """a, b and c."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _median(values):

@@ -93,7 +93,7 @@ def _own_regression_note(results):
 def _how_many_lines(results):
     """How many segments: every criterion by K (and the K each picks), the smallest segment, the
     share of the likelihood gain to each store's own regression captured; the holdout, the
-    bootstrap tests and --min-share where asked."""
+    bootstrap tests and --min-share where asked; then the verdict that weighs them."""
     models = results["models"]
     if not all("aic3" in m for m in models):      # a results.json of an earlier version
         return []
@@ -104,6 +104,10 @@ def _how_many_lines(results):
     if share:
         lines.append(f"With every segment holding at least {100 * share['share']:.0f}% of the stores (--min-share): "
                      + (f"K = {share['K']}, by BIC." if share["K"] is not None else "no K tried qualifies."))
+    verdict = results.get("verdict")
+    if verdict and len(models) > 1:
+        decided = "no single K" if verdict["K"] is None else f"K = {verdict['K']}"
+        lines.append(f"verdict: {decided}: " + "; ".join(verdict["reasons"]) + ".")
     return lines + [""] if lines else []
 
 
