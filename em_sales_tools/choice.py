@@ -277,7 +277,8 @@ def _verdict(results):
     unless one of its segments is not credible or unsupported, or it is the largest K tried (a
     wider --K may go further); else none, with what separates the candidates and the option not
     yet used. agreeing: the voters that name the verdict's K or, where there is none, the K most
-    of them name (BIC's where tied); disagreeing: the others, {name: K}.
+    of them name (BIC's where tied); disagreeing: the others, {name: K}. A verdict of the criteria
+    alone says so.
     {"K": int or None, "reasons": [...], "agreeing": [...], "disagreeing": {...}}."""
     models = {m["K"]: m for m in results["models"]}
     if len(models) < 2:
@@ -286,6 +287,9 @@ def _verdict(results):
     holdout, boot, share = results.get("holdout"), results.get("bootstrap"), results.get("min_share")
     words = {"BIC": "BIC", "ICL": "ICL", "holdout": "the holdout", "bootstrap": "the bootstrap",
              "min-share": f"--min-share {share['share']:g}" if share else ""}
+    advice = {"holdout": "--holdout would score each K on weeks it has not seen",
+              "min-share": "--min-share S would keep only a K whose every segment holds a share S of the stores",
+              "bootstrap": "--bootstrap 99 would test each K against K + 1"}
     picks, asides = {"BIC": min(models.values(), key=lambda m: m["bic"])["K"],
                      "ICL": min(models.values(), key=lambda m: m["icl"])["K"]}, []
     if holdout and "loglik" in holdout:
@@ -310,6 +314,8 @@ def _verdict(results):
             reasons.append(f"the bootstrap keeps {chosen} (p = {boot['tests'][-1]['p']:.2f})")
         reasons.append(f"every segment holds at least {100 * model['smallest_segment']['share']:.0f}% of the stores "
                        f"({model['smallest_segment']['stores']} in the smallest)")
+        if not {"holdout", "bootstrap"} & set(agreeing):
+            reasons.append("the criteria alone: " + advice["holdout"])
         return {"K": chosen, "reasons": reasons + asides, "agreeing": agreeing, "disagreeing": {}}
     others = {}
     for name, K in disagreeing.items():
@@ -325,10 +331,7 @@ def _verdict(results):
     reasons += [said for said in (_between(models, holdout, *sorted((chosen, K))) for K in sorted(K for K in others
                                                                                       if K is not None)) if said]
     reasons += vetoes + asides
-    unused = [advice for advice, used in (("--holdout would score each K on weeks it has not seen", holdout),
-                                          ("--min-share S would keep only a K whose every segment holds a share S "
-                                           "of the stores", share),
-                                          ("--bootstrap 99 would test each K against K + 1", boot)) if not used]
+    unused = [advice[name] for name, used in (("holdout", holdout), ("min-share", share), ("bootstrap", boot)) if not used]
     return {"K": None, "reasons": reasons + unused[:1], "agreeing": agreeing, "disagreeing": disagreeing}
 
 

@@ -227,7 +227,8 @@ class Verdict(unittest.TestCase):
         found = choice._verdict(evidence(self.BIC3, self.ICL3))
         self.assertEqual((found["K"], found["agreeing"], found["disagreeing"]), (3, ["BIC", "ICL"], {}))
         self.assertEqual(found["reasons"], ["BIC and ICL agree", "every segment holds at least 10% of the stores "
-                                                                 "(20 in the smallest)"])
+                                                                 "(20 in the smallest)", "the criteria alone: --holdout "
+                                                                 "would score each K on weeks it has not seen"])
         found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout=held_out(-900, -800, -760, -770, -780),
                                          bootstrap=boot([0.05, 0.05, 0.27]), min_share={"share": 0.1, "K": 3}))
         self.assertEqual((found["K"], found["agreeing"]), (3, ["BIC", "ICL", "holdout", "bootstrap", "min-share"]))
