@@ -315,7 +315,7 @@ def _verdict(results):
         reasons.append(f"every segment holds at least {100 * model['smallest_segment']['share']:.0f}% of the stores "
                        f"({model['smallest_segment']['stores']} in the smallest)")
         if not {"holdout", "bootstrap"} & set(agreeing):
-            reasons.append("the criteria alone: " + advice["holdout"])
+            reasons.append("the criteria alone" + ("" if holdout else ": " + advice["holdout"]))
         return {"K": chosen, "reasons": reasons + asides, "agreeing": agreeing, "disagreeing": {}}
     others = {}
     for name, K in disagreeing.items():

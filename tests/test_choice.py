@@ -234,6 +234,8 @@ class Verdict(unittest.TestCase):
         self.assertEqual((found["K"], found["agreeing"]), (3, ["BIC", "ICL", "holdout", "bootstrap", "min-share"]))
         self.assertEqual(found["reasons"][:2], ["BIC, ICL, the holdout and --min-share 0.1 agree",
                                                 "the bootstrap keeps 3 (p = 0.27)"])
+        found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout={"folds": 5, "skipped": "a fold's ..."}))
+        self.assertEqual((found["K"], found["reasons"][-2:]), (3, ["the criteria alone", "the holdout was skipped"]))
 
     def test_evidence_that_disagrees_gives_none_and_what_separates_the_candidates(self):
         found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout=held_out(-900, -800, -760, -750, -780),
