@@ -2536,7 +2536,8 @@ def _largest_K_note(results):
                          for model in results["models"] if model.get("captured") is not None and model["K"] > 1)
     return (f"BIC picks K = {best}, the largest K tried: the criteria keep improving, as they do when "
             "stores' price sensitivities spread continuously rather than fall into a few groups"
-            + (f" (of that spread {captured})" if captured else "")
+            + (f" (of the likelihood gain from one segment to each store's own regression, {captured})"
+               if captured else "")
             + f"; a wider --K (e.g. --K {' '.join(map(str, range(1, best + 4)))}) may go on improving: "
             "weigh what one more segment captures, and see --min-share")
 

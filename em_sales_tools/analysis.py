@@ -15,7 +15,7 @@ from em_sales import (MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search
                       _model, _names, _search, _shown_errors, _statistics, _warn, _whole, results, sweep)
 from em_sales import _model_summary as _course_summary
 from em_sales_tools.choice import (HOLDOUT_FOLDS, HOLDOUT_KINDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
-                                   _own_regression, _sigma_check)
+                                   _own_regression, _sigma_check, _verdict)
 from em_sales_tools.covariates import _membership_summary, predict
 from em_sales_tools.files import Folds, Source, _use_engine, read_exact, read_stores, read_sums
 from em_sales_tools.prices import Inputs, _aligned, price_policies, read_zones, regular_weeks, regular_weeks_by
@@ -255,6 +255,7 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, 
     if choice.bootstrap:
         out["bootstrap"] = _diagnostic(failed, "bootstrap test",
                                        lambda: _bootstrap(stats, fits, choice.bootstrap, search, progress, data), None)
+    out["verdict"] = _diagnostic(failed, "verdict", lambda: _verdict(out), None)
     table = None
     if pricing is not None:
         K = pricing.settings.K or best
@@ -276,10 +277,10 @@ def _analyse_data(data, Ks, model, search, choice, stores, name, progress=None, 
 def _model_summary(fit, lags=None):
     """Everything results.json says of one Fit: the course's entry (em_sales._model_summary), then
     the analyst's: store-clustered standard errors, the residual autocorrelation within stores
-    (from the panel's lags), AIC3, CAIC and SABIC, the smallest segment, the share of the stores'
-    spread the segments capture, segments that are not credible and, with covariates of
-    membership, gamma and who is in each segment. A diagnostic that fails leaves its value empty
-    and says so (failed), never the fit."""
+    (from the panel's lags), AIC3, CAIC and SABIC, the smallest segment, the share of the
+    likelihood gain from one segment to each store's own regression that the segments capture,
+    segments that are not credible and, with covariates of membership, gamma and who is in each
+    segment. A diagnostic that fails leaves its value empty and says so (failed), never the fit."""
     summary = _course_summary(fit)
     failed = summary.pop("failed", {})
     robust = _shown_errors(fit, _diagnostic(failed, "store-clustered standard errors", lambda: fit.se_robust, None))

@@ -1,16 +1,17 @@
 """How many segments, and what an answer rests on: the diagnostics beside the criteria (the share
-of the stores' spread the segments capture, segments of a few stores that are not credible, the
-residual autocorrelation within stores), the predictive log-likelihood of held-out weeks, a
-parametric bootstrap test of K against K + 1, the sigma check of the course model, and which
-stores have their own regression."""
+of the likelihood gain from one segment to each store's own regression that the segments capture,
+segments of a few stores that are not credible, the residual autocorrelation within stores), the
+predictive log-likelihood of held-out weeks, a parametric bootstrap test of K against K + 1, the
+verdict that weighs them, the sigma check of the course model, and which stores have their own
+regression."""
 import math
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, InputError, Progress, Sums, _check_K,
-                      _e_step, _own_fits, _polish, _pooled, _rss, _run_em, _search, _spread, _statistics)
+from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, VARIANCE_FLOOR, InputError, Progress,
+                      Sums, _check_K, _e_step, _own_fits, _polish, _pooled, _rss, _run_em, _search, _spread, _statistics)
 
 AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
 ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median): the model-based are too small
@@ -27,6 +28,15 @@ LR_CRITICAL = 10.83        # chi-square(1) at 0.1%: the sigma check's test ...
 SIGMA_MARGIN = 0.10        # ... and sigma-hat must be more than 10% away from the fixed sigma
 NO_DEGREES = 1e-9          # a store's chi-square degrees of freedom where it has none (that draw is then 0)
 LR_DECIMALS = 6            # a difference of log-likelihoods keeps their absolute noise (1e-9)
+# The verdict (_verdict): one K where the evidence agrees on it, else none and why
+VOTERS = ("BIC", "ICL", "holdout", "bootstrap", "min-share")   # each names a K: BIC and ICL always; the holdout
+                           # (the best held-out score) and the bootstrap (the K it keeps) where run; --min-share
+                           # (BIC's best K whose every segment holds that share) where given. AIC, AIC3 and SABIC
+                           # are in the table but do not vote: their penalties are too light for mixtures, which
+                           # they over-fit (they go on adding segments to describe a continuous spread); nor CAIC,
+                           # BIC + k, which would count BIC's vote twice. A bootstrap whose panels cannot reject
+                           # at BOOTSTRAP_LEVEL does not vote. Every voter must name the same K, and that K must
+                           # have no not-credible and no unsupported segment and not be the largest K tried
 
 
 def _autocorrelation(fit, lags):
@@ -279,7 +289,7 @@ def _sigma_check(fit, tol):
 
 def _own_regression(stats, sums, stores, names):
     """How many stores have their own regression (_own_fits), for the diagnostics that set stores
-    beside segments (captured, not-credible, the holdout's own regression, the picture), and why
+    beside segments (not-credible, the holdout's own regression, the picture), and why
     the others are left out of them, by reason (a column that never changes within the store is
     named from the raw sums): {"stores", "left_out": {reason: {"count", "stores": the first}}}."""
     N = len(stats.n)
@@ -299,20 +309,41 @@ def _own_regression(stats, sums, stores, names):
 
 
 def _captured(fit):
-    """The share of the spread of the stores' own price coefficients (their own least squares,
-    weighted by precision 1 / var(b_i)) that the segments' explain: a weighted R^2 of b_i on
-    sum_c w_ic beta_c, over the stores with an own regression (_own_fits). None where fewer than
-    3 stores have one."""
-    stats = fit._stats
-    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m)
-    keep = own.usable & (np.nan_to_num(own.var[:, stats.price]) > 0)
-    if keep.sum() < 3:
+    """The share of the log-likelihood gain from one segment to each store's own regression that
+    the K segments achieve,
+        captured = (log L_K - log L_1) / (log L_own - log L_1)      (_bounds),
+    None where the stores' own regressions gain nothing on one segment. Every model of K segments
+    under the same sigma and store effects lies between the two, so with exact maxima it is in
+    [0, 1] (rounding is clipped) and a model that nests another never captures less."""
+    one, own = _bounds(fit._stats)
+    if not own - one > 10.0 ** -LR_DECIMALS:
         return None
-    weight = 1 / own.var[keep, stats.price]
-    b, segment = own.b[keep, stats.price], (fit.W @ fit.theta[:, stats.price])[keep]
-    centre = np.average(b, weights=weight)
-    total = (weight * (b - centre) ** 2).sum()
-    return float(max(0.0, 1 - (weight * (b - segment) ** 2).sum() / total)) if total > 0 else None
+    return float(min(max((fit.loglik - one) / (own - one), 0.0), 1.0))
+
+
+def _bounds(stats):
+    """The log-likelihoods of one segment, log L_1 (pooled least squares), and of the saturated
+    model, log L_own (each store its own segment: its own coefficients b_i by least squares from
+    its sums, the minimum-norm ones where its weeks do not identify them all, _own_fits), under
+    the model's sigma and store effects:
+        log L = sum_i const_i - (m_i / 2) log sigma_i^2 - R_i / (2 sigma_i^2),
+    R_i store i's residual sum of squares (at the pooled theta; at b_i, R_i = y_i'y_i - b_i'X_i'y_i)
+    and sigma^2 as the M-step sets it for those segments (the fixed one; sum R / sum m for one
+    estimated; R_i / m_i for each store's own), at least VARIANCE_FLOOR x the pooled residual
+    variance. A store's term under any K segments is at most its own regression's (a store with
+    no more weeks than coefficients is fitted exactly, at the floor of sigma). (log L_1, log L_own)."""
+    theta = _pooled(stats.XtX, stats.Xty)
+    own = _own_fits(stats.XtX, stats.Xty, stats.yty, stats.m).b
+    every = np.ones(len(stats.m), dtype=bool)
+
+    def loglik(rss, variance):
+        s2 = np.maximum(variance, VARIANCE_FLOOR * stats.pooled_s2)
+        return float((stats.const - 0.5 * stats.m * np.log(s2) - rss / (2 * s2)).sum())
+    pooled = np.maximum(_rss(stats, theta[None])[0], 0.0)
+    alone = np.maximum(stats.yty - (own * stats.Xty).sum(axis=1), 0.0)
+    variance = stats.model.mode.variance
+    return (loglik(pooled, variance(stats, pooled.sum(keepdims=True), stats.m.sum(keepdims=True), every[:1])),
+            loglik(alone, variance(stats, alone, stats.m, every)))
 
 
 def _not_credible(fit):
@@ -335,6 +366,116 @@ def _not_credible(fit):
                         f"{fit.theta[c, j]:.3g} lies far outside the stores' own estimates (median {median[j]:.3g}, "
                         f"robust sd {spread[j]:.3g}); it describes those stores, not a segment")
     return found
+
+
+def _verdict(results):
+    """The K the evidence supports, from results.json's dictionary (its models, holdout, bootstrap
+    and min_share): each of VOTERS that was run names a K (the bootstrap none where it rejects
+    every K it tested; --min-share none where no K qualifies). The verdict is the K they all name,
+    unless one of its segments is not credible or unsupported, or it is the largest K tried (a
+    wider --K may go further); else none, with what separates the candidates and the option not
+    yet used. agreeing: the voters that name the verdict's K or, where there is none, the K most
+    of them name (BIC's where tied); disagreeing: the others, {name: K}. A verdict of the criteria
+    alone says so.
+    {"K": int or None, "reasons": [...], "agreeing": [...], "disagreeing": {...}}."""
+    models = {m["K"]: m for m in results["models"]}
+    if len(models) < 2:
+        return {"K": None, "reasons": [f"one K fitted (K = {next(iter(models))}): the evidence compares K; give "
+                                       "several (--K 1 2 3 4)"], "agreeing": [], "disagreeing": {}}
+    holdout, boot, share = results.get("holdout"), results.get("bootstrap"), results.get("min_share")
+    words = {"BIC": "BIC", "ICL": "ICL", "holdout": "the holdout", "bootstrap": "the bootstrap",
+             "min-share": f"--min-share {share['share']:g}" if share else ""}
+    advice = {"holdout": "--holdout would score each K on weeks it has not seen",
+              "min-share": "--min-share S would keep only a K whose every segment holds a share S of the stores",
+              "bootstrap": "--bootstrap 99 would test each K against K + 1"}
+    picks, asides = {"BIC": min(models.values(), key=lambda m: m["bic"])["K"],
+                     "ICL": min(models.values(), key=lambda m: m["icl"])["K"]}, []
+    if holdout and "loglik" in holdout:
+        picks["holdout"] = int(max(holdout["loglik"], key=lambda K: holdout["loglik"][K]))
+    elif holdout:
+        asides.append("the holdout was skipped")
+    if boot and boot["tests"] and 1 / (boot["B"] + 1) > BOOTSTRAP_LEVEL:
+        asides.append(f"the bootstrap's {boot['B']} panels cannot reject at {BOOTSTRAP_LEVEL:g}: it does not vote")
+    elif boot and boot["tests"]:
+        picks["bootstrap"] = boot["K"]
+    if share:
+        picks["min-share"] = share["K"]
+    named = [K for K in picks.values() if K is not None]
+    chosen = max(set(named), key=lambda K: (named.count(K), K == picks["BIC"]))
+    agreeing = [name for name in VOTERS if name in picks and picks[name] == chosen]
+    disagreeing = {name: picks[name] for name in VOTERS if name in picks and picks[name] != chosen}
+    vetoes = _vetoes(models, chosen)
+    if not disagreeing and not vetoes:
+        model = models[chosen]
+        reasons = [_listed([words[name] for name in agreeing if name != "bootstrap"]) + " agree"]
+        if "bootstrap" in agreeing:
+            reasons.append(f"the bootstrap keeps {chosen} (p = {boot['tests'][-1]['p']:.2f})")
+        reasons.append(f"every segment holds at least {100 * model['smallest_segment']['share']:.0f}% of the stores "
+                       f"({model['smallest_segment']['stores']} in the smallest)")
+        if not {"holdout", "bootstrap"} & set(agreeing):
+            reasons.append("the criteria alone" + ("" if holdout else ": " + advice["holdout"]))
+        return {"K": chosen, "reasons": reasons + asides, "agreeing": agreeing, "disagreeing": {}}
+    others = {}
+    for name, K in disagreeing.items():
+        others.setdefault(K, []).append(words[name])
+    reasons = [", ".join(_picks(names, K) for K, names in [(chosen, [words[name] for name in agreeing])]
+                         + list(others.items()))]
+    if "bootstrap" in disagreeing and picks["bootstrap"] is None:
+        last = boot["tests"][-1]
+        reasons.append(f"the bootstrap rejects every K it tested, the last K = {last['K']} against {last['K'] + 1} "
+                       f"(p = {last['p']:.2f})")
+    if "min-share" in disagreeing and share["K"] is None:
+        reasons.append(f"no K tried has every segment holding {100 * share['share']:.0f}% of the stores")
+    reasons += [said for said in (_between(models, holdout, *sorted((chosen, K))) for K in sorted(K for K in others
+                                                                                      if K is not None)) if said]
+    reasons += vetoes + asides
+    unused = [advice[name] for name, used in (("holdout", holdout), ("min-share", share), ("bootstrap", boot)) if not used]
+    return {"K": None, "reasons": reasons + unused[:1], "agreeing": agreeing, "disagreeing": disagreeing}
+
+
+def _vetoes(models, K):
+    """Why K cannot be the verdict though the evidence names it: a segment not credible or not
+    supported, or K the largest tried."""
+    model = models.get(K)
+    if model is None:
+        return [f"K = {K} was not fitted (--K {' '.join(map(str, sorted(set(models) | {K})))})"]
+    found = [f"K = {K}'s segment {c} is not credible" for c in model.get("not_credible", {})]
+    if model.get("unsupported"):
+        found.append(f"the data support at most {model['supported_K']} of K = {K}'s segments")
+    if K == max(models):
+        found.append(f"K = {K} is the largest K tried: a wider --K may go further")
+    return found
+
+
+def _between(models, holdout, low, high):
+    """What separates two candidates: how the larger K's segments share the stores (each's most
+    likely stores), and which of the two BIC, ICL (with the larger K's entropy, where they part)
+    and the held-out weeks favour, by how much (None where neither was fitted nor held out)."""
+    parts = []
+    if low in models and high in models:
+        small, large = models[low], models[high]
+        parts.append(f"its segments hold {_listed([str(n) for n in sorted(large['stores_in_segment'])])} stores")
+        favours = {name: (low if large[key] > small[key] else high, abs(large[key] - small[key]))
+                   for name, key in (("BIC", "bic"), ("ICL", "icl"))}
+        parts += [f"{name} favours {K} by {gap:.2f}" for name, (K, gap) in favours.items()]
+        if favours["BIC"][0] != favours["ICL"][0]:
+            parts[-1] += f" (entropy {large['entropy']:.3f}: ICL charges uncertain memberships)"
+    scores = (holdout or {}).get("loglik", {})
+    if str(low) in scores and str(high) in scores:
+        gap = scores[str(high)] - scores[str(low)]
+        parts.append(f"the held-out weeks favour {high if gap > 0 else low} by {abs(gap):.2f}")
+    return f"K = {high} against {low}: " + ", ".join(parts) if parts else None
+
+
+def _picks(names, K):
+    """"BIC and ICL pick 3", "the bootstrap keeps none"."""
+    verb = "keeps" if names == ["the bootstrap"] else "picks" if len(names) == 1 else "pick"
+    return f"{_listed(names)} {verb} {'none' if K is None else K}"
+
+
+def _listed(names):
+    """a, b and c."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _median(values):

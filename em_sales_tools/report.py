@@ -84,7 +84,7 @@ def _own_regression_note(results):
         return None
     count = sum(reason["count"] for reason in left.values())
     return (f"{count} store{'s are' if count > 1 else ' is'} left out of the diagnostics that need each store's own "
-            "regression (captured, not-credible, the holdout's own regression, the picture): "
+            "regression (not-credible, the holdout's own regression, the picture): "
             + "; ".join(f"{reason['count']} {why} (" + ", ".join(f"'{store}'" for store in reason["stores"])
                         + (", ..." if reason["count"] > len(reason["stores"]) else "") + ")"
                         for why, reason in left.items()))
@@ -92,8 +92,8 @@ def _own_regression_note(results):
 
 def _how_many_lines(results):
     """How many segments: every criterion by K (and the K each picks), the smallest segment, the
-    share of the stores' spread of price coefficients captured; the holdout, the bootstrap tests
-    and --min-share where asked."""
+    share of the likelihood gain to each store's own regression captured; the holdout, the
+    bootstrap tests and --min-share where asked; then the verdict that weighs them."""
     models = results["models"]
     if not all("aic3" in m for m in models):      # a results.json of an earlier version
         return []
@@ -104,6 +104,10 @@ def _how_many_lines(results):
     if share:
         lines.append(f"With every segment holding at least {100 * share['share']:.0f}% of the stores (--min-share): "
                      + (f"K = {share['K']}, by BIC." if share["K"] is not None else "no K tried qualifies."))
+    verdict = results.get("verdict")
+    if verdict and len(models) > 1:
+        decided = "no single K" if verdict["K"] is None else f"K = {verdict['K']}"
+        lines.append(f"verdict: {decided}: " + "; ".join(verdict["reasons"]) + ".")
     return lines + [""] if lines else []
 
 
@@ -115,8 +119,8 @@ def _criteria_lines(models):
     rows.append(["picks", "", ""] + [str(min(models, key=lambda m: m[c])["K"]) for c in CRITERIA] + ["", ""])
     header = ["K", "log L", "k"] + [c.upper() for c in CRITERIA] + ["smallest segment", "captured"]
     widths = [max(len(str(row[j])) for row in rows + [header]) for j in range(len(header))]
-    lines = ["How many segments (lower criteria are better; captured: the share of the spread of the stores' own "
-             "price coefficients that the segments explain):"]
+    lines = ["How many segments (lower criteria are better; captured: the share of the log-likelihood gain from one "
+             "segment to each store's own regression that K segments achieve):"]
     return lines + ["  " + "  ".join(f"{cell:>{width}}" for cell, width in zip(row, widths)) for row in [header] + rows]
 
 

@@ -2,6 +2,8 @@
 import math
 import os
 import tempfile
+import types
+import unittest
 
 import numpy as np
 
@@ -96,6 +98,23 @@ class HowManySegments(CommandLineCase):
         self.assertGreater(results["models"][1]["captured"], 0.9)
         self.assertIn("Holdout (5 contiguous blocks of each store's weeks", T.report(results))
         self.assertEqual(holdout["of"], "blocks")
+
+    def test_results_json_and_the_report_give_the_verdict(self):
+        panel = S.simulate(40, 16, theta=((10, -3.0), (10, -1.0)), pi=(0.5, 0.5), seed=2, sigma=0.5)
+        S.write_csv(self.path("two.csv"), panel.price, panel.sales)
+        code, out, err = self.run_main(self.path("two.csv"), "--K", "1", "2", "3", "--sigma", "common", "--n-init", "3",
+                                       "--holdout", "--min-share", "0.2")
+        self.assertEqual(code, 0, err)
+        verdict = self.results()["verdict"]
+        self.assertEqual((verdict["K"], verdict["agreeing"], verdict["disagreeing"]),
+                         (2, ["BIC", "ICL", "holdout", "min-share"], {}))
+        self.assertRegex(verdict["reasons"][1], r"^every segment holds at least 4\d% of the stores \(1\d in the smallest\)$")
+        self.assertIn("\nverdict: K = 2: BIC, ICL, the holdout and --min-share 0.2 agree; every segment holds at least ", out)
+        code, out, err = self.run_main(self.path("two.csv"), "--K", "1", "2", "--sigma", "common", "--n-init", "3")
+        verdict = self.results()["verdict"]
+        self.assertEqual((verdict["K"], verdict["agreeing"], verdict["disagreeing"]), (None, ["BIC", "ICL"], {}))
+        self.assertIn("\nverdict: no single K: BIC and ICL pick 2; K = 2 is the largest K tried: a wider --K may go "
+                      "further; --holdout would score each K on weeks it has not seen.\n", out)
 
     def test_simulated_sums_are_those_of_a_panel_drawn_from_the_fit(self):
         """_simulated draws the sums directly: over many draws, X'y has mean X'X theta_c and
@@ -225,3 +244,146 @@ class RobustStandardErrors(CommandLineCase):
         self.assertIn("How many segments", out)
         self.assertIn("store-clustered s.e.", out)
         self.assertIn("holdout", self.results())
+
+
+def evidence(bic, icl, **more):
+    """results.json's dictionary of a constructed sweep K = 1, 2, ...: each K's BIC and ICL, every
+    segment of 20 stores (10% of 200) but where smallest = {K: stores}, and the keys in more
+    (holdout, bootstrap, min_share, not_credible = {K: {segment: why}})."""
+    smallest, odd = more.pop("smallest", {}), more.pop("not_credible", {})
+    models = [{"K": K, "bic": b, "icl": i, "entropy": 0.9, "unsupported": {}, "supported_K": K,
+               "stores_in_segment": [smallest.get(K, 20)] + [20] * (K - 1),
+               "smallest_segment": {"stores": smallest.get(K, 20), "share": smallest.get(K, 20) / 200},
+               "not_credible": odd.get(K, {})} for K, (b, i) in enumerate(zip(bic, icl), start=1)]
+    return {"models": models, "best_K": min(models, key=lambda m: m["bic"])["K"], **more}
+
+
+def boot(p, B=19):
+    """A bootstrap's entry with p-values of K = 1, 2, ... against K + 1 (it stops at the first above 0.05)."""
+    tests = [{"K": K, "lr": 10.0, "p": value} for K, value in enumerate(p, start=1)]
+    kept = next((t["K"] for t in tests if t["p"] > choice.BOOTSTRAP_LEVEL), None)
+    return {"B": B, "tests": tests, "K": kept}
+
+
+def held_out(*scores):
+    return {"folds": 5, "of": "blocks", "loglik": {str(K): s for K, s in enumerate(scores, start=1)},
+            "pooled": scores[0], "own": min(scores) - 1, "own_pooled_stores": 0, "unscored": 0}
+
+
+class Verdict(unittest.TestCase):
+    """The verdict's rule on constructed tables of evidence."""
+    BIC3 = (500.0, 420.0, 400.0, 404.0, 415.0)          # BIC and ICL pick K = 3 of 1..5
+    ICL3 = (500.0, 425.0, 410.0, 420.0, 440.0)
+
+    def test_evidence_that_agrees_gives_its_K(self):
+        found = choice._verdict(evidence(self.BIC3, self.ICL3))
+        self.assertEqual((found["K"], found["agreeing"], found["disagreeing"]), (3, ["BIC", "ICL"], {}))
+        self.assertEqual(found["reasons"], ["BIC and ICL agree", "every segment holds at least 10% of the stores "
+                                                                 "(20 in the smallest)", "the criteria alone: --holdout "
+                                                                 "would score each K on weeks it has not seen"])
+        found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout=held_out(-900, -800, -760, -770, -780),
+                                         bootstrap=boot([0.05, 0.05, 0.27]), min_share={"share": 0.1, "K": 3}))
+        self.assertEqual((found["K"], found["agreeing"]), (3, ["BIC", "ICL", "holdout", "bootstrap", "min-share"]))
+        self.assertEqual(found["reasons"][:2], ["BIC, ICL, the holdout and --min-share 0.1 agree",
+                                                "the bootstrap keeps 3 (p = 0.27)"])
+        found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout={"folds": 5, "skipped": "a fold's ..."}))
+        self.assertEqual((found["K"], found["reasons"][-2:]), (3, ["the criteria alone", "the holdout was skipped"]))
+
+    def test_evidence_that_disagrees_gives_none_and_what_separates_the_candidates(self):
+        found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout=held_out(-900, -800, -760, -750, -780),
+                                         smallest={4: 3}))
+        self.assertIsNone(found["K"])
+        self.assertEqual((found["agreeing"], found["disagreeing"]), (["BIC", "ICL"], {"holdout": 4}))
+        self.assertEqual(found["reasons"][0], "BIC and ICL pick 3, the holdout picks 4")
+        self.assertEqual(found["reasons"][1], "K = 4 against 3: its segments hold 3, 20, 20 and 20 stores, BIC favours 3 "
+                                              "by 4.00, ICL favours 3 by 10.00, the held-out weeks favour 4 by 10.00")
+        self.assertIn("--min-share S", found["reasons"][-1])          # the holdout was run: the other option
+        found = choice._verdict(evidence(self.BIC3, (500.0, 405.0, 410.0, 420.0, 440.0)))     # ICL picks 2
+        self.assertEqual((found["K"], found["agreeing"], found["disagreeing"]), (None, ["BIC"], {"ICL": 2}))
+        self.assertIn("ICL favours 2 by 5.00 (entropy 0.900: ICL charges uncertain memberships)", found["reasons"][1])
+        self.assertIn("--holdout", found["reasons"][-1])
+        found = choice._verdict(evidence(self.BIC3, (500.0, 425.0, 430.0, 420.0, 440.0),   # the most votes win
+                                         holdout=held_out(-900, -800, -760, -750, -780)))
+        self.assertEqual((found["K"], found["agreeing"], found["disagreeing"]), (None, ["ICL", "holdout"], {"BIC": 3}))
+
+    def test_the_bootstrap_votes_where_it_can_reject(self):
+        rejects = choice._verdict(evidence(self.BIC3, self.ICL3, bootstrap=boot([0.05, 0.05, 0.05, 0.05])))
+        self.assertEqual((rejects["K"], rejects["disagreeing"]), (None, {"bootstrap": None}))
+        self.assertEqual(rejects["reasons"][0], "BIC and ICL pick 3, the bootstrap keeps none")
+        self.assertIn("the bootstrap rejects every K it tested, the last K = 4 against 5 (p = 0.05)", rejects["reasons"])
+        smaller = choice._verdict(evidence(self.BIC3, self.ICL3, bootstrap=boot([0.05, 0.4])))
+        self.assertEqual((smaller["K"], smaller["disagreeing"]), (None, {"bootstrap": 2}))
+        few = choice._verdict(evidence(self.BIC3, self.ICL3, bootstrap=boot([0.2], B=4)))     # 4 panels: p >= 0.2
+        self.assertEqual((few["K"], few["agreeing"]), (3, ["BIC", "ICL"]))
+        self.assertIn("the bootstrap's 4 panels cannot reject at 0.05: it does not vote", few["reasons"])
+
+    def test_a_K_the_evidence_names_is_refused_for_a_segment_not_credible_or_the_largest_K(self):
+        odd = choice._verdict(evidence(self.BIC3, self.ICL3, not_credible={3: {"1": "(1.0 stores) is not credible"}}))
+        self.assertEqual((odd["K"], odd["agreeing"], odd["disagreeing"]), (None, ["BIC", "ICL"], {}))
+        self.assertIn("K = 3's segment 1 is not credible", odd["reasons"])
+        last = choice._verdict(evidence(self.BIC3[:3], self.ICL3[:3]))
+        self.assertIsNone(last["K"])
+        self.assertIn("K = 3 is the largest K tried: a wider --K may go further", last["reasons"])
+        one = choice._verdict(evidence(self.BIC3[:1], self.ICL3[:1]))
+        self.assertIsNone(one["K"])
+
+    def test_min_share(self):
+        found = choice._verdict(evidence(self.BIC3, self.ICL3, smallest={3: 3}, min_share={"share": 0.1, "K": 2}))
+        self.assertEqual((found["K"], found["disagreeing"]), (None, {"min-share": 2}))
+        self.assertEqual(found["reasons"][0], "BIC and ICL pick 3, --min-share 0.1 picks 2")
+        self.assertTrue(found["reasons"][1].startswith("K = 3 against 2: its segments hold 3, 20 and 20 stores"))
+        none = choice._verdict(evidence(self.BIC3, self.ICL3, min_share={"share": 0.4, "K": None}))
+        self.assertEqual(none["disagreeing"], {"min-share": None})
+        self.assertIn("no K tried has every segment holding 40% of the stores", none["reasons"])
+
+
+class Captured(unittest.TestCase):
+    """captured = (log L_K - log L_1) / (log L_own - log L_1) on nested fits."""
+
+    def test_nested_fits_never_capture_less(self):
+        panel, _ = small_panel(8, N=40, T=12, K=3, missing=0.1)
+        for sigma, effects in ((1.0, False), ("common", False), ("segment", True)):
+            with self.subTest(sigma=sigma, store_effects=effects):
+                stats = stats_of(panel.y, panel.X, sigma, effects)
+                fits = quietly(E.sweep, stats, (1, 2, 3, 4), E.Search(3, 0))
+                one, own = choice._bounds(stats)
+                shares = [choice._captured(fits[K]) for K in (1, 2, 3, 4)]
+                self.assertAlmostEqual(shares[0], 0.0, delta=1e-9)
+                self.assertTrue(all(b >= a - 1e-9 for a, b in zip(shares, shares[1:])), shares)
+                self.assertTrue(all(0 <= s <= 1 for s in shares) and shares[3] > 0.05, shares)
+                self.assertTrue(all(fit.loglik <= own for fit in fits.values()))
+                K = 2                                       # K + 1 segments, one of them a copy: the same likelihood
+                fit = fits[K]
+                theta, pi, s = (np.concatenate([a, a[:1]]) for a in (fit.theta, fit.pi, fit.sigma))
+                pi[0] = pi[-1] = fit.pi[0] / 2
+                copy = E._e_step(stats, theta, pi, s)[1]
+                self.assertAlmostEqual(copy, fit.loglik, delta=1e-9 * abs(copy))
+                twin = choice._captured(types.SimpleNamespace(_stats=stats, loglik=copy))
+                self.assertAlmostEqual(twin, shares[K - 1], delta=1e-9)
+
+    def test_the_stores_own_regressions_by_least_squares_on_their_weeks(self):
+        """log L_own against each store's own least squares on its weeks, a store of one week (fitted
+        exactly) among them; with store effects on its weeks less their mean. (Its residual, 0 to
+        rounding, over twice the floor of sigma^2 leaves a term of about 1e-5 on that rounding.)"""
+        panel, _ = small_panel(9, N=10, T=8, K=2, missing=0.0)
+        y = panel.y.copy()
+        y[1:, 0] = np.nan                                     # store 0: one week
+        for sigma, effects in (("common", False), ("common", True), ("segment", False), (0.7, False)):
+            with self.subTest(sigma=sigma, store_effects=effects):
+                stats = stats_of(y, panel.X, sigma, effects)
+                rss, m, n = [], [], []
+                for i in range(10):
+                    rows = ~np.isnan(y[:, i])
+                    Xi, yi = panel.X[rows], y[rows, i]
+                    if effects:
+                        Xi, yi = Xi[:, 1:] - Xi[:, 1:].mean(axis=0), yi - yi.mean()
+                    b = np.linalg.lstsq(Xi, yi, rcond=None)[0]
+                    rss.append(((yi - Xi @ b) ** 2).sum())
+                    n.append(rows.sum())
+                    m.append(rows.sum() - effects)
+                rss, m, n = map(np.array, (rss, m, n))
+                floor = E.VARIANCE_FLOOR * stats.pooled_s2
+                s2 = (np.full(10, max(rss.sum() / m.sum(), floor)) if sigma == "common" else
+                      np.maximum(rss / np.maximum(m, 1), floor) if sigma == "segment" else np.full(10, sigma ** 2))
+                expected = (-0.5 * m * np.log(2 * math.pi * s2) - rss / (2 * s2) - effects * 0.5 * np.log(n)).sum()
+                self.assertAlmostEqual(choice._bounds(stats)[1], expected, delta=1e-8 * abs(expected) + 1e-4)
