@@ -114,7 +114,8 @@ class HowManySegments(CommandLineCase):
 class RobustStandardErrors(CommandLineCase):
     def test_each_stores_score_is_the_derivative_of_its_loglikelihood(self):
         """The sandwich's per-store scores against finite differences of each store's log-likelihood
-        in psi = (theta, log sigma, eta), for sigma common and per segment."""
+        in psi = (theta, log sigma, eta), for sigma common and per segment; CR1 is the sandwich
+        with them, times N/(N-1)."""
         panel, _ = small_panel(7, N=15, T=8, K=2, missing=0.1)
         for sigma in ("common", "segment"):
             with self.subTest(sigma=sigma):
@@ -132,9 +133,9 @@ class RobustStandardErrors(CommandLineCase):
                     step[j] = 1e-6
                     np.testing.assert_allclose(G[:, j], (per_store(step) - per_store(-step)) / 2e-6, atol=1e-4, rtol=1e-5)
                 inverse = np.linalg.inv(-H)
-                sandwich = inverse @ G.T @ G @ inverse                       # in psi: theta first
+                sandwich = 15 / 14 * inverse @ G.T @ G @ inverse             # CR1, in psi: theta first
                 run = E._Run(theta, pi, s, 0.0, W, 0, True)
-                ours = E._covariance(stats, run, robust=True)[:4, :4]
+                ours = E._covariance(stats, run, robust="CR1")[:4, :4]
                 np.testing.assert_allclose(ours, sandwich[:4, :4], rtol=1e-6)
 
     def test_autocorrelated_weeks_widen_the_robust_errors_only(self):
