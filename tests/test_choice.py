@@ -172,5 +172,8 @@ class RobustStandardErrors(CommandLineCase):
         code, out, err = self.run_main(self.path("p.csv"), "--K", "1", "2", "--holdout", "--min-share", "0.05")
         self.assertEqual(code, 0, err)
         self.assertIn("How many segments", out)
-        self.assertIn("store-clustered s.e.", out)
+        self.assertIn("store-clustered s.e. (CR3, robust to autocorrelated weeks; 95% interval +-2.045 s.e., t on 29 df)", out)
         self.assertIn("holdout", self.results())
+        for model in self.results()["models"]:             # t on stores - 1 df, said with the kind
+            self.assertEqual((model["se_robust"]["kind"], model["se_robust"]["df"]), ("CR3", 29))
+            self.assertAlmostEqual(model["se_robust"]["t_95"], 2.045230, delta=1e-5)
