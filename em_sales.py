@@ -103,6 +103,7 @@ BLAS_THREADS_FROM = 20_000  # fits of fewer stores hold numpy's BLAS to one thre
 TINY = 1e-300            # a floor for divisors and logs of what may be 0 (near the smallest normal float)
 EMPTY_SHARE = 1e-12      # a segment with a smaller pi is empty: no Newton step and no standard error there
 PROBABILITY_SUM = 1e-6   # probabilities a caller gives (pi, a row of W) must sum to 1 within this
+CLUSTERED = "CR3"        # what se_robust reports: the store-clustered jackknife (_covariance), t on N - 1 df
 EXP_CAP = 700.0          # exp() arguments are capped here (exp(709) overflows)
 GAMMA_LIMIT = 10.0       # |gamma| (membership log-odds against the largest segment, per sd of a covariate)
                          # beyond this: the covariates separate the segment (no finite maximum; odds 22,000:1)
@@ -445,8 +446,10 @@ class _Unpacks:
 class Params(_Unpacks):
     """theta (K, P), pi (K,), sigma (K,) and, with covariates of membership, gamma (K, R): unpacks
     as (theta, pi). MStep returns it, and StandardErrors returns their standard errors in the
-    same form (NaN where not estimated)."""
+    same form (NaN where not estimated), with kind (what standard errors: "model-based", or
+    store-clustered "CR3" or "CR1") and df (of t for their intervals: N - 1 stores; None: normal)."""
     _unpacks = ("theta", "pi")
+    kind, df = "model-based", None
 
     def __init__(self, theta, pi, sigma, gamma=None):
         self.theta, self.pi, self.sigma, self.gamma = theta, pi, sigma, gamma
@@ -461,7 +464,7 @@ class Fit(_Unpacks):
     theta (K, P), pi (K,), sigma (K,), loglik (of exactly these parameters, in this order),
     W (N, K) posteriors, n_iter, converged, model, names (of theta's columns); n_params, n_obs,
     aic, bic, icl, entropy, aic3, caic, sabic; se (a Params of standard errors, computed on first
-    use) and se_robust (store-clustered); search (what the search did: results.json's record) and
+    use) and se_robust (store-clustered, CR3); search (what the search did: results.json's record) and
     ends (the runs of its starts); with covariates of membership gamma (K, R), prior (N, K),
     separated and without_covariates (the Fit without them); log_sales(X); summary(). Segments
     are in canonical order: increasing price coefficient (most price-sensitive first)."""
@@ -509,10 +512,12 @@ class Fit(_Unpacks):
 
     @property
     def se_robust(self):
-        """Store-clustered (sandwich) standard errors, a Params like se: right when a store's weekly
-        errors are autocorrelated (promotions, stock-piling), as long as stores are independent."""
+        """Store-clustered standard errors (CR3, the one-step jackknife over stores: _covariance), a
+        Params like se: right when a store's weekly errors are autocorrelated (promotions,
+        stock-piling), as long as stores are independent; their intervals use t on N - 1 df
+        (.df; _t_quantile)."""
         if self._se_robust is None:
-            self._se_robust = _standard_errors(self._stats, _run_of(self), robust=True)
+            self._se_robust = _standard_errors(self._stats, _run_of(self), robust=CLUSTERED)
         return self._se_robust
 
     def log_sales(self, X):
@@ -1182,16 +1187,73 @@ def _score_hessian(stats, theta, pi, sigma, W, per_store=False):
     H[:K * Q, K * Q:] += cross
     H[K * Q:, :K * Q] = H[:K * Q, K * Q:].T
     H[K * Q:, K * Q:] += eta
-    to = np.arange(KP).reshape(K, P)                              # each parameter's place in psi
-    if nt:
-        to = np.column_stack([to, KP + mode.index(K)])
-    to = np.concatenate([to.ravel(), KP + nt + np.arange(D)])
+    to = _psi_places(stats, K, D)
     if len(to) == KP + nt + D:                                    # a permutation: no sums needed
         order = np.argsort(to)
         return (G[:, order] if per_store else G.sum(axis=0)[order]), H[np.ix_(order, order)]
     M = np.zeros((len(to), KP + nt + D))                          # a common sigma: K into one
     M[np.arange(len(to)), to] = 1.0
     return (G @ M if per_store else G.sum(axis=0) @ M), M.T @ H @ M
+
+
+def _psi_places(stats, K, D):
+    """Each parameter's place in psi, in _score_hessian's order (segment c's theta_c and tau_c, then
+    the D membership parameters): a common tau takes the K segments' places as one."""
+    P, mode = stats.P, stats.model.mode
+    KP, nt = K * P, mode.count(K)
+    to = np.arange(KP).reshape(K, P)
+    if nt:
+        to = np.column_stack([to, KP + mode.index(K)])
+    return np.concatenate([to.ravel(), KP + nt + np.arange(D)])
+
+
+def _store_hessians(stats, theta, pi, sigma, W, stores):
+    """(n, D, D): the Hessian H_i of each store's own log-likelihood, log sum_c pi_ic f_ic, for the
+    stores of the slice `stores`, in _score_hessian's psi: its H store by store, the same Louis
+    identity before the sum over i (sum_i H_i = H). The membership's part is Concomitant.terms'
+    store by store (without covariates z_i = 1 and pi_i = pi, as Shares.terms)."""
+    N, K = W.shape
+    P, mode, membership = stats.P, stats.model.mode, stats.membership
+    nt = mode.count(K)
+    Q = P + (nt > 0)
+    free = _others(K, membership.reference(pi))
+    p = np.exp(np.broadcast_to(membership.log_prior(pi), (K, N))[free][:, stores]).T      # (n, K - 1)
+    Z = np.ones((N, 1)) if membership.Z is None else membership.Z
+    Z, W, XtX = Z[stores], W[stores], stats.XtX[stores].reshape(-1, P, P)
+    n, R = Z.shape
+    s2 = sigma * sigma
+    u = stats.Xty[stores][:, None, :] - (XtX @ theta.T).swapaxes(1, 2)        # (n, K, P)
+    V = np.empty((n, K, Q))
+    np.divide(u, s2[:, None], out=V[:, :, :P])
+    if nt:
+        rss = _rss(stats._replace(moments=stats.moments[stores], yty=stats.yty[stores]), theta).T
+        V[:, :, P] = rss / s2 - stats.m[stores][:, None]
+    WV = W[:, :, None] * V
+    w = W[:, free]
+    g_eta = ((w - p)[:, :, None] * Z[:, None, :]).reshape(n, -1)
+    G = np.concatenate([WV.reshape(n, K * Q), g_eta], axis=1)
+    H = -G[:, :, None] * G[:, None, :]
+    within = WV[:, :, :, None] * V[:, :, None, :]                             # w v v'
+    within[:, :, :P, :P] -= W[:, :, None, None] * XtX[:, None] / s2[:, None, None]
+    if nt:
+        cross_tau = 2 * W[:, :, None] * u / s2[:, None]
+        within[:, :, :P, P] -= cross_tau
+        within[:, :, P, :P] -= cross_tau
+        within[:, :, P, P] -= 2 * W * rss / s2
+    blocks = np.arange(K * Q).reshape(K, Q)
+    H[:, blocks[:, :, None], blocks[:, None, :]] += within
+    A = np.eye(K)[:, free] - p[:, None, :]                                    # (n, K, K - 1)
+    cross = (WV[:, :, :, None, None] * A[:, :, None, :, None] * Z[:, None, None, None, :]).reshape(n, K * Q, -1)
+    C = ((w - p)[:, :, None] * np.eye(K - 1) - w[:, :, None] * p[:, None, :] - p[:, :, None] * w[:, None, :]
+         + 2 * p[:, :, None] * p[:, None, :])
+    H[:, :K * Q, K * Q:] += cross
+    H[:, K * Q:, :K * Q] += cross.swapaxes(1, 2)
+    H[:, K * Q:, K * Q:] += (C[:, :, None, :, None] * Z[:, None, :, None, None] * Z[:, None, None, None, :]
+                             ).reshape(n, (K - 1) * R, (K - 1) * R)
+    to = _psi_places(stats, K, g_eta.shape[1])
+    M = np.zeros((len(to), to.max() + 1))
+    M[np.arange(len(to)), to] = 1.0
+    return M.T @ H @ M
 
 
 def _newton_direction(stats, theta, pi, sigma, W):
@@ -2032,9 +2094,15 @@ def _grow(stats, coefficients, run, search):
 
 def _covariance(stats, run, robust=False):
     """Covariance of (theta flat, the model's sigmas, pi_1..pi_K) from the observed information;
-    with robust, the store-clustered sandwich (-H)^-1 (sum_i g_i g_i') (-H)^-1, g_i store i's
-    score: right whatever the errors do within a store (autocorrelated weeks), as stores are
-    independent.
+    with robust, store-clustered: right whatever the errors do within a store (autocorrelated
+    weeks), as stores are independent. With A = -H = sum_i A_i (A_i = -H_i, store i's own term:
+    _store_hessians) and g_i store i's score,
+        "CR1":  N/(N-1) A^-1 (sum_i g_i g_i') A^-1               (the plain sandwich, scaled)
+        "CR3":  (N-1)/N sum_i d_i d_i',   d_i = (A - A_i)^-1 g_i (True: this one)
+    CR3 is the jackknife over stores in its one-step form: psi-hat - d_i is one Newton step from
+    psi-hat towards the fit without store i (the likelihood without it has score -g_i and
+    information A - A_i at psi-hat), so no store is refitted; its intervals use t with N - 1
+    degrees of freedom (_t_quantile). Where A - A_i is singular: _leave_one_out_steps.
 
     The inverse of -H in psi = (theta, log sigma, eta), carried to sigma and pi by the delta
     method: d sigma / d tau = sigma, d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN
@@ -2062,26 +2130,98 @@ def _covariance(stats, run, robust=False):
     first = np.unique(stats.model.mode.index(K), return_index=True)[1]   # a segment of each sigma
     J[KP:KP + nt, KP:KP + nt] = np.diag(run.sigma[first])
     J[KP + nt:, KP + nt:] = membership.delta(run.pi)
-    inverse = np.linalg.solve(-H, J[:, keep].T)
-    if robust:                                    # (-H)^-1 (sum_i g_i g_i') (-H)^-1
-        scores = G[:, keep] @ inverse
-        covariance = scores.T @ scores
+    N = len(G)
+    if robust == "CR1":
+        scores = G[:, keep] @ np.linalg.solve(-H, J[:, keep].T)
+        covariance = N / max(N - 1, 1) * (scores.T @ scores)
+    elif robust:                                  # "CR3" (or True)
+        scores = _leave_one_out_steps(stats, run, W, G[:, keep], -H, keep) @ J[:, keep].T
+        covariance = (N - 1) / N * (scores.T @ scores)
     else:
-        covariance = J[:, keep] @ inverse
+        covariance = J[:, keep] @ np.linalg.solve(-H, J[:, keep].T)
     if not keep.all():                            # with covariates psi's order is the reported one
         covariance[~keep] = covariance[:, ~keep] = np.nan
     return covariance
 
 
+def _leave_one_out_steps(stats, run, W, G, A, keep):
+    """(N, D): d_i = (A - A_i)^-1 g_i for every store (_covariance's CR3), the A_i computed for
+    BATCH_CELLS / D^2 stores at a time, so that memory stays bounded whatever N.
+
+    Where A - A_i is singular (less than FLAT of A's curvature is left in some direction without
+    store i: the store alone identifies it, as a segment it holds alone), the jackknife has no
+    finite answer in that direction; there store i's term is the plain sandwich's, A^-1 g_i.
+    Precisely, in A's whitened coordinates (A = L L', M_i = L^-1 A_i L^-T = U diag(lambda) U'),
+        d_i = L^-T U diag(f(lambda)) U' L^-1 g_i,   f = 1 / (1 - lambda) where 1 - lambda > FLAT, else 1,
+    which is (A - A_i)^-1 g_i where every 1 - lambda > FLAT (computed then by a plain solve)."""
+    N, D = G.shape
+    chunk = max(1, BATCH_CELLS // (D * D))
+    out = np.empty((N, D))
+    for a in range(0, N, chunk):
+        part = slice(a, min(a + chunk, N))
+        A_i = -_store_hessians(stats, run.theta, run.pi, run.sigma, W, part)
+        if not keep.all():
+            A_i = A_i[:, keep][:, :, keep]
+        left = A - A_i                                        # the information without store i
+        try:
+            np.linalg.cholesky(left - FLAT * A)               # every 1 - lambda > FLAT
+            out[part] = np.linalg.solve(left, G[part, :, None])[..., 0]
+        except np.linalg.LinAlgError:
+            L = np.linalg.cholesky(A)
+            M = np.linalg.solve(L, np.linalg.solve(L, A_i).swapaxes(1, 2))      # L^-1 A_i L^-T (symmetric)
+            lam, U = np.linalg.eigh(M)
+            f = np.where(1 - lam > FLAT, 1 / np.maximum(1 - lam, FLAT), 1.0)
+            x = np.linalg.solve(L, G[part].T).T                                 # L^-1 g_i
+            x = (U @ (f * (U.swapaxes(1, 2) @ x[:, :, None])[..., 0])[:, :, None])[..., 0]
+            out[part] = np.linalg.solve(L.T, x.T).T
+    return out
+
+
 def _standard_errors(stats, run, robust=False):
     """Params of standard errors: theta (K, P), pi (K,), sigma (K,) (NaN where sigma is fixed);
-    robust: store-clustered (sandwich) ones."""
+    robust: store-clustered ones of that kind ("CR3", "CR1": _covariance), their df N - 1."""
     K, P = run.theta.shape
     mode = stats.model.mode
     KP, nt = K * P, mode.count(K)
     se = np.sqrt(np.diag(_covariance(stats, run, robust)))
     se_sigma = se[KP:KP + nt][mode.index(K)] if nt else np.full(K, np.nan)
-    return Params(se[:KP].reshape(K, P), *stats.membership.errors(run.pi, se[KP + nt:], se_sigma))
+    out = Params(se[:KP].reshape(K, P), *stats.membership.errors(run.pi, se[KP + nt:], se_sigma))
+    if robust:
+        out.kind, out.df = CLUSTERED if robust is True else robust, len(stats.n) - 1
+    return out
+
+
+def _t_quantile(p, df):
+    """The p-quantile of Student's t with df >= 1 degrees of freedom, by Hill's algorithm (Comm. ACM
+    13, 1970, algorithm 396): exact for df = 1 and 2, else an expansion about the normal quantile
+    (statistics.NormalDist) in the centre and one in the tail; relative error below 1e-5 for every
+    df, below 1e-8 from df = 20 (to critical values of store-clustered intervals, t with N - 1 df)."""
+    if p == 0.5:
+        return 0.0
+    P, n = 2 * min(p, 1 - p), float(df)                    # P: the two-tailed probability
+    if n == 1:
+        q = 1 / math.tan(P * math.pi / 2)
+    elif n == 2:
+        q = math.sqrt(2 / (P * (2 - P)) - 2)
+    else:
+        a = 1 / (n - 0.5)
+        b = 48 / (a * a)
+        c = ((20700 * a / b - 98) * a - 16) * a + 96.36
+        d = ((94.5 / (b + c) - 3) / b + 1) * math.sqrt(a * math.pi / 2) * n
+        y = (d * P) ** (2 / n)
+        if y > 0.05 + a:                                     # the centre: about the normal quantile
+            from statistics import NormalDist
+            x = NormalDist().inv_cdf(P / 2)
+            y = x * x
+            if n < 5:
+                c += 0.3 * (n - 4.5) * (x + 0.6)
+            c = (((0.05 * d * x - 5) * x - 7) * x - 2) * x + b + c
+            y = math.expm1(a * ((((((0.4 * y + 6.3) * y + 36) * y + 94.5) / c - y - 3) / b + 1) * x) ** 2)
+        else:                                                # the far tail
+            y = ((1 / (((n + 6) / (n * y) - 0.089 * d - 0.822) * (n + 2) * 3) + 0.5 / (n + 4)) * y - 1) \
+                * (n + 1) / (n + 2) + 1 / y
+        q = math.sqrt(n * y)
+    return q if p > 0.5 else -q
 
 
 # ---------------------------------------------------------------------------------------------

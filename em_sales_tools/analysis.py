@@ -11,8 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from em_sales import (MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search, _check_Ks, _diagnostic, _escaped,
-                      _model, _names, _search, _shown_errors, _statistics, _warn, _whole, results, sweep)
+from em_sales import (CLUSTERED, MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search, _check_Ks, _diagnostic,
+                      _escaped, _model, _names, _search, _shown_errors, _statistics, _t_quantile, _warn, _whole, results,
+                      sweep)
 from em_sales import _model_summary as _course_summary
 from em_sales_tools.choice import (HOLDOUT_FOLDS, HOLDOUT_KINDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
                                    _own_regression, _sigma_check, _verdict)
@@ -285,8 +286,10 @@ def _model_summary(fit, lags=None):
     failed = summary.pop("failed", {})
     robust = _shown_errors(fit, _diagnostic(failed, "store-clustered standard errors", lambda: fit.se_robust, None))
     counts = np.bincount(fit.W.argmax(axis=1), minlength=fit.K)
+    df = len(fit.W) - 1                          # t's degrees of freedom for the clustered intervals: stores - 1
     summary.update({
-        "se_robust": {"theta": robust.theta.tolist(), "sigma": robust.sigma.tolist()},
+        "se_robust": {"kind": CLUSTERED, "df": df, "t_95": _t_quantile(0.975, df),
+                      "theta": robust.theta.tolist(), "sigma": robust.sigma.tolist()},
         "autocorrelation": _diagnostic(failed, "residual autocorrelation", lambda: _autocorrelation(fit, lags), None),
         "aic3": fit.aic3, "caic": fit.caic, "sabic": fit.sabic,
         "smallest_segment": {"stores": int(counts.min()), "share": float(fit.pi.min())},

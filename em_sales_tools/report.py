@@ -37,11 +37,15 @@ def report(results):
 
 
 def _robust_lines(model):
-    """The store-clustered standard errors of each coefficient by segment, and the residual
-    autocorrelation within stores."""
+    """The store-clustered standard errors of each coefficient by segment (their kind and the t
+    multiplier of a 95% interval, t on stores - 1 df, where results.json says them), and the
+    residual autocorrelation within stores."""
     if "se_robust" not in model:
         return []
-    return ["  store-clustered s.e. (robust to autocorrelated weeks): " + "; ".join(
+    robust = model["se_robust"]
+    kind = (f"{robust['kind']}, robust to autocorrelated weeks; 95% interval +-{robust['t_95']:.3f} s.e., t on "
+            f"{robust['df']} df" if robust.get("t_95") else "robust to autocorrelated weeks")
+    return [f"  store-clustered s.e. ({kind}): " + "; ".join(
         f"{name} " + " ".join(_number_cell(row[j], 6).strip() for row in model["se_robust"]["theta"])
         for j, name in enumerate(model["coefficients"]))
         + ("" if model.get("autocorrelation") is None else

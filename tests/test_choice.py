@@ -185,7 +185,8 @@ class HowManySegments(CommandLineCase):
 class RobustStandardErrors(CommandLineCase):
     def test_each_stores_score_is_the_derivative_of_its_loglikelihood(self):
         """The sandwich's per-store scores against finite differences of each store's log-likelihood
-        in psi = (theta, log sigma, eta), for sigma common and per segment."""
+        in psi = (theta, log sigma, eta), for sigma common and per segment; CR1 is the sandwich
+        with them, times N/(N-1)."""
         panel, _ = small_panel(7, N=15, T=8, K=2, missing=0.1)
         for sigma in ("common", "segment"):
             with self.subTest(sigma=sigma):
@@ -203,9 +204,9 @@ class RobustStandardErrors(CommandLineCase):
                     step[j] = 1e-6
                     np.testing.assert_allclose(G[:, j], (per_store(step) - per_store(-step)) / 2e-6, atol=1e-4, rtol=1e-5)
                 inverse = np.linalg.inv(-H)
-                sandwich = inverse @ G.T @ G @ inverse                       # in psi: theta first
+                sandwich = 15 / 14 * inverse @ G.T @ G @ inverse             # CR1, in psi: theta first
                 run = E._Run(theta, pi, s, 0.0, W, 0, True)
-                ours = E._covariance(stats, run, robust=True)[:4, :4]
+                ours = E._covariance(stats, run, robust="CR1")[:4, :4]
                 np.testing.assert_allclose(ours, sandwich[:4, :4], rtol=1e-6)
 
     def test_autocorrelated_weeks_widen_the_robust_errors_only(self):
@@ -242,8 +243,11 @@ class RobustStandardErrors(CommandLineCase):
         code, out, err = self.run_main(self.path("p.csv"), "--K", "1", "2", "--holdout", "--min-share", "0.05")
         self.assertEqual(code, 0, err)
         self.assertIn("How many segments", out)
-        self.assertIn("store-clustered s.e.", out)
+        self.assertIn("store-clustered s.e. (CR3, robust to autocorrelated weeks; 95% interval +-2.045 s.e., t on 29 df)", out)
         self.assertIn("holdout", self.results())
+        for model in self.results()["models"]:             # t on stores - 1 df, said with the kind
+            self.assertEqual((model["se_robust"]["kind"], model["se_robust"]["df"]), ("CR3", 29))
+            self.assertAlmostEqual(model["se_robust"]["t_95"], 2.045230, delta=1e-5)
 
 
 def evidence(bic, icl, **more):
