@@ -1476,9 +1476,8 @@ def _penalised(fit, penalty=COVARIATE_PENALTY, tol=TOL, max_iter=MAX_ITER):
     with covariates of membership: EM on the penalised objective from the M-step of the fit's
     posteriors, polished. Where the covariates separate a segment of the maximum-likelihood fit,
     this maximum is finite: what the report offers beside it."""
-    stats = fit._stats
-    stats = stats._replace(model=stats.model._replace(covariate_penalty=_penalty(penalty)),
-                           membership=stats.membership._replace(penalty=_penalty(penalty)))
+    L, stats = _penalty(penalty), fit._stats
+    stats = stats._replace(model=stats.model._replace(covariate_penalty=L), membership=stats.membership._replace(penalty=L))
     with _one_blas_thread(len(stats.n)):
         run = _polish(stats, _run_em(stats, _m_step(stats, fit.W), tol, max_iter))
     return _finished(stats, run, "the penalised fit", fit.names, without_covariates=fit.without_covariates)

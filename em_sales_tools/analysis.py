@@ -65,8 +65,9 @@ def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, n
     stores, covariates: a stores file and the names of its columns that are covariates of
     membership (read_stores); covariate_penalty L > 0: a ridge on their gamma, L per sd of each (a
     finite fit where they separate a segment; 0: maximum likelihood). How many segments: holdout
-    (the predictive log-likelihood of held-out weeks), bootstrap B (a parametric bootstrap test of K against K + 1), min_share S
-    (the best K whose every segment holds at least a share S of the stores). by: a long file's
+    (the predictive log-likelihood of held-out weeks), bootstrap B (a parametric bootstrap test of
+    K against K + 1), min_share S (the best K whose every segment holds at least a share S of the
+    stores). by: a long file's
     column whose groups are analysed each on its own ({"data", "by", "groups": {group: results}}).
     prices: a prices.Settings (cost or margin column, zones, max_change, ...): each policy's prices
     and gains in results["pricing"]."""
