@@ -108,6 +108,9 @@ EXP_CAP = 700.0          # exp() arguments are capped here (exp(709) overflows)
 GAMMA_LIMIT = 10.0       # |gamma| (membership log-odds against the largest segment, per sd of a covariate)
                          # beyond this: the covariates separate the segment (no finite maximum; odds 22,000:1)
 GAMMA_STEPS = 100        # Newton iterations of the membership M-step (a weighted multinomial logit) at most
+COVARIATE_PENALTY = 1.0  # the ridge L (per sd) of the penalised fit offered where the ML one is separated: a
+                         # N(0, 1) prior on each log-odds per sd (odds ratios per sd mostly within 1/7..7), and
+                         # scikit-learn's default C = 1 / L for its multinomial logit
 # What the report says
 UNSUPPORTED_WEIGHT = 0.5   # a segment with less posterior weight than half a store holds almost none ...
 EMPTY_WEIGHT = 0.005       # ... and with less than this, none (an empty segment: a flat ridge)
@@ -133,7 +136,7 @@ STORE_NAMES = ("store", "stores", "store_id", "storeid", "store id", "store_nbr"
 TOOLS_OPTIONS = ("--x", "--store", "--week", "--sales", "--price", "--stores", "--covariates", "--predict", "--by",
                  "--sums", "--holdout", "--holdout-folds", "--bootstrap", "--min-share", "--plot", "--engine",
                  "--master", "--cost", "--margin", "--zones", "--zone", "--max-change", "--hold-average-price",
-                 "--draws", "--prices")     # the analyst's package serves these
+                 "--draws", "--prices", "--covariate-penalty")     # the analyst's package serves these
 
 
 class InputError(ValueError):
@@ -163,11 +166,13 @@ class Model(NamedTuple):
     """What is estimated. sigma: a key of SIGMA; fixed: sigma's value where it is fixed;
     store_effects: each store its own intercept (the within-store likelihood); covariates: the
     names of the store covariates of membership, Pr[C_i = c | z_i] = softmax_c(z_i'gamma_c)
-    (none: pi_c for every store)."""
+    (none: pi_c for every store); covariate_penalty: L of the ridge on gamma (Concomitant.ridge; 0:
+    maximum likelihood)."""
     sigma: str = "fixed"
     fixed: float = 1.0
     store_effects: bool = False
     covariates: tuple = ()
+    covariate_penalty: float = 0.0
 
     @property
     def mode(self):
@@ -217,6 +222,7 @@ class Shares:
     Z = scale = None
     names = ()
     width = 1                                    # z_i = 1
+    penalty = 0.0                                # no ridge: EM's objective is log L
 
     def log_prior(self, pi):
         """log Pr[C_i = c] (..., K, 1); an empty segment (pi_c = 0) gets -inf, so that its
@@ -289,13 +295,35 @@ class Concomitant(NamedTuple):
     """How stores are in segments with covariates of membership (flexmix's FLXPmultinom):
     Pr[C_i = c | z_i] = softmax_c(z_i'gamma_c), z_i = (1, the covariates standardised over the
     stores, (z - mean) / sd). Z (N, R): the z_i; scale: (mean (Q,), sd (Q,)) of the covariates as
-    given; names: theirs. A fit's member is gamma (K, R); its free parameters are the rows of the
-    segments other than the reference (the largest a priori), relative to its row."""
+    given; names: theirs; penalty: L >= 0 of the ridge on gamma (ridge; 0: maximum likelihood). A
+    fit's member is gamma (K, R); its free parameters are the rows of the segments other than the
+    reference (the largest a priori), relative to its row."""
     Z: np.ndarray
     scale: tuple
     names: tuple
+    penalty: float = 0.0
 
     width = property(lambda self: self.Z.shape[1])
+
+    def ridge(self, gamma):
+        """(...,) what EM's objective subtracts from log L where penalty = L > 0:
+            (L/2) sum_c sum_j (gamma_cj - mean_k gamma_kj)^2,   j over the covariates (not the intercept),
+        the ridge (L/2) sum_c sum_j gamma_cj^2 of the symmetric parametrisation (glmnet's, scikit-learn's
+        multinomial logit) at the row every segment may add (it is least at sum_c gamma_cj = 0): no
+        segment is special, and gamma_cj, per sd of covariate j, is its coefficient in the given units
+        times sd_j. The maximum is finite where covariates separate a segment, its gamma shrunk toward 0."""
+        centred = gamma[..., 1:] - gamma[..., 1:].mean(axis=-2, keepdims=True)
+        return 0.5 * self.penalty * (centred * centred).sum(axis=(-2, -1))
+
+    def ridge_terms(self, gamma, reference):
+        """The ridge's gradient ((K - 1) R,) and Hessian in the free rows against `reference`:
+        L (gamma_c - mean_k gamma_k) without the intercept, and L (I - 11'/K) kron diag(0, 1, ..., 1)."""
+        K = len(gamma)
+        centred = gamma - gamma.mean(axis=0)
+        centred[:, 0] = 0.0
+        slopes = np.diag(np.r_[0.0, np.ones(self.width - 1)])
+        return (self.penalty * centred[_others(K, reference)].ravel(),
+                self.penalty * np.kron(np.eye(K - 1) - 1.0 / K, slopes))
 
     def log_prior(self, gamma):
         """(..., K, N) log pi_ic = z_i'gamma_c - log sum_k exp(z_i'gamma_k)."""
@@ -307,9 +335,11 @@ class Concomitant(NamedTuple):
         posteriors on Z (fractional responses), by Newton's method from gamma = 0, which the
         concave objective lets converge; the segment with the most weight is the reference (its
         row 0). Where covariates separate a segment the maximum is at infinity: gamma grows until
-        a step gains less than rounding, and the Fit says so (Fit.separated). (From 0 each time,
-        not from the last gamma: from there a separated gamma grows at every EM step, and EM
-        crawls along its ray.) A batch of W is fitted together, each logit stopping on its own."""
+        a step gains less than rounding, and the Fit says so (Fit.separated). With a penalty the
+        objective less the ridge is maximised (Newton with the ridge's Hessian added): a finite
+        maximum. (From 0 each time, not from the last gamma: from there a separated gamma grows at
+        every EM step, and EM crawls along its ray.) A batch of W is fitted together, each logit
+        stopping on its own."""
         shape, (N, K), R = W.shape[:-2], W.shape[-2:], self.width
         W = W.reshape((-1, N, K))
         B = len(W)
@@ -322,7 +352,8 @@ class Concomitant(NamedTuple):
         w_free = np.take_along_axis(W, free[:, None, :], axis=2)           # (B, N, K - 1)
 
         def value(W, gamma):
-            return (W.swapaxes(1, 2) * self.log_prior(gamma)).sum(axis=(1, 2))
+            found = (W.swapaxes(1, 2) * self.log_prior(gamma)).sum(axis=(1, 2))
+            return found - self.ridge(gamma) if self.penalty else found
         current = value(W, gamma)
         active = np.ones(B, dtype=bool)
         for _ in range(GAMMA_STEPS):
@@ -331,7 +362,13 @@ class Concomitant(NamedTuple):
                 break
             p = np.take_along_axis(np.exp(self.log_prior(gamma[at])), free[at, :, None], axis=1).swapaxes(1, 2)
             grad = ((w_free[at] - p).swapaxes(1, 2) @ self.Z).reshape(len(at), -1)        # (b, (K - 1) R)
-            step = _least_squares(_multinomial_information(self.Z, p), grad)
+            information = _multinomial_information(self.Z, p)
+            if self.penalty:                     # the ridge's gradient and Hessian in the free rows
+                centred = gamma[at] - gamma[at].mean(axis=1, keepdims=True)
+                centred[..., 0] = 0.0
+                grad = grad - self.penalty * np.take_along_axis(centred, free[at, :, None], axis=1).reshape(len(at), -1)
+                information = information + self.ridge_terms(gamma[at[0]], 0)[1]
+            step = _least_squares(information, grad)
             gains = (grad * step).sum(axis=1)
             going = gains > ROUNDING * np.maximum(1.0, np.abs(current[at]))
             active[at[~going]] = False
@@ -398,8 +435,9 @@ class Concomitant(NamedTuple):
         return np.abs(gamma - gamma[self.reference(gamma)]) > GAMMA_LIMIT
 
     def identified(self, gamma):
-        """(free parameters,) True for those with a finite maximum: not of a separated segment."""
-        held = self.beyond(gamma)[_others(len(gamma), self.reference(gamma))].any(axis=1)
+        """(free parameters,) True for those with a finite maximum: not of a separated segment (every
+        one with a penalty)."""
+        held = self.beyond(gamma)[_others(len(gamma), self.reference(gamma))].any(axis=1) & (self.penalty == 0)
         return np.repeat(~held, self.width)
 
     def delta(self, gamma):
@@ -413,9 +451,10 @@ class Concomitant(NamedTuple):
         return np.full(len(gamma), np.nan), se_sigma, se_gamma
 
     def canonical(self, gamma):
-        """(gamma against the reference segment, {segment: the covariates that separate it})."""
+        """(gamma against the reference segment, {segment: the covariates that separate it}; none with a
+        penalty, whose maximum is finite)."""
         gamma = gamma - gamma[self.reference(gamma)]
-        at = self.beyond(gamma)
+        at = self.beyond(gamma) & (self.penalty == 0)
         return gamma, {c: [(("intercept",) + tuple(self.names))[r] for r in np.flatnonzero(at[c])]
                        for c in range(len(gamma)) if at[c].any()}
 
@@ -466,13 +505,18 @@ class Fit(_Unpacks):
     aic, bic, icl, entropy, aic3, caic, sabic; se (a Params of standard errors, computed on first
     use) and se_robust (store-clustered, CR3); search (what the search did: results.json's record) and
     ends (the runs of its starts); with covariates of membership gamma (K, R), prior (N, K),
-    separated and without_covariates (the Fit without them); log_sales(X); summary(). Segments
+    separated and without_covariates (the Fit without them); penalised_loglik, loglik less the
+    ridge on gamma where the model has a covariate penalty (the objective EM maximised then; else
+    loglik); log_sales(X); summary(). Segments
     are in canonical order: increasing price coefficient (most price-sensitive first)."""
     _unpacks = ("theta", "pi", "loglik")
 
     def __init__(self, run, stats, names=None, search=None, ends=(), separated=None, without_covariates=None):
         self.theta, self.membership, self.sigma, self.loglik, self.W, self.n_iter, self.converged = run
         self._stats, self.model = stats, stats.model
+        self.penalised_loglik = self.loglik                # a run's loglik is EM's objective (_e_step)
+        if stats.membership.penalty:
+            self.loglik = self.loglik + float(stats.membership.ridge(self.membership))
         self.names = list(names) if names else [f"x{j}" for j in stats.columns]      # X's columns
         self.search, self.ends = search, list(ends)
         self.separated = separated or {}          # with covariates: {segment: entries beyond GAMMA_LIMIT}
@@ -669,20 +713,34 @@ def _check_run(tol, max_iter, n_init=1, seed=None):
         _whole(seed, "seed", 0)
 
 
-def _model(sigma=1.0, store_effects=False, covariates=()):
+def _model(sigma=1.0, store_effects=False, covariates=(), covariate_penalty=0.0):
     """The Model of the options sigma (a positive number, "common" or "segment"),
-    store_effects (True or False) and covariates (names of covariates of membership)."""
+    store_effects (True or False), covariates (names of covariates of membership) and
+    covariate_penalty (L >= 0 of the ridge on their gamma; 0: none)."""
     _check_flag(store_effects, "store_effects")
     covariates = tuple(_names(covariates, "covariates"))
     if len(set(covariates)) < len(covariates):
         raise InputError(f"covariates must be distinct names; got {list(covariates)}")
+    penalty = _penalty(covariate_penalty)
+    if penalty and not covariates:
+        raise InputError(f"covariate_penalty = {penalty:g} is a ridge on the gamma of covariates of membership: "
+                         "give covariates too (or covariate_penalty = 0)")
     if isinstance(sigma, str) and sigma in SIGMA and sigma != "fixed":
-        return Model(sigma, 1.0, bool(store_effects), covariates)
+        return Model(sigma, 1.0, bool(store_effects), covariates, penalty)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)) \
             or not SIGMA_RANGE[0] <= sigma <= SIGMA_RANGE[1]:
         raise InputError(f"sigma must be 'common', 'segment' or a number from {SIGMA_RANGE[0]:g} to "
                          f"{SIGMA_RANGE[1]:g} (sigma fixed at it); got {sigma!r}")
-    return Model("fixed", float(sigma), bool(store_effects), covariates)
+    return Model("fixed", float(sigma), bool(store_effects), covariates, penalty)
+
+
+def _penalty(value, name="covariate_penalty"):
+    """value as a float L from 0 to VALUE_LIMIT (the ridge on gamma per sd), or an InputError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 <= value <= VALUE_LIMIT:
+        raise InputError(f"{name} must be a number >= 0 (L of the ridge on gamma per sd of each covariate; 0: none, "
+                         f"maximum likelihood); got {value!r}")
+    return float(value)
 
 
 def _array(value, name):
@@ -984,7 +1042,7 @@ def _covariates(stats, z):
     if np.linalg.eigvalsh(Z.T @ Z / N).min() < COLLINEAR:
         raise InputError(f"the covariates {', '.join(names)} are collinear (one is a combination of the "
                          "others, or there are more covariates than stores): drop one")
-    return stats._replace(membership=Concomitant(Z, (mean, sd), names))
+    return stats._replace(membership=Concomitant(Z, (mean, sd), names, stats.model.covariate_penalty))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,10 +1084,13 @@ def _log_normalise(a):
 
 
 def _e_step(stats, theta, pi, sigma):
-    """Posteriors W (..., N, K), W[i, c] = pi_c f_ic / sum_k pi_k f_ik, and the log-likelihood
-    sum_i log sum_c pi_c f_ic (a float, or (...,) for a batch)."""
+    """Posteriors W (..., N, K), W[i, c] = pi_c f_ic / sum_k pi_k f_ik, and EM's objective (a float,
+    or (...,) for a batch): the log-likelihood sum_i log sum_c pi_c f_ic, less the ridge on gamma
+    (Concomitant.ridge) where the model has a covariate penalty."""
     W, log_p = _log_normalise(_log_joint(stats, theta, pi, sigma))
     loglik = log_p.sum(axis=-1)
+    if stats.membership.penalty:
+        loglik = loglik - stats.membership.ridge(pi)
     return W.swapaxes(-1, -2), (float(loglik) if loglik.ndim == 0 else loglik)
 
 
@@ -1157,7 +1218,9 @@ def _score_hessian(stats, theta, pi, sigma, W, per_store=False):
     (theta_c, tau_c), u_ic = X_i'y_i - X_i'X_i theta_c, and (e_c - pi_i) kron z_i in the eta
     block (the membership's terms; with covariates of membership eta_c = gamma_c - gamma_ref). It is
     computed with each segment its own tau_c and then mapped into psi by SigmaMode.index (a
-    common tau is the sum of the K segments' ones).
+    common tau is the sum of the K segments' ones). Where the model has a covariate penalty, the
+    gradient and H are those of EM's objective, log L less the ridge (Concomitant.ridge_terms);
+    per_store's scores stay those of log L.
     """
     N, K = W.shape
     P, mode = stats.P, stats.model.mode
@@ -1187,13 +1250,18 @@ def _score_hessian(stats, theta, pi, sigma, W, per_store=False):
     H[:K * Q, K * Q:] += cross
     H[K * Q:, :K * Q] = H[:K * Q, K * Q:].T
     H[K * Q:, K * Q:] += eta
+    total = G.sum(axis=0)
+    if stats.membership.penalty:
+        ridge_grad, ridge_hessian = stats.membership.ridge_terms(pi, stats.membership.reference(pi))
+        total[K * Q:] -= ridge_grad
+        H[K * Q:, K * Q:] -= ridge_hessian
     to = _psi_places(stats, K, D)
     if len(to) == KP + nt + D:                                    # a permutation: no sums needed
         order = np.argsort(to)
-        return (G[:, order] if per_store else G.sum(axis=0)[order]), H[np.ix_(order, order)]
+        return (G[:, order] if per_store else total[order]), H[np.ix_(order, order)]
     M = np.zeros((len(to), KP + nt + D))                          # a common sigma: K into one
     M[np.arange(len(to)), to] = 1.0
-    return (G @ M if per_store else G.sum(axis=0) @ M), M.T @ H @ M
+    return (G @ M if per_store else total @ M), M.T @ H @ M
 
 
 def _psi_places(stats, K, D):
@@ -1491,11 +1559,24 @@ def _separation_words(fit):
     which = "; ".join(f"segment {c + 1} (by {', '.join(names)})" for c, names in fit.separated.items())
     return (f"the covariates separate {which}: its membership log-odds pass {GAMMA_LIMIT:g} per sd, so the "
             "likelihood has no finite maximum in gamma (its supremum is approached as gamma grows); the fit shows "
-            "gamma where EM stopped gaining, without standard errors. Use fewer covariates or fewer segments")
+            "gamma where EM stopped gaining, without standard errors. Use fewer covariates or fewer segments, or a "
+            "ridge on gamma, whose maximum is finite (--covariate-penalty L; covariate_penalty = L)")
+
+
+def _penalised(fit, penalty=COVARIATE_PENALTY, tol=TOL, max_iter=MAX_ITER):
+    """The Fit of the same model with a ridge of L = penalty on gamma (Concomitant.ridge), from a Fit
+    with covariates of membership: EM on the penalised objective from the M-step of the fit's
+    posteriors, polished. Where the covariates separate a segment of the maximum-likelihood fit,
+    this maximum is finite: what the report offers beside it."""
+    L, stats = _penalty(penalty), fit._stats
+    stats = stats._replace(model=stats.model._replace(covariate_penalty=L), membership=stats.membership._replace(penalty=L))
+    with _one_blas_thread(len(stats.n)):
+        run = _polish(stats, _run_em(stats, _m_step(stats, fit.W), tol, max_iter))
+    return _finished(stats, run, "the penalised fit", fit.names, without_covariates=fit.without_covariates)
 
 
 def _run_of(fit):
-    return _Run(fit.theta, fit.membership, fit.sigma, fit.loglik, fit.W, fit.n_iter, fit.converged)
+    return _Run(fit.theta, fit.membership, fit.sigma, fit.penalised_loglik, fit.W, fit.n_iter, fit.converged)
 
 
 def _one_blas_thread(N):
@@ -1560,7 +1641,7 @@ def _search_covariates(stats, K, search, names, previous, progress):
          (more starts are never worse);
       3. split-and-merge from the best (_covariate_moves), gamma refitted after each move.
     The best end, polished. Fit.search counts the runs of step 1 and the starts of step 2."""
-    plain = stats._replace(membership=SHARES, model=stats.model._replace(covariates=()))
+    plain = stats._replace(membership=SHARES, model=stats.model._replace(covariates=(), covariate_penalty=0.0))
     base = _search(plain, K, search, names, previous.without_covariates if previous is not None else None, progress)
     if K == 1:                                   # one segment: nothing to choose, so no membership to model
         return _finished(stats, _run_of(base)._replace(pi=np.zeros((1, stats.membership.width))), "Estimate", names,
@@ -2110,7 +2191,11 @@ def _covariance(stats, run, robust=False):
     curvature below FLAT times the largest: over-fitted, two equal segments): no standard error
     means anything there. With covariates of membership the membership block is gamma against
     the reference segment; a segment that covariates separate (|gamma| > GAMMA_LIMIT) is left
-    out of the inverse, its gamma NaN."""
+    out of the inverse, its gamma NaN. With a covariate penalty, -H is the penalised information
+    (the observed information plus the ridge's Hessian, _score_hessian), finite where the
+    covariates separate a segment: the usual covariance of a ridge estimate (the inverse Hessian of
+    the penalised log-likelihood, a Bayesian posterior's under the ridge's normal prior); robust,
+    the sandwich with that -H and the stores' scores of log L."""
     K, P = run.theta.shape
     KP, nt = K * P, stats.model.mode.count(K)
     membership = stats.membership

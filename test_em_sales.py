@@ -1621,6 +1621,137 @@ class CovariatesFit(unittest.TestCase):
             E._statistics(sums, E._model(1.0, False, ("a", "b")), None, z)
 
 
+def separated_panel(penalty=0.0):
+    """Six stores of a distinct segment, exactly the six with the largest z1 (the covariate
+    separates it: gamma has no finite maximum), and its Stats with a covariate penalty."""
+    rng = np.random.default_rng(7)
+    N, T = 60, 20
+    z = rng.normal(size=(N, 1))
+    segment = np.where(z[:, 0] >= np.sort(z[:, 0])[-6], 0, 1)
+    X = np.column_stack([np.ones(T), np.log(np.exp(rng.uniform(0, 1, T)))])
+    y = X @ np.array([[10.0, -3.0], [10.0, -1.0]])[segment].T + rng.normal(0, 0.3, (T, N))
+    return E._statistics(E._wide_sums(y, X), E._model("common", False, ("z1",), penalty), None, z)
+
+
+class CovariatePenalty(unittest.TestCase):
+    """The ridge on gamma (Concomitant.ridge): (L/2) sum_c sum_j (gamma_cj sd_j)^2 over all K
+    segments in the symmetric parametrisation, intercepts free."""
+
+    def test_gamma_is_the_penalised_multinomial_logit_of_the_final_posteriors(self):
+        """Oracle: scikit-learn's multinomial LogisticRegression with C = 1/L, fitted here to the
+        fit's final posteriors W (each store repeated K times, label c, weight w_ic) on the
+        standardised covariates, gives the fit's gamma (its differences between segments; its
+        coefficients sum to 0 over segments, the symmetric parametrisation)."""
+        try:
+            from sklearn.linear_model import LogisticRegression
+        except ImportError:
+            self.skipTest("scikit-learn is not installed: it is this test's independent penalised multinomial logit")
+        for L in (0.3, 3.0):
+            with self.subTest(L=L):
+                panel, stats = covariate_panel(4, N=120, T=12, sigma="segment")
+                stats = stats._replace(membership=stats.membership._replace(penalty=L),
+                                       model=stats.model._replace(covariate_penalty=L))
+                fit = quietly(E._search, stats, 3, E.Search(seed=0))
+                self.assertTrue(fit.converged)
+                K, N = 3, 120
+                Z = stats.Z[:, 1:]
+                oracle = LogisticRegression(C=1 / L, tol=1e-12, max_iter=100_000)
+                oracle.fit(np.tile(Z, (K, 1)), np.repeat(np.arange(K), N), sample_weight=fit.W.T.ravel())
+                theirs = np.column_stack([oracle.intercept_, oracle.coef_])
+                np.testing.assert_allclose(theirs[:, 1:].sum(axis=0), 0.0, atol=1e-6)
+                np.testing.assert_allclose(fit.gamma - fit.gamma[0], theirs - theirs[0], atol=1e-5)
+                # and EM's objective is log L less that ridge
+                centred = fit.gamma[:, 1:] - fit.gamma[:, 1:].mean(axis=0)
+                self.assertAlmostEqual(fit.loglik - fit.penalised_loglik, L / 2 * (centred ** 2).sum(), delta=1e-9)
+
+    def test_score_and_hessian_are_those_of_the_penalised_objective(self):
+        """The gradient and Hessian of log L less the ridge (Newton's and the standard errors')
+        against central differences of _e_step's objective and of the gradient."""
+        panel, stats = covariate_panel(4, N=40, T=8, sigma="segment")
+        stats = stats._replace(membership=stats.membership._replace(penalty=2.0))
+        K, P = 3, stats.P
+        rng = np.random.default_rng(5)
+        theta = panel.theta + rng.normal(0, 0.2, (K, P))
+        gamma = rng.normal(0, 0.7, (K, 3))
+        others = E._others(K, stats.membership.reference(gamma))
+
+        def unpack(psi):
+            g = gamma.copy()
+            g[others] = psi[K * P + K:].reshape(len(others), 3)
+            return psi[:K * P].reshape(K, P), g, np.exp(psi[K * P:K * P + K])
+
+        def score(psi):
+            return E._score_hessian(stats, *unpack(psi), E._e_step(stats, *unpack(psi))[0])
+        psi = np.concatenate([theta.ravel(), np.log([0.7, 0.9, 1.1]), gamma[others].ravel()])
+        grad, H = score(psi)
+        h = 1e-5
+        steps = np.eye(len(psi)) * h
+        numeric_grad = [(E._e_step(stats, *unpack(psi + d))[1] - E._e_step(stats, *unpack(psi - d))[1]) / (2 * h)
+                        for d in steps]
+        numeric_H = np.array([(score(psi + d)[0] - score(psi - d)[0]) / (2 * h) for d in steps])
+        np.testing.assert_allclose(grad, numeric_grad, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(H, numeric_H, rtol=1e-5, atol=1e-4)
+        plain = stats._replace(membership=stats.membership._replace(penalty=0.0))
+        ridge = E._e_step(plain, theta, gamma, np.exp(psi[K * P:K * P + K]))[1] - E._e_step(stats, *unpack(psi))[1]
+        self.assertGreater(ridge, 0.1)
+
+    def test_no_penalty_is_the_maximum_likelihood_fit_unchanged(self):
+        """covariate_penalty = 0 is the default's computation itself (the same bits), and a tiny L
+        comes within rounding of its log-likelihood."""
+        panel, _ = covariate_panel(5, N=80, sigma="common")
+        sums = E._wide_sums(panel.y, panel.X)
+        default = quietly(E._search, E._statistics(sums, E._model("common", False, ("z1", "z2")), None,
+                                                  panel.covariates), 2, E.Search(seed=1))
+        zero = quietly(E._search, E._statistics(sums, E._model("common", False, ("z1", "z2"), 0.0), None,
+                                               panel.covariates), 2, E.Search(seed=1))
+        self.assertEqual(zero.loglik, default.loglik)             # one computation, twice: the same bits
+        self.assertEqual(zero.penalised_loglik, zero.loglik)
+        np.testing.assert_array_equal(zero.gamma, default.gamma)
+        np.testing.assert_array_equal(zero.se.gamma, default.se.gamma)
+        tiny = quietly(E._search, E._statistics(sums, E._model("common", False, ("z1", "z2"), 1e-8), None,
+                                               panel.covariates), 2, E.Search(seed=1))
+        self.assertLess(tiny.loglik, default.loglik + 1e-9 * abs(default.loglik))
+        self.assertAlmostEqual(tiny.loglik, default.loglik, delta=1e-6)
+        np.testing.assert_allclose(tiny.gamma, default.gamma, atol=1e-5)
+
+    def test_a_separated_segment_has_a_finite_penalised_fit_with_finite_standard_errors(self):
+        """The panel whose maximum-likelihood gamma is at infinity: with L = 1 the fit converges
+        to a finite gamma, flags nothing, has finite standard errors, a log L below the ML fit's
+        and an objective above the fit without covariates (gamma = its intercepts, no ridge); the
+        refit from the ML fit (_penalised) reaches the same maximum."""
+        ml = quietly(E._search, separated_panel(), 2, E.Search(seed=0))
+        self.assertEqual(list(ml.separated), [0])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = E._search(separated_panel(1.0), 2, E.Search(seed=0))
+        self.assertFalse([w for w in caught if "separate" in str(w.message)])
+        self.assertTrue(fit.converged)
+        self.assertEqual(fit.separated, {})
+        self.assertLess(np.abs(fit.gamma).max(), E.GAMMA_LIMIT)
+        reference = fit._stats.membership.reference(fit.gamma)
+        others = E._others(2, reference)
+        self.assertTrue(np.all(np.isfinite(fit.se.gamma[others])) and np.all(fit.se.gamma[others] > 0))
+        self.assertTrue(np.all(np.isfinite(fit.se_robust.gamma[others])))
+        self.assertTrue(np.all(np.isfinite(fit.se.theta)))
+        self.assertLess(fit.loglik, ml.loglik)
+        self.assertGreater(fit.penalised_loglik, fit.without_covariates.loglik)
+        refit = quietly(E._penalised, ml, 1.0)
+        self.assertAlmostEqual(refit.penalised_loglik, fit.penalised_loglik, delta=1e-8 * abs(fit.loglik))
+        np.testing.assert_allclose(refit.gamma, fit.gamma, atol=1e-5)
+        # a larger L shrinks gamma further
+        stronger = quietly(E._penalised, ml, 10.0)
+        self.assertLess(np.abs(stronger.gamma).max(), np.abs(fit.gamma).max())
+
+    def test_bad_penalties_are_refused_in_one_line(self):
+        for bad in (-1.0, math.nan, math.inf, True, "1", None):
+            with self.subTest(bad=bad), self.assertRaisesRegex(E.InputError, "^covariate_penalty must be a number >= 0"):
+                E._model("segment", False, ("z1",), bad)
+        with self.assertRaisesRegex(E.InputError, "covariate_penalty = 1 is a ridge on the gamma of covariates of "
+                                                  "membership: give covariates too"):
+            E._model("segment", False, (), 1.0)
+        self.assertEqual(E._model("segment", False, (), 0).covariate_penalty, 0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # How many segments: criteria, holdout, bootstrap, captured spread, robust standard errors
 # ---------------------------------------------------------------------------------------------

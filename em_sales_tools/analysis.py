@@ -17,7 +17,7 @@ from em_sales import (CLUSTERED, MAX_STARTS, N_INIT, TOL, Fit, InputError, Progr
 from em_sales import _model_summary as _course_summary
 from em_sales_tools.choice import (HOLDOUT_FOLDS, HOLDOUT_KINDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
                                    _own_regression, _sigma_check, _verdict)
-from em_sales_tools.covariates import _membership_summary, predict
+from em_sales_tools.covariates import _membership_summary, _penalised_summary, predict
 from em_sales_tools.files import Folds, Source, _use_engine, read_exact, read_stores, read_sums
 from em_sales_tools.prices import Inputs, _aligned, price_policies, read_zones, regular_weeks, regular_weeks_by
 from em_sales_tools.report import _fit_lines, _membership_lines, _robust_lines, notes
@@ -57,21 +57,23 @@ def _check_share(share):
 
 def analyse(path, Ks=(2, 3, 4), n_init=N_INIT, seed=0, tol=TOL, progress=None, name=None,
             sigma=1.0, store_effects=False, columns=None, x=(), stores=None, covariates=(),
-            holdout=False, bootstrap=0, min_share=None, by=None, sums=False, prices=None):
+            holdout=False, bootstrap=0, min_share=None, by=None, sums=False, prices=None, covariate_penalty=0.0):
     """Read a panel (a wide or long CSV file, a Parquet file, a DataFrame: see load; a table of
     per-store sums with sums=True), estimate each K and return the results.json dictionary, whose
     "data" is `name` (default: the path). Warns when the data reject a fixed sigma, when BIC picks
     the largest K tried and when a segment is not supported. progress(Progress), if given, hears
     of each K's starts and moves, of a large file's reading and of the bootstrap's panels.
     stores, covariates: a stores file and the names of its columns that are covariates of
-    membership (read_stores). How many segments: holdout (the predictive log-likelihood of
-    held-out weeks), bootstrap B (a parametric bootstrap test of K against K + 1), min_share S
-    (the best K whose every segment holds at least a share S of the stores). by: a long file's
+    membership (read_stores); covariate_penalty L > 0: a ridge on their gamma, L per sd of each (a
+    finite fit where they separate a segment; 0: maximum likelihood). How many segments: holdout
+    (the predictive log-likelihood of held-out weeks), bootstrap B (a parametric bootstrap test of
+    K against K + 1), min_share S (the best K whose every segment holds at least a share S of the
+    stores). by: a long file's
     column whose groups are analysed each on its own ({"data", "by", "groups": {group: results}}).
     prices: a prices.Settings (cost or margin column, zones, max_change, ...): each policy's prices
     and gains in results["pricing"]."""
     source = Source(path, columns, tuple(_names(x, "x", path if isinstance(path, str) else "DataFrame")), by, sums)
-    return _analyse(source, Ks, _model(sigma, store_effects, covariates), Search(n_init, seed, tol),
+    return _analyse(source, Ks, _model(sigma, store_effects, covariates, covariate_penalty), Search(n_init, seed, tol),
                     Choice(holdout, bootstrap, min_share).checked(), stores, progress, name,
                     prices.checked() if prices is not None else None).results
 
@@ -109,18 +111,19 @@ def _reading(progress):
 
 
 def fit_frame(frame, K, store="store", week="week", sales="sales", price="price", x=(), stores=None,
-              covariates=(), sigma="segment", store_effects=False, n_init=N_INIT, seed=0, tol=TOL):
+              covariates=(), sigma="segment", store_effects=False, n_init=N_INIT, seed=0, tol=TOL, covariate_penalty=0.0):
     """The analyst's entry from pandas: a FrameFit with K segments of a long DataFrame (one row a
     store and week; the columns named by store, week, sales, price and the further regressors x),
     its coefficients named. stores: a DataFrame of store covariates (one row a store, its store
     column named as in frame, or its index the store), whose columns named in covariates enter
-    the model of membership. sigma is per segment by default here (real panels reject a fixed
-    sigma = 1; the course's functions keep it). The frames pass through the same reader as
+    the model of membership (covariate_penalty L > 0: a ridge on their gamma, as analyse's). sigma
+    is per segment by default here (real panels reject a fixed sigma = 1; the course's functions
+    keep it). The frames pass through the same reader as
     files, with the same checks; a message's line n is the frame's row n - 2."""
     for name, value in (("frame", frame), ("stores", stores)):
         if value is not None and not hasattr(value, "to_csv"):
             raise InputError(f"{name} must be a pandas DataFrame; got {type(value).__name__}")
-    model = _model(sigma, store_effects, covariates)
+    model = _model(sigma, store_effects, covariates, covariate_penalty)
     data = load(frame, dict(store=store, week=week, sales=sales, price=price), x)
     z = None
     if model.covariates:
@@ -296,7 +299,8 @@ def _model_summary(fit, lags=None):
         "captured": _diagnostic(failed, "captured share", lambda: _captured(fit), None),
         "not_credible": {str(c + 1): why for c, why in
                          _diagnostic(failed, "not-credible check", lambda: _not_credible(fit), {}).items()},
-        **_diagnostic(failed, "membership summary", lambda: _membership_summary(fit), {})})
+        **_diagnostic(failed, "membership summary", lambda: _membership_summary(fit), {}),
+        **_diagnostic(failed, "penalised fit", lambda: _penalised_summary(fit), {})})
     if failed:
         summary["failed"] = failed
     return summary

@@ -119,7 +119,7 @@ def _holdout(data, stats, Ks, search, z=None):
             warnings.simplefilter("ignore")
             for K in Ks:
                 fit = previous = _search(trained, K, search, previous=previous)
-                scores[K] += _e_step(scoring, fit.theta, fit.membership, fit.sigma)[1] - fit.loglik
+                scores[K] += _e_step(scoring, fit.theta, fit.membership, fit.sigma)[1] - fit.penalised_loglik
         score, pooled = _own_holdout(train, fold)
         own, own_pooled = own + score, max(own_pooled, pooled)
     return {"folds": len(data.folds), "loglik": {str(K): scores[K] for K in Ks}, "pooled": scores[1], "own": own,

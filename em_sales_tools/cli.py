@@ -10,8 +10,8 @@ import warnings
 
 import numpy as np
 
-from em_sales import (MAX_STARTS, Search, _api_check, _arguments, _check_outputs, _command, _escaped, _float, _model,
-                      _parser, _Refused, _whole_option, _written, segments_csv)
+from em_sales import (COVARIATE_PENALTY, MAX_STARTS, Search, _api_check, _arguments, _check_outputs, _command, _escaped,
+                      _float, _model, _parser, _penalty, _Refused, _whole_option, _written, segments_csv)
 from em_sales_tools.analysis import Choice, _analyse, _check_share
 from em_sales_tools.choice import HOLDOUT_FOLDS, HOLDOUT_KINDS
 from em_sales_tools.files import LONG_COLUMNS, Source, _use_engine
@@ -63,6 +63,11 @@ def options(parser, model):
     model.add_argument("--covariates", nargs="+", default=[], metavar="COL",
                        help="columns of --stores that enter the model of membership: Pr[store in segment c] "
                             "depends on them (a multinomial logit)")
+    model.add_argument("--covariate-penalty", type=_api_check(lambda text: _penalty(_float(text), "--covariate-penalty")),
+                       default=0.0, metavar="L",
+                       help="a ridge on the covariates' gamma, L per sd of each (0: none, maximum likelihood; "
+                            f"{COVARIATE_PENALTY:g} is a N(0, 1) prior on each log-odds per sd): a finite fit where "
+                            "the covariates separate a segment")
     names = parser.add_argument_group("columns of a long file (found by their header otherwise)")
     for role in LONG_COLUMNS:
         names.add_argument(f"--{role}", metavar="COL", help=f"the {role} column")
@@ -98,6 +103,9 @@ def _checked(argv):
     if bool(args.stores) != bool(args.covariates):
         raise _Refused("--stores FILE.csv and --covariates COL ... go together: the file, and which of its "
                        "columns enter the model of membership")
+    if args.covariate_penalty and not args.covariates:
+        raise _Refused("--covariate-penalty L is a ridge on the gamma of covariates of membership: give --stores "
+                       "FILE.csv and --covariates COL ... too")
     args.pricing = args.cost is not None or args.margin is not None
     if args.engine == "spark" and (args.by is None or args.holdout or args.pricing):
         raise _Refused("--engine spark fits the groups of --by from per-store sums; --holdout and prices need each "
@@ -148,7 +156,8 @@ def _main(argv, step):
         with np.errstate(all="ignore"):
             pricing = Settings(args.cost, args.margin, args.zones, args.zone, args.max_change, args.hold_average_price,
                                args.draws, args.seed, args.segments_K) if args.pricing else None
-            results, fits, data, table = _analyse(source, args.K, _model(args.sigma, args.store_effects, args.covariates),
+            results, fits, data, table = _analyse(source, args.K, _model(args.sigma, args.store_effects, args.covariates,
+                                                                                 args.covariate_penalty),
                                                   Search(args.n_init, args.seed, args.tol),
                                                   Choice(args.holdout and args.holdout_folds, args.bootstrap,
                                                          args.min_share), args.stores,

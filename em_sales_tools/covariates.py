@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from em_sales import (LOG_2PI, TINY, InputError, _array, _check_new_X, _log_joint, _log_normalise, SHARES,
-                      _wide_sums, _within)
+from em_sales import (COVARIATE_PENALTY, LOG_2PI, TINY, InputError, _array, _check_new_X, _log_joint,
+                      _log_normalise, _penalised, SHARES, _wide_sums, _within)
 from em_sales_tools.choice import LR_DECIMALS
 from em_sales_tools.files import read_stores
 
@@ -71,8 +71,10 @@ def predict(fit, covariates=None, y=None, X=None):
 def _membership_summary(fit):
     """With covariates of membership, what results.json adds: gamma (K, 1 + Q: log-odds against
     the reference segment, the largest, whose row is 0; per sd of each covariate) and its standard errors, the covariates'
-    names and standardisation, the likelihood-ratio test against the fit without them, the
-    segments they separate, and each segment's profile (posterior-weighted covariate means)."""
+    names and standardisation, the likelihood-ratio test against the fit without them (no p-value
+    where the fit is penalised: its log L is not a maximum), the segments they separate, each
+    segment's profile (posterior-weighted covariate means), and the covariate penalty L (0: maximum
+    likelihood; else also log L less the ridge, EM's objective)."""
     if fit.gamma is None:
         return {}
     stats, Q = fit._stats, len(fit.model.covariates)
@@ -80,14 +82,31 @@ def _membership_summary(fit):
     raw = stats.membership.covariates()
     lr = max(2 * (fit.loglik - fit.without_covariates.loglik), 0.0) if fit.without_covariates else None
     df = (fit.K - 1) * Q
+    penalty = stats.membership.penalty
     return {"covariates": {"names": list(fit.model.covariates), "mean": mean.tolist(), "sd": sd.tolist()},
+            "covariate_penalty": penalty, **({"penalised_loglik": fit.penalised_loglik} if penalty else {}),
             "reference_segment": stats.membership.reference(fit.gamma) + 1,
             "gamma": fit.gamma.tolist(), "se_gamma": fit.se.gamma.tolist(),
             "without_covariates": None if lr is None else
             {"loglik": fit.without_covariates.loglik, "lr": round(lr, LR_DECIMALS), "df": df,
-             "p": _chi2_tail(lr, df)},
+             "p": None if penalty else _chi2_tail(lr, df)},
             "separated": {str(c + 1): names for c, names in fit.separated.items()},
             "profiles": ((fit.W.T @ raw) / np.maximum(fit.W.sum(axis=0), TINY)[:, None]).tolist()}
+
+
+def _penalised_summary(fit):
+    """Where the covariates separate a segment of a maximum-likelihood fit: {"penalised": the fit
+    with a ridge of L = COVARIATE_PENALTY on gamma (em_sales._penalised), its L, log L, log L less
+    the ridge, largest |gamma| against the reference segment (per sd) and whether every standard
+    error of gamma is finite}; else {}."""
+    if fit.gamma is None or not fit.separated:
+        return {}
+    penalised = _penalised(fit, COVARIATE_PENALTY)
+    free = np.arange(fit.K) != fit._stats.membership.reference(penalised.gamma)
+    return {"penalised": {"covariate_penalty": COVARIATE_PENALTY, "loglik": penalised.loglik,
+                          "penalised_loglik": penalised.penalised_loglik,
+                          "largest_gamma": float(np.abs(penalised.gamma).max()),
+                          "se_finite": bool(np.isfinite(penalised.se.gamma[free]).all())}}
 
 
 def _chi2_tail(x, df):

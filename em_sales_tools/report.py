@@ -194,7 +194,8 @@ def _simulated_words(boot, models, best_K):
 def _membership_lines(model):
     """The report's lines on covariates of membership: each segment's log-odds against segment 1
     per sd of each covariate (odds ratio, standard error), the test against no covariates, and
-    who is in each segment in words."""
+    who is in each segment in words; which model it is where gamma is ridge-penalised, and where the
+    covariates separate a segment, what the penalised fit gives."""
     if "gamma" not in model:
         return []
     if model["K"] == 1:
@@ -205,10 +206,18 @@ def _membership_lines(model):
     test = model["without_covariates"]
     lines = [f"  who is in each segment: log-odds of segment c against segment {reference + 1} (the largest) per sd "
              f"of each covariate (odds ratio exp(gamma); s.e.)"]
-    if test:
+    penalty = model.get("covariate_penalty")
+    if test and penalty:
+        lines[0:0] = [f"  covariates of membership: log-likelihood {test['lr'] / 2:.2f} above the same K without them "
+                      f"({test['loglik']:.4f}); no likelihood-ratio test: the fit is penalised"]
+    elif test:
         p = "" if test["p"] is None else f", p = {test['p']:.3g}"
         lines[0:0] = [f"  covariates of membership: likelihood ratio {test['lr']:.2f} on {test['df']} df against "
                       f"the same K without them (log-likelihood {test['loglik']:.4f}{p})"]
+    if penalty:
+        lines[0:0] = [f"  covariates of membership, ridge-penalised (L = {penalty:g} per sd): log L is not a maximum "
+                      f"likelihood (log L less the ridge, the maximum: {model['penalised_loglik']:.4f}); gamma shrunk "
+                      "toward 0, its s.e. from the penalised information"]
     width = max(10, *map(len, names))
     lines.append(f"  {'':{width}}" + "".join(f"   segment {c + 1:<12d}" for c in others))
     gamma = [[math.copysign(math.inf, value) if str(c + 1) in model["separated"] and abs(value) > GAMMA_LIMIT
@@ -224,6 +233,12 @@ def _membership_lines(model):
         lines.append("  ! the covariates separate segment " + ", ".join(model["separated"]) + f" (|gamma| > {GAMMA_LIMIT:g}): "
                      "the likelihood has no finite maximum in its gamma, shown as +-inf (results.json: where EM stopped "
                      "gaining), without standard errors")
+    penalised = model.get("penalised")
+    if penalised:
+        lines.append(f"  ! with a ridge on gamma (--covariate-penalty {penalised['covariate_penalty']:g}) the maximum is "
+                     f"finite: log L {penalised['loglik']:.4f} (less the ridge {penalised['penalised_loglik']:.4f}), "
+                     f"largest |gamma| {penalised['largest_gamma']:.2f} per sd, "
+                     + ("every s.e. finite" if penalised["se_finite"] else "some s.e. not finite"))
     return lines
 
 

@@ -58,6 +58,27 @@ class CovariatesCommandLine(CommandLineCase):
         self.assert_refused("--stores FILE.csv and --covariates COL ... go together", self.path("panel.csv"),
                             "--stores", self.path("stores.csv"))
 
+    def test_a_covariate_penalty_is_said_recorded_and_checked(self):
+        """--covariate-penalty L: the report says the model is ridge-penalised and tests nothing,
+        results.json records L and the objective; a negative L, or L without covariates, is one
+        line and exit 2."""
+        self.write_panel()
+        code, out, err = self.run_main(self.path("panel.csv"), "--K", "2", "3", "--stores", self.path("stores.csv"),
+                                       "--covariates", "z1", "z2", "--covariate-penalty", "1")
+        self.assertEqual(code, 0, err)
+        self.assertIn("covariates of membership, ridge-penalised (L = 1 per sd): log L is not a maximum likelihood", out)
+        self.assertIn("no likelihood-ratio test: the fit is penalised", out)
+        for model in self.results()["models"][1:]:
+            self.assertEqual(model["covariate_penalty"], 1.0)
+            self.assertLess(model["penalised_loglik"], model["loglik"])
+            self.assertIsNone(model["without_covariates"]["p"])
+        self.write("results.json", "earlier results\n")
+        self.assert_refused("argument --covariate-penalty: --covariate-penalty must be a number >= 0",
+                            self.path("panel.csv"), "--stores", self.path("stores.csv"), "--covariates", "z1",
+                            "--covariate-penalty", "-1")
+        self.assert_refused("--covariate-penalty L is a ridge on the gamma of covariates of membership",
+                            self.path("panel.csv"), "--covariate-penalty", "1")
+
     def test_a_dataframe_gives_the_fit_of_the_same_file(self):
         try:
             import pandas as pd
@@ -95,6 +116,27 @@ class OrangeJuiceCovariates(unittest.TestCase):
         self.assertGreater(fit.loglik, fit.without_covariates.loglik + 10)
         profiles = covariates._membership_summary(fit)["profiles"]
         self.assertLess(profiles[0][names.index("hval150")], profiles[-1][names.index("hval150")])
+
+
+class SeparatedSays(unittest.TestCase):
+    def test_a_separated_fit_says_what_the_penalised_one_gives(self):
+        """Where the covariates separate a segment of the ML fit, results.json's penalised is the fit
+        with L = COVARIATE_PENALTY from it (finite gamma and standard errors, log L below the ML
+        supremum), and the report says so; a fit that is not separated has none."""
+        from em_sales_tools.report import _membership_lines
+        from test_em_sales import separated_panel
+        ml = quietly(E._search, separated_panel(), 2, E.Search(seed=0))
+        said = covariates._penalised_summary(ml)["penalised"]
+        self.assertEqual(said["covariate_penalty"], E.COVARIATE_PENALTY)
+        self.assertLess(said["largest_gamma"], E.GAMMA_LIMIT)
+        self.assertTrue(said["se_finite"])
+        self.assertLess(said["loglik"], ml.loglik)
+        self.assertLess(said["penalised_loglik"], said["loglik"])
+        model = {**E._model_summary(ml), **covariates._membership_summary(ml), "penalised": said}
+        self.assertIn("! with a ridge on gamma (--covariate-penalty 1) the maximum is finite: log L",
+                      "\n".join(_membership_lines(model)))
+        panel, stats = covariate_panel(8, N=80, sigma="segment")
+        self.assertEqual(covariates._penalised_summary(quietly(E._search, stats, 2, E.Search(seed=0))), {})
 
 
 class NewStores(unittest.TestCase):
