@@ -165,22 +165,27 @@ class HowManySegments(CommandLineCase):
         rss = np.mean([E._rss(d, fit.theta)[0] for d in draws], axis=0)
         np.testing.assert_allclose(rss, fit.sigma[0] ** 2 * stats.m, rtol=0.05)
 
-    def test_the_bootstrap_says_how_it_simulated_its_panels(self):
-        """Autocorrelated weeks (rho 0.6) with the panel's rows: AR(1) panels, and each segment's rho
-        near the truth; without rows (data=None, as from the engine): independent weeks."""
-        panel = S.simulate(N=40, T=30, theta=((10.0, -3.0), (10.0, -1.0)), pi=(0.5, 0.5), seed=5, sigma=0.5,
-                           ar=0.6, store_sd=0.5, price_sd=0.1)
+    def test_the_bootstrap_keeps_a_true_K_on_autocorrelated_weeks(self):
+        """Size on AR(1) weeks, a seeded panel: two segments, rho 0.6, no store levels; K = 2 against
+        3 with B = 9. Panels with the fit's AR(1) errors keep K = 2 (p >= 0.5: the observed LR is
+        ordinary among them); panels with independent weeks (data=None, as a file reduced by the
+        engine gets them) reject it (at most one of 9 LRs reaches the observed one), the size
+        problem the AR(1) panels remove. Each segment's rho is near the truth."""
+        panel = S.simulate(N=40, T=30, theta=((10.0, -3.0), (10.0, -1.0)), pi=(0.5, 0.5), seed=0, sigma=0.5,
+                           ar=0.6, price_sd=0.1)
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "p.csv")
             S.write_long(path, panel.price, panel.sales)
             data = analysis._load(path, None, (), None, None, None)
-        stats = E._statistics(data.sums, E._model(sigma="common", store_effects=True), data.coefficients)
+        stats = E._statistics(data.sums, E._model(sigma="common"), data.coefficients)
         fits = {K: analysis.FrameFit(fit, data) for K, fit in quietly(E.sweep, stats, (2, 3), E.Search(seed=0)).items()}
-        found = quietly(choice._bootstrap, stats, fits, 2, E.Search(seed=0), data=data)["tests"][0]
-        self.assertEqual(found["weeks"], "AR(1)")
-        np.testing.assert_allclose(found["rho"], 0.6, atol=0.15)
-        self.assertEqual(quietly(choice._bootstrap, stats, fits, 2, E.Search(seed=0))["tests"][0]["weeks"], "independent")
-
+        kept = quietly(choice._bootstrap, stats, fits, 9, E.Search(seed=0), data=data)["tests"][0]
+        self.assertEqual(kept["weeks"], "AR(1)")
+        np.testing.assert_allclose(kept["rho"], 0.6, atol=0.1)
+        self.assertGreaterEqual(kept["p"], 0.5)
+        rejected = quietly(choice._bootstrap, stats, fits, 9, E.Search(seed=0))["tests"][0]
+        self.assertEqual(rejected["weeks"], "independent")
+        self.assertLessEqual(rejected["p"], 0.2)
 
 class RobustStandardErrors(CommandLineCase):
     def test_each_stores_score_is_the_derivative_of_its_loglikelihood(self):
