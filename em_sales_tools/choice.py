@@ -36,7 +36,12 @@ VOTERS = ("BIC", "ICL", "holdout", "bootstrap", "min-share")   # each names a K:
                            # they over-fit (they go on adding segments to describe a continuous spread); nor CAIC,
                            # BIC + k, which would count BIC's vote twice. A bootstrap whose panels cannot reject
                            # at BOOTSTRAP_LEVEL does not vote. Every voter must name the same K, and that K must
-                           # have no not-credible and no unsupported segment and not be the largest K tried
+                           # have no not-credible and no unsupported segment and not be the largest K tried; but
+                           # where the weeks are autocorrelated (rho above AUTOCORRELATION at BIC's K), the holdout
+                           # and the bootstrap, which respect that, decide where they agree, BIC and ICL (whose n
+                           # overstates the information then) named where they differ
+HOLDOUT_TIE = 1.0          # the holdout names the smallest K whose held-out log-likelihood is within this of the best
+                           # (a log-likelihood ratio below 1 is "not worth more than a bare mention": Kass & Raftery 1995)
 
 
 def _autocorrelation(fit, lags):
@@ -391,7 +396,8 @@ def _verdict(results):
     picks, asides = {"BIC": min(models.values(), key=lambda m: m["bic"])["K"],
                      "ICL": min(models.values(), key=lambda m: m["icl"])["K"]}, []
     if holdout and "loglik" in holdout:
-        picks["holdout"] = int(max(holdout["loglik"], key=lambda K: holdout["loglik"][K]))
+        best = max(holdout["loglik"].values())
+        picks["holdout"] = min(int(K) for K, score in holdout["loglik"].items() if score >= best - HOLDOUT_TIE)
     elif holdout:
         asides.append("the holdout was skipped")
     if boot and boot["tests"] and 1 / (boot["B"] + 1) > BOOTSTRAP_LEVEL:
@@ -402,9 +408,29 @@ def _verdict(results):
         picks["min-share"] = share["K"]
     named = [K for K in picks.values() if K is not None]
     chosen = max(set(named), key=lambda K: (named.count(K), K == picks["BIC"]))
+    rho = models[picks["BIC"]].get("autocorrelation")
+    dependent = (rho is not None and rho > AUTOCORRELATION and picks.get("holdout") is not None
+                 and picks.get("holdout") == picks.get("bootstrap") and holdout.get("of", "blocks") == "blocks"
+                 and all(test.get("weeks") == "AR(1)" for test in boot["tests"]))
+    if dependent:
+        chosen = picks["holdout"]
     agreeing = [name for name in VOTERS if name in picks and picks[name] == chosen]
     disagreeing = {name: picks[name] for name in VOTERS if name in picks and picks[name] != chosen}
     vetoes = _vetoes(models, chosen)
+    if dependent and not vetoes and set(disagreeing) <= {"BIC", "ICL"}:
+        model = models[chosen]
+        reasons = [f"{_listed([words[name] for name in agreeing])} agree; the holdout's blocks of weeks and the "
+                   f"bootstrap's AR(1) panels respect the weeks' autocorrelation (rho = {rho:.2f})",
+                   f"the bootstrap keeps {chosen} (p = {boot['tests'][-1]['p']:.2f})"]
+        if disagreeing:
+            one = len(disagreeing) == 1
+            reasons.append(f"{_listed([words[name] for name in disagreeing])} {'picks' if one else 'pick'} "
+                           f"{_listed([str(K) for K in dict.fromkeys(disagreeing.values())])}: autocorrelated weeks "
+                           f"carry less information than their number, so {'its penalty is' if one else 'their penalties are'} "
+                           "too light")
+        reasons.append(f"every segment holds at least {100 * model['smallest_segment']['share']:.0f}% of the stores "
+                       f"({model['smallest_segment']['stores']} in the smallest)")
+        return {"K": chosen, "reasons": reasons + asides, "agreeing": agreeing, "disagreeing": disagreeing}
     if not disagreeing and not vetoes:
         model = models[chosen]
         reasons = [_listed([words[name] for name in agreeing if name != "bootstrap"]) + " agree"]

@@ -259,17 +259,17 @@ def evidence(bic, icl, **more):
     """results.json's dictionary of a constructed sweep K = 1, 2, ...: each K's BIC and ICL, every
     segment of 20 stores (10% of 200) but where smallest = {K: stores}, and the keys in more
     (holdout, bootstrap, min_share, not_credible = {K: {segment: why}})."""
-    smallest, odd = more.pop("smallest", {}), more.pop("not_credible", {})
+    smallest, odd, rho = more.pop("smallest", {}), more.pop("not_credible", {}), more.pop("rho", None)
     models = [{"K": K, "bic": b, "icl": i, "entropy": 0.9, "unsupported": {}, "supported_K": K,
                "stores_in_segment": [smallest.get(K, 20)] + [20] * (K - 1),
                "smallest_segment": {"stores": smallest.get(K, 20), "share": smallest.get(K, 20) / 200},
-               "not_credible": odd.get(K, {})} for K, (b, i) in enumerate(zip(bic, icl), start=1)]
+               "not_credible": odd.get(K, {}), "autocorrelation": rho} for K, (b, i) in enumerate(zip(bic, icl), start=1)]
     return {"models": models, "best_K": min(models, key=lambda m: m["bic"])["K"], **more}
 
 
-def boot(p, B=19):
+def boot(p, B=19, weeks="independent"):
     """A bootstrap's entry with p-values of K = 1, 2, ... against K + 1 (it stops at the first above 0.05)."""
-    tests = [{"K": K, "lr": 10.0, "p": value} for K, value in enumerate(p, start=1)]
+    tests = [{"K": K, "lr": 10.0, "p": value, "weeks": weeks} for K, value in enumerate(p, start=1)]
     kept = next((t["K"] for t in tests if t["p"] > choice.BOOTSTRAP_LEVEL), None)
     return {"B": B, "tests": tests, "K": kept}
 
@@ -283,6 +283,27 @@ class Verdict(unittest.TestCase):
     """The verdict's rule on constructed tables of evidence."""
     BIC3 = (500.0, 420.0, 400.0, 404.0, 415.0)          # BIC and ICL pick K = 3 of 1..5
     ICL3 = (500.0, 425.0, 410.0, 420.0, 440.0)
+
+    def test_the_holdout_names_the_smallest_K_within_its_tie(self):
+        """A held-out score within HOLDOUT_TIE of the best is a tie, and the smaller K takes it."""
+        found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout=held_out(-900, -800, -760, -759.5, -780)))
+        self.assertEqual((found["K"], found["agreeing"]), (3, ["BIC", "ICL", "holdout"]))
+        found = choice._verdict(evidence(self.BIC3, self.ICL3, holdout=held_out(-900, -800, -760, -758.5, -780)))
+        self.assertEqual((found["K"], found["disagreeing"]), (None, {"holdout": 4}))
+
+    def test_with_autocorrelated_weeks_the_holdout_and_the_ar1_bootstrap_decide(self):
+        """rho above AUTOCORRELATION: the holdout by blocks and an AR(1) bootstrap agreeing on 3 outvote
+        BIC's 4, which is named with why; not where the bootstrap simulated independent weeks, nor
+        where the weeks are not autocorrelated, nor where --min-share disagrees."""
+        bic4 = (500.0, 420.0, 404.0, 400.0, 415.0)
+        agreed = dict(holdout=held_out(-900, -800, -760, -770, -780), bootstrap=boot([0.05, 0.05, 0.6], weeks="AR(1)"))
+        found = choice._verdict(evidence(bic4, self.ICL3, rho=0.5, **agreed))
+        self.assertEqual((found["K"], found["agreeing"], found["disagreeing"]),
+                         (3, ["ICL", "holdout", "bootstrap"], {"BIC": 4}))
+        self.assertIn("BIC picks 4: autocorrelated weeks carry less information than their number", found["reasons"][2])
+        for change in (dict(bootstrap=boot([0.05, 0.05, 0.6])), dict(rho=0.05), dict(min_share={"share": 0.1, "K": 2})):
+            with self.subTest(change=change):
+                self.assertIsNone(choice._verdict(evidence(bic4, self.ICL3, **{"rho": 0.5, **agreed, **change}))["K"])
 
     def test_evidence_that_agrees_gives_its_K(self):
         found = choice._verdict(evidence(self.BIC3, self.ICL3))
