@@ -1459,6 +1459,20 @@ def quietly(function, *args, **named):
         return function(*args, **named)
 
 
+def assert_derivatives(stats, unpack, psi, h=1e-5):
+    """_score_hessian's gradient and Hessian at psi (unpack(psi) = theta, gamma, sigma) against central
+    differences of EM's objective (_e_step) and of that gradient."""
+    def score(psi):
+        return E._score_hessian(stats, *unpack(psi), E._e_step(stats, *unpack(psi))[0])
+    grad, H = score(psi)
+    np.testing.assert_equal(len(grad), len(psi))
+    steps = np.eye(len(psi)) * h
+    numeric_grad = [(E._e_step(stats, *unpack(psi + d))[1] - E._e_step(stats, *unpack(psi - d))[1]) / (2 * h) for d in steps]
+    numeric_H = np.array([(score(psi + d)[0] - score(psi - d)[0]) / (2 * h) for d in steps])
+    np.testing.assert_allclose(grad, numeric_grad, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(H, numeric_H, rtol=1e-5, atol=1e-4)
+
+
 class CovariatesAgainstBruteForce(unittest.TestCase):
     def test_loglik_posteriors_and_score_are_the_brute_force_ones(self):
         """log L = sum_i log sum_c pi_ic prod_t phi(y_it; x_t'theta_c, sigma_c), pi_ic a softmax
@@ -1510,19 +1524,8 @@ class CovariatesAgainstBruteForce(unittest.TestCase):
                     s = np.exp(psi[K * P:K * P + nt]) if nt else np.full(1, float(sigma))
                     return psi[:K * P].reshape(K, P), g, np.broadcast_to(s, (K,)).copy()
 
-                def score(psi):
-                    return E._score_hessian(stats, *unpack(psi), E._e_step(stats, *unpack(psi))[0])
-
                 psi = np.concatenate([theta.ravel(), np.log(np.linspace(0.7, 1.1, nt)), gamma[others].ravel()])
-                grad, H = score(psi)
-                self.assertEqual(len(grad), len(psi))
-                h = 1e-5
-                steps = np.eye(len(psi)) * h
-                numeric_grad = [(E._e_step(stats, *unpack(psi + d))[1] - E._e_step(stats, *unpack(psi - d))[1]) / (2 * h)
-                                for d in steps]
-                numeric_H = np.array([(score(psi + d)[0] - score(psi - d)[0]) / (2 * h) for d in steps])
-                np.testing.assert_allclose(grad, numeric_grad, rtol=1e-5, atol=1e-5)
-                np.testing.assert_allclose(H, numeric_H, rtol=1e-5, atol=1e-4)
+                assert_derivatives(stats, unpack, psi)
 
     def test_the_membership_m_step_is_the_multinomial_logit_maximum(self):
         """The membership M-step (Concomitant.fit) against a direct optimisation (scipy BFGS) of sum_ic w_ic log pi_ic."""
@@ -1680,17 +1683,8 @@ class CovariatePenalty(unittest.TestCase):
             g[others] = psi[K * P + K:].reshape(len(others), 3)
             return psi[:K * P].reshape(K, P), g, np.exp(psi[K * P:K * P + K])
 
-        def score(psi):
-            return E._score_hessian(stats, *unpack(psi), E._e_step(stats, *unpack(psi))[0])
         psi = np.concatenate([theta.ravel(), np.log([0.7, 0.9, 1.1]), gamma[others].ravel()])
-        grad, H = score(psi)
-        h = 1e-5
-        steps = np.eye(len(psi)) * h
-        numeric_grad = [(E._e_step(stats, *unpack(psi + d))[1] - E._e_step(stats, *unpack(psi - d))[1]) / (2 * h)
-                        for d in steps]
-        numeric_H = np.array([(score(psi + d)[0] - score(psi - d)[0]) / (2 * h) for d in steps])
-        np.testing.assert_allclose(grad, numeric_grad, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(H, numeric_H, rtol=1e-5, atol=1e-4)
+        assert_derivatives(stats, unpack, psi)
         plain = stats._replace(membership=stats.membership._replace(penalty=0.0))
         ridge = E._e_step(plain, theta, gamma, np.exp(psi[K * P:K * P + K]))[1] - E._e_step(stats, *unpack(psi))[1]
         self.assertGreater(ridge, 0.1)
