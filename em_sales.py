@@ -108,6 +108,7 @@ EXP_CAP = 700.0          # exp() arguments are capped here (exp(709) overflows)
 GAMMA_LIMIT = 10.0       # |gamma| (membership log-odds against the largest segment, per sd of a covariate)
                          # beyond this: the covariates separate the segment (no finite maximum; odds 22,000:1)
 GAMMA_STEPS = 100        # Newton iterations of the membership M-step (a weighted multinomial logit) at most
+SEPARATED_STEPS = 200    # a run whose covariates separate a segment stops as plain EM does after this many iterations
 COVARIATE_PENALTY = 1.0  # the ridge L (per sd) of the penalised fit offered where the ML one is separated: a
                          # N(0, 1) prior on each log-odds per sd (odds ratios per sd mostly within 1/7..7), and
                          # scikit-learn's default C = 1 / L for its multinomial logit
@@ -236,6 +237,10 @@ class Shares:
     def shares(self, pi):
         """Each segment's share of the stores a priori (..., K): pi itself."""
         return pi
+
+    def separates(self, pi):
+        """Shares separate no segment."""
+        return False
 
     def df(self, K):
         return K - 1
@@ -388,6 +393,7 @@ class Concomitant(NamedTuple):
         """Each segment's share of the stores a priori (..., K): the mean over stores of pi_ic."""
         return np.exp(self.log_prior(gamma)).mean(axis=-1)
 
+
     def df(self, K):
         return (K - 1) * self.width
 
@@ -433,6 +439,10 @@ class Concomitant(NamedTuple):
         """(K, R) True where gamma, against the reference segment, is beyond GAMMA_LIMIT: the
         covariates separate that segment (its gamma has no finite maximum)."""
         return np.abs(gamma - gamma[self.reference(gamma)]) > GAMMA_LIMIT
+
+    def separates(self, gamma):
+        """True where the covariates separate a segment (beyond) and the model has no ridge."""
+        return not self.penalty and bool(self.beyond(gamma).any())
 
     def identified(self, gamma):
         """(free parameters,) True for those with a finite maximum: not of a separated segment (every
@@ -1438,8 +1448,11 @@ def _stopped(stats, run, gain, moved, decrement, flat, tol, accelerate):
     moved no posterior by more than tol (on a flat ridge, where posteriors are not unique, this
     is not asked) and Newton's decrement, twice the gain still in reach, is at most 2 tol.
     Plain EM has no certificate: it stops when an iteration gains less than tol x |log L| (the
-    rule of flexmix and most EM code), which also ends a crawl along a ridge."""
-    if not accelerate:
+    rule of flexmix and most EM code), which also ends a crawl along a ridge. So does a run whose
+    covariates of membership separate a segment, after SEPARATED_STEPS iterations: its supremum
+    lies at infinity, and the gains along that ray shrink like 1/t^2, so that there is nothing to
+    certify and a certificate would take a million steps."""
+    if not accelerate or run.n_iter >= SEPARATED_STEPS and stats.membership.separates(run.pi):
         return gain <= tol * abs(run.loglik)
     if not (gain <= max(tol, ROUNDING * abs(run.loglik)) and (flat or moved <= tol)):
         return False
