@@ -1674,7 +1674,12 @@ def _search_covariates(stats, K, search, names, previous, progress):
             found = _tournament(stats, _m_step(stats, W), kinds, TOURNAMENT, search,
                                 [run for run in runs if run.converged], supported=True)
             best = max(best, found, key=lambda run: run.loglik)
-        best = _polish(stats, _covariate_moves(stats, plain, coefficients, best, search, progress))
+        near = [best]                            # and each other maximum within NEAR_TIE, once
+        for run in sorted(runs, key=lambda run: -run.loglik):
+            if run.converged and run.loglik >= best.loglik - NEAR_TIE and not any(
+                    _same_loglik(run.loglik, other.loglik) for other in near):
+                near.append(run)
+        best = _polish(stats, _covariate_moves(stats, plain, coefficients, near, search, progress))
     record = _search_record(runs, best)
     record["starts"] += sum(len(each) for each in suggested)
     return _finished(stats, best, "Estimate", names, record, without_covariates=base)
@@ -1711,22 +1716,28 @@ def _covariate_starts(stats, coefficients, base, K, rng, count):
     return np.array(partitions), np.array(draws)
 
 
-def _covariate_moves(stats, plain, coefficients, run, search, progress=None):
+def _covariate_moves(stats, plain, coefficients, runs, search, progress=None):
     """Split-and-merge with covariates of membership: the moves of the model without them
-    (_moves, from the run's segments with their shares of the posteriors), each made a start by
-    the E-step without covariates and the M-step with them (gamma refitted to the moved
-    posteriors), compete in a _tournament; the winner replaces the run where it gains more than
-    tol; repeat until no move helps. progress(Progress) hears of each round."""
+    (_moves, from a run's segments with their shares of the posteriors), each made a start by the
+    E-step without covariates and the M-step with them (gamma refitted to the moved posteriors),
+    compete in a _tournament; the winner replaces the best run where it gains more than tol;
+    repeat from it until no move helps. The first round pools the moves from every run given (the
+    best and the maxima within NEAR_TIE of it: a better maximum may lie a move away from a lower
+    one only). progress(Progress) hears of each round."""
+    run = max(runs, key=lambda run: run.loglik)
+    sources = runs
     while True:
         if progress:
             progress(Progress("moves", run.theta.shape[0]))
-        moves, kinds = _moves(plain, coefficients, run._replace(pi=run.W.mean(axis=0)))
+        batches = [_moves(plain, coefficients, source._replace(pi=source.W.mean(axis=0))) for source in sources]
+        moves = tuple(np.concatenate([batch[0][j] for batch in batches]) for j in range(3))
         W = _e_step(plain, *moves)[0]
-        candidate = _tournament(stats, _m_step(stats, W), kinds, TOURNAMENT, search, [run] if run.converged else [],
-                                supported=True)
+        candidate = _tournament(stats, _m_step(stats, W), np.concatenate([batch[1] for batch in batches]), TOURNAMENT,
+                                search, [source for source in sources if source.converged], supported=True)
         if candidate.loglik <= run.loglik + search.tol:
             return run
         run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
+        sources = [run]
 
 
 def _climb(stats, coefficients, runs, search, previous=None, explored=(), progress=None):
