@@ -109,9 +109,6 @@ GAMMA_LIMIT = 10.0       # |gamma| (membership log-odds against the largest segm
                          # beyond this: the covariates separate the segment (no finite maximum; odds 22,000:1)
 GAMMA_STEPS = 100        # Newton iterations of the membership M-step (a weighted multinomial logit) at most
 SEPARATED_STEPS = 200    # a run whose covariates separate a segment stops as plain EM does after this many iterations
-COVARIATE_PENALTY = 1.0  # the ridge L (per sd) of the penalised fit offered where the ML one is separated: a
-                         # N(0, 1) prior on each log-odds per sd (odds ratios per sd mostly within 1/7..7), and
-                         # scikit-learn's default C = 1 / L for its multinomial logit
 # What the report says
 UNSUPPORTED_WEIGHT = 0.5   # a segment with less posterior weight than half a store holds almost none ...
 EMPTY_WEIGHT = 0.005       # ... and with less than this, none (an empty segment: a flat ridge)
@@ -568,8 +565,8 @@ class Fit(_Unpacks):
     def se_robust(self):
         """Store-clustered standard errors (CR3, the one-step jackknife over stores: _covariance), a
         Params like se: right when a store's weekly errors are autocorrelated (promotions,
-        stock-piling), as long as stores are independent; their intervals use t on N - 1 df
-        (.df; _t_quantile)."""
+        stock-piling), as long as stores are independent; their intervals use t on .df = N - 1
+        degrees of freedom."""
         if self._se_robust is None:
             self._se_robust = _standard_errors(self._stats, _run_of(self), robust=CLUSTERED)
         return self._se_robust
@@ -1576,18 +1573,6 @@ def _separation_words(fit):
             "ridge on gamma, whose maximum is finite (--covariate-penalty L; covariate_penalty = L)")
 
 
-def _penalised(fit, penalty=COVARIATE_PENALTY, tol=TOL, max_iter=MAX_ITER):
-    """The Fit of the same model with a ridge of L = penalty on gamma (Concomitant.ridge), from a Fit
-    with covariates of membership: EM on the penalised objective from the M-step of the fit's
-    posteriors, polished. Where the covariates separate a segment of the maximum-likelihood fit,
-    this maximum is finite: what the report offers beside it."""
-    L, stats = _penalty(penalty), fit._stats
-    stats = stats._replace(model=stats.model._replace(covariate_penalty=L), membership=stats.membership._replace(penalty=L))
-    with _one_blas_thread(len(stats.n)):
-        run = _polish(stats, _run_em(stats, _m_step(stats, fit.W), tol, max_iter))
-    return _finished(stats, run, "the penalised fit", fit.names, without_covariates=fit.without_covariates)
-
-
 def _run_of(fit):
     return _Run(fit.theta, fit.membership, fit.sigma, fit.penalised_loglik, fit.W, fit.n_iter, fit.converged)
 
@@ -2207,7 +2192,7 @@ def _covariance(stats, run, robust=False):
     CR3 is the jackknife over stores in its one-step form: psi-hat - d_i is one Newton step from
     psi-hat towards the fit without store i (the likelihood without it has score -g_i and
     information A - A_i at psi-hat), so no store is refitted; its intervals use t with N - 1
-    degrees of freedom (_t_quantile). Where A - A_i is singular: _leave_one_out_steps.
+    degrees of freedom. Where A - A_i is singular: _leave_one_out_steps.
 
     The inverse of -H in psi = (theta, log sigma, eta), carried to sigma and pi by the delta
     method: d sigma / d tau = sigma, d pi_c / d eta_d = pi_c (1[c = d] - pi_d), d < K. All NaN
@@ -2298,39 +2283,6 @@ def _standard_errors(stats, run, robust=False):
     if robust:
         out.kind, out.df = CLUSTERED if robust is True else robust, len(stats.n) - 1
     return out
-
-
-def _t_quantile(p, df):
-    """The p-quantile of Student's t with df >= 1 degrees of freedom, by Hill's algorithm (Comm. ACM
-    13, 1970, algorithm 396): exact for df = 1 and 2, else an expansion about the normal quantile
-    (statistics.NormalDist) in the centre and one in the tail; relative error below 1e-5 for every
-    df, below 1e-8 from df = 20 (to critical values of store-clustered intervals, t with N - 1 df)."""
-    if p == 0.5:
-        return 0.0
-    P, n = 2 * min(p, 1 - p), float(df)                    # P: the two-tailed probability
-    if n == 1:
-        q = 1 / math.tan(P * math.pi / 2)
-    elif n == 2:
-        q = math.sqrt(2 / (P * (2 - P)) - 2)
-    else:
-        a = 1 / (n - 0.5)
-        b = 48 / (a * a)
-        c = ((20700 * a / b - 98) * a - 16) * a + 96.36
-        d = ((94.5 / (b + c) - 3) / b + 1) * math.sqrt(a * math.pi / 2) * n
-        y = (d * P) ** (2 / n)
-        if y > 0.05 + a:                                     # the centre: about the normal quantile
-            from statistics import NormalDist
-            x = NormalDist().inv_cdf(P / 2)
-            y = x * x
-            if n < 5:
-                c += 0.3 * (n - 4.5) * (x + 0.6)
-            c = (((0.05 * d * x - 5) * x - 7) * x - 2) * x + b + c
-            y = math.expm1(a * ((((((0.4 * y + 6.3) * y + 36) * y + 94.5) / c - y - 3) / b + 1) * x) ** 2)
-        else:                                                # the far tail
-            y = ((1 / (((n + 6) / (n * y) - 0.089 * d - 0.822) * (n + 2) * 3) + 0.5 / (n + 4)) * y - 1) \
-                * (n + 1) / (n + 2) + 1 / y
-        q = math.sqrt(n * y)
-    return q if p > 0.5 else -q
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 
 import common
+from em_sales_tools.choice import _t_quantile
 
 
 def drifting_panel(rng, N, T, elasticity, sigma, ar, level=10.0):
@@ -69,7 +70,7 @@ def coverage(reps, seed, N=100, T=40, ar=0.6):
     names = ("model-based", "CR1", "CR2", "CR3")
     estimates, errors = [], {name: [] for name in names}
     truth = np.array([-3.0, -1.5])
-    z, t = 1.959963984540054, E._t_quantile(0.975, N - 1)
+    z, t = 1.959963984540054, _t_quantile(0.975, N - 1)
     critical = {name: z if name == "model-based" else t for name in names}
     for _ in range(reps):
         segment = rng.integers(0, 2, N)

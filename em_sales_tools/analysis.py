@@ -12,11 +12,11 @@ from typing import NamedTuple
 import numpy as np
 
 from em_sales import (CLUSTERED, MAX_STARTS, N_INIT, TOL, Fit, InputError, Progress, Search, _check_Ks, _diagnostic,
-                      _escaped, _model, _names, _search, _shown_errors, _statistics, _t_quantile, _warn, _whole, results,
+                      _escaped, _model, _names, _search, _shown_errors, _statistics, _warn, _whole, results,
                       sweep)
 from em_sales import _model_summary as _course_summary
 from em_sales_tools.choice import (HOLDOUT_FOLDS, HOLDOUT_KINDS, _autocorrelation, _bootstrap, _captured, _holdout, _not_credible,
-                                   _own_regression, _sigma_check, _verdict)
+                                   _own_regression, _sigma_check, _t_quantile, _verdict)
 from em_sales_tools.covariates import _membership_summary, _penalised_summary, predict
 from em_sales_tools.files import Folds, Source, _use_engine, read_exact, read_stores, read_sums
 from em_sales_tools.prices import Inputs, _aligned, price_policies, read_zones, regular_weeks, regular_weeks_by

@@ -504,6 +504,39 @@ def _listed(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _t_quantile(p, df):
+    """The p-quantile of Student's t with df >= 1 degrees of freedom, by Hill's algorithm (Comm. ACM
+    13, 1970, algorithm 396): exact for df = 1 and 2, else an expansion about the normal quantile
+    (statistics.NormalDist) in the centre and one in the tail; relative error below 1e-5 for every
+    df, below 1e-8 from df = 20 (to critical values of store-clustered intervals, t with N - 1 df)."""
+    if p == 0.5:
+        return 0.0
+    P, n = 2 * min(p, 1 - p), float(df)                    # P: the two-tailed probability
+    if n == 1:
+        q = 1 / math.tan(P * math.pi / 2)
+    elif n == 2:
+        q = math.sqrt(2 / (P * (2 - P)) - 2)
+    else:
+        a = 1 / (n - 0.5)
+        b = 48 / (a * a)
+        c = ((20700 * a / b - 98) * a - 16) * a + 96.36
+        d = ((94.5 / (b + c) - 3) / b + 1) * math.sqrt(a * math.pi / 2) * n
+        y = (d * P) ** (2 / n)
+        if y > 0.05 + a:                                     # the centre: about the normal quantile
+            from statistics import NormalDist
+            x = NormalDist().inv_cdf(P / 2)
+            y = x * x
+            if n < 5:
+                c += 0.3 * (n - 4.5) * (x + 0.6)
+            c = (((0.05 * d * x - 5) * x - 7) * x - 2) * x + b + c
+            y = math.expm1(a * ((((((0.4 * y + 6.3) * y + 36) * y + 94.5) / c - y - 3) / b + 1) * x) ** 2)
+        else:                                                # the far tail
+            y = ((1 / (((n + 6) / (n * y) - 0.089 * d - 0.822) * (n + 2) * 3) + 0.5 / (n + 4)) * y - 1) \
+                * (n + 1) / (n + 2) + 1 / y
+        q = math.sqrt(n * y)
+    return q if p > 0.5 else -q
+
+
 def _median(values):
     """The median of each column of values (N, ...) without NaN, as np.median gives it (which
     imports numpy.ma: a fifth of a course run's imports)."""

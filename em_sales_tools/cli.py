@@ -10,10 +10,11 @@ import warnings
 
 import numpy as np
 
-from em_sales import (COVARIATE_PENALTY, MAX_STARTS, Search, _api_check, _arguments, _check_outputs, _command, _escaped,
+from em_sales import (MAX_STARTS, Search, _api_check, _arguments, _check_outputs, _command, _escaped,
                       _float, _model, _parser, _penalty, _Refused, _whole_option, _written, segments_csv)
 from em_sales_tools.analysis import Choice, _analyse, _check_share
 from em_sales_tools.choice import HOLDOUT_FOLDS, HOLDOUT_KINDS
+from em_sales_tools.covariates import COVARIATE_PENALTY
 from em_sales_tools.files import LONG_COLUMNS, Source, _use_engine
 from em_sales_tools.prices import DRAWS, MAX_CHANGE, Settings, _share, prices_csv
 from em_sales_tools.report import report, store_rows

@@ -8,10 +8,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from em_sales import (COVARIATE_PENALTY, LOG_2PI, TINY, InputError, _array, _check_new_X, _log_joint,
-                      _log_normalise, _penalised, SHARES, _wide_sums, _within)
+from em_sales import (LOG_2PI, MAX_ITER, TINY, TOL, InputError, SHARES, _array, _check_new_X, _finished, _log_joint,
+                      _log_normalise, _m_step, _one_blas_thread, _penalty, _polish, _run_em, _wide_sums, _within)
 from em_sales_tools.choice import LR_DECIMALS
 from em_sales_tools.files import read_stores
+
+COVARIATE_PENALTY = 1.0  # the ridge L (per sd) of the penalised fit offered where the ML one is separated: a
+                         # N(0, 1) prior on each log-odds per sd (odds ratios per sd mostly within 1/7..7), and
+                         # scikit-learn's default C = 1 / L for its multinomial logit
 
 
 class Prediction(NamedTuple):
@@ -94,9 +98,21 @@ def _membership_summary(fit):
             "profiles": ((fit.W.T @ raw) / np.maximum(fit.W.sum(axis=0), TINY)[:, None]).tolist()}
 
 
+def _penalised(fit, penalty=COVARIATE_PENALTY, tol=TOL, max_iter=MAX_ITER):
+    """The Fit of the same model with a ridge of L = penalty on gamma (Concomitant.ridge), from a Fit
+    with covariates of membership: EM on the penalised objective from the M-step of the fit's
+    posteriors, polished. Where the covariates separate a segment of the maximum-likelihood fit,
+    this maximum is finite: what the report offers beside it."""
+    L, stats = _penalty(penalty), fit._stats
+    stats = stats._replace(model=stats.model._replace(covariate_penalty=L), membership=stats.membership._replace(penalty=L))
+    with _one_blas_thread(len(stats.n)):
+        run = _polish(stats, _run_em(stats, _m_step(stats, fit.W), tol, max_iter))
+    return _finished(stats, run, "the penalised fit", fit.names, without_covariates=fit.without_covariates)
+
+
 def _penalised_summary(fit):
     """Where the covariates separate a segment of a maximum-likelihood fit: {"penalised": the fit
-    with a ridge of L = COVARIATE_PENALTY on gamma (em_sales._penalised), its L, log L, log L less
+    with a ridge of L = COVARIATE_PENALTY on gamma (_penalised), its L, log L, log L less
     the ridge, largest |gamma| against the reference segment (per sd) and whether every standard
     error of gamma is finite}; else {}."""
     if fit.gamma is None or not fit.separated:

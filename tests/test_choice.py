@@ -417,3 +417,18 @@ class Captured(unittest.TestCase):
                       np.maximum(rss / np.maximum(m, 1), floor) if sigma == "segment" else np.full(10, sigma ** 2))
                 expected = (-0.5 * m * np.log(2 * math.pi * s2) - rss / (2 * s2) - effects * 0.5 * np.log(n)).sum()
                 self.assertAlmostEqual(choice._bounds(stats)[1], expected, delta=1e-8 * abs(expected) + 1e-4)
+
+
+class StudentT(unittest.TestCase):
+    def test_t_quantiles_against_the_tables(self):
+        """Student's t quantiles (Hill's algorithm) against printed tables, 7 significant digits."""
+        table = {(0.975, 1): 12.70620, (0.975, 2): 4.302653, (0.975, 3): 3.182446, (0.975, 5): 2.570582,
+                 (0.975, 10): 2.228139, (0.975, 29): 2.045230, (0.975, 99): 1.984217, (0.975, 1000): 1.962339,
+                 (0.995, 4): 4.604095, (0.995, 30): 2.749996, (0.95, 20): 1.724718, (0.9995, 7): 5.407883,
+                 (0.75, 6): 0.7175582}
+        for (p, df), value in table.items():
+            with self.subTest(p=p, df=df):
+                self.assertAlmostEqual(choice._t_quantile(p, df) / value, 1, delta=1e-5)
+                self.assertAlmostEqual(choice._t_quantile(1 - p, df) / value, -1, delta=1e-5)
+        self.assertEqual(choice._t_quantile(0.5, 7), 0.0)
+        self.assertAlmostEqual(choice._t_quantile(0.975, 10 ** 7), 1.959964, delta=1e-6)

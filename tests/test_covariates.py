@@ -6,6 +6,7 @@ import unittest.mock
 import numpy as np
 
 from em_sales_tools import covariates
+from test_em_sales import separated_panel
 from tests.common import (covariate_panel, GAMMA, ORANGE_JUICE, CommandLineCase, E, S, T, quietly)
 
 
@@ -127,7 +128,7 @@ class SeparatedSays(unittest.TestCase):
         from test_em_sales import separated_panel
         ml = quietly(E._search, separated_panel(), 2, E.Search(seed=0))
         said = covariates._penalised_summary(ml)["penalised"]
-        self.assertEqual(said["covariate_penalty"], E.COVARIATE_PENALTY)
+        self.assertEqual(said["covariate_penalty"], covariates.COVARIATE_PENALTY)
         self.assertLess(said["largest_gamma"], E.GAMMA_LIMIT)
         self.assertTrue(said["se_finite"])
         self.assertLess(said["loglik"], ml.loglik)
@@ -152,3 +153,16 @@ class NewStores(unittest.TestCase):
         np.testing.assert_allclose(fit.log_sales(panel.X[:2]), panel.X[:2] @ fit.theta.T)
         with self.assertRaisesRegex(ValueError, "give covariates"):
             T.predict(fit)
+
+
+class PenalisedRefit(unittest.TestCase):
+    def test_the_refit_from_a_separated_fit_reaches_the_penalised_maximum(self):
+        """The refit from the ML fit (_penalised, what the report offers) reaches the maximum the
+        penalised search finds, and a larger L shrinks gamma further."""
+        ml = quietly(E._search, separated_panel(), 2, E.Search(seed=0))
+        fit = quietly(E._search, separated_panel(1.0), 2, E.Search(seed=0))
+        refit = quietly(covariates._penalised, ml, 1.0)
+        self.assertAlmostEqual(refit.penalised_loglik, fit.penalised_loglik, delta=1e-8 * abs(fit.loglik))
+        np.testing.assert_allclose(refit.gamma, fit.gamma, atol=1e-5)
+        stronger = quietly(covariates._penalised, ml, 10.0)
+        self.assertLess(np.abs(stronger.gamma).max(), np.abs(fit.gamma).max())
