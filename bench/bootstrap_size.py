@@ -11,28 +11,19 @@ for 3. Prints a table of rejections by simulation and test.
     python bench/bootstrap_size.py --panels 50 --no-store-effects
 """
 import argparse
-import os
-import tempfile
 import time
 import warnings
 
-import common  # noqa: F401  (this checkout on the path)
+import common
 import em_sales as E
-import simulate as S
 from em_sales_tools.analysis import _load
 from em_sales_tools.choice import BOOTSTRAP_LEVEL, _bootstrap
-
-THETA = ((10.0, -3.0), (10.0, -2.0), (10.0, -1.0))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--panels", type=int, default=50)
-    parser.add_argument("--stores", type=int, default=90)
-    parser.add_argument("--weeks", type=int, default=52)
-    parser.add_argument("--ar", type=float, default=0.5)
+    common.true_k_options(parser, panels=50)
     parser.add_argument("--B", type=int, default=19)
-    parser.add_argument("--n-init", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=["AR(1)", "independent"])
     parser.add_argument("--no-store-effects", action="store_true",
                         help="stores without levels of their own, fitted without store effects")
@@ -45,11 +36,7 @@ def main():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for seed in range(args.panels):
-            panel = S.simulate(args.stores, args.weeks, theta=THETA, pi=(1 / 3, 1 / 3, 1 / 3), seed=seed, sigma=0.5,
-                               store_sd=0.5 if effects else 0.0, price_sd=0.1, ar=args.ar)
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "p.csv")
-                S.write_long(path, panel.price, panel.sales)
+            with common.true_k_panel(args, seed, store_sd=0.5 if effects else 0.0) as path:
                 data = _load(path, None, (), None, None, None)
             stats = E._statistics(data.sums, model, data.coefficients)
             fits = E.sweep(stats, (2, 3, 4), search._replace(seed=seed))

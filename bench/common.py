@@ -5,9 +5,11 @@ lists, and a plain-text table. Standard library and numpy only; nothing here mea
 The data are looked for in ../shared/data beside the repository root, then in the repository's
 data/ (where students put the course file); they are never copied into the repository.
 """
+import contextlib
 import importlib.util
 import os
 import sys
+import tempfile
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -67,6 +69,33 @@ def tools(E):
         return E
     import em_sales_tools
     return em_sales_tools
+
+
+TRUE_K_THETA = ((10.0, -3.0), (10.0, -2.0), (10.0, -1.0))   # the true-K panels' three segments
+
+
+def true_k_options(parser, panels):
+    """The options of a bench on panels with a true K = 3 (true_k_panel): --panels, --stores,
+    --weeks, --ar (the errors' AR(1)) and --n-init."""
+    parser.add_argument("--panels", type=int, default=panels)
+    parser.add_argument("--stores", type=int, default=90)
+    parser.add_argument("--weeks", type=int, default=52)
+    parser.add_argument("--ar", type=float, default=0.5)
+    parser.add_argument("--n-init", type=int, default=3)
+
+
+@contextlib.contextmanager
+def true_k_panel(args, seed, store_sd=0.5):
+    """The path of a long CSV file (in a temporary folder, removed after) of a panel with a true
+    K = 3: elasticities -3, -2, -1 in equal shares, sigma 0.5, store levels of sd store_sd, store
+    prices, AR(1) errors args.ar; args.stores x args.weeks (true_k_options)."""
+    import simulate
+    panel = simulate.simulate(args.stores, args.weeks, theta=TRUE_K_THETA, pi=(1 / 3, 1 / 3, 1 / 3), seed=seed,
+                              sigma=0.5, store_sd=store_sd, price_sd=0.1, ar=args.ar)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "p.csv")
+        simulate.write_long(path, panel.price, panel.sales)
+        yield path
 
 
 def seeds(text):

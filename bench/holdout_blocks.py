@@ -9,36 +9,23 @@ common sigma. Prints how often each K is picked.
 """
 import argparse
 import collections
-import os
-import tempfile
 import time
 import warnings
 
-import common  # noqa: F401  (this checkout on the path)
+import common
 import em_sales_tools as T
-import simulate as S
-
-THETA = ((10.0, -3.0), (10.0, -2.0), (10.0, -1.0))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--panels", type=int, default=30)
-    parser.add_argument("--stores", type=int, default=90)
-    parser.add_argument("--weeks", type=int, default=52)
-    parser.add_argument("--ar", type=float, default=0.5)
-    parser.add_argument("--n-init", type=int, default=3)
+    common.true_k_options(parser, panels=30)
     args = parser.parse_args()
     picks = {name: collections.Counter() for name in ("BIC", "holdout blocks", "holdout weeks")}
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for seed in range(args.panels):
-            panel = S.simulate(args.stores, args.weeks, theta=THETA, pi=(1 / 3, 1 / 3, 1 / 3), seed=seed, sigma=0.5,
-                               store_sd=0.5, price_sd=0.1, ar=args.ar)
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "p.csv")
-                S.write_long(path, panel.price, panel.sales)
+            with common.true_k_panel(args, seed) as path:
                 for kind in ("blocks", "weeks"):
                     results = T.analyse(path, Ks=(1, 2, 3, 4, 5), n_init=args.n_init, seed=seed, sigma="common",
                                         store_effects=True, holdout=kind)
