@@ -357,6 +357,7 @@ class Concomitant(NamedTuple):
             found = (W.swapaxes(1, 2) * self.log_prior(gamma)).sum(axis=(1, 2))
             return found - self.ridge(gamma) if self.penalty else found
         current = value(W, gamma)
+        ridge_hessian = self.ridge_terms(gamma[0], 0)[1] if self.penalty else None    # the same at every gamma
         active = np.ones(B, dtype=bool)
         for _ in range(GAMMA_STEPS):
             at = np.flatnonzero(active)
@@ -369,7 +370,7 @@ class Concomitant(NamedTuple):
                 centred = gamma[at] - gamma[at].mean(axis=1, keepdims=True)
                 centred[..., 0] = 0.0
                 grad = grad - self.penalty * np.take_along_axis(centred, free[at, :, None], axis=1).reshape(len(at), -1)
-                information = information + self.ridge_terms(gamma[at[0]], 0)[1]
+                information = information + ridge_hessian
             step = _least_squares(information, grad)
             gains = (grad * step).sum(axis=1)
             going = gains > ROUNDING * np.maximum(1.0, np.abs(current[at]))
@@ -2124,9 +2125,9 @@ def _tournament(stats, starts, kinds, stages, search, known=(), supported=False)
     are so, the best is run."""
     theta, pi, sigma = starts
     gain, ranking = np.full(len(theta), math.inf), np.zeros(len(theta))    # no stages: all run
+    shares = stats.membership.shares
     for iterations, per_kind, overall in stages:
         theta, pi, sigma, loglik, gain = _squarem_em(stats, (theta, pi, sigma), iterations)
-        shares = stats.membership.shares
         copies = _copies(np.concatenate([theta, [run.theta for run in known]]) if known else theta,
                          shares(np.concatenate([pi, [run.pi for run in known]]) if known else pi),
                          np.concatenate([sigma, [run.sigma for run in known]]) if known else sigma,
