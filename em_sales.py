@@ -1682,7 +1682,9 @@ def _covariate_starts(stats, coefficients, base, K, rng, count):
                without covariates: W its E-step.
     Each start's draws come from rng in turn, so the first starts are the same whatever count is."""
     N, P = coefficients.shape
-    ranks = lambda a: np.argsort(np.argsort(a, axis=0, kind="stable"), axis=0, kind="stable") / max(N - 1, 1)
+
+    def ranks(a):                                # each column as ranks in [0, 1]
+        return np.argsort(np.argsort(a, axis=0, kind="stable"), axis=0, kind="stable") / max(N - 1, 1)
     own, covariates = ranks(coefficients), ranks(stats.Z[:, 1:]) * math.sqrt(P / (stats.Z.shape[1] - 1))
     partitions, draws = [], []
     for _ in range(count):
