@@ -81,12 +81,15 @@ EXACT_FIT = 1e-12        # pooled residual variance below this x mean y^2: fitte
 # The search (Estimate): starts, then split-and-merge moves ranked in a tournament
 N_INIT = 10              # default starts (k-means++ on the stores' own coefficients)
 KMEANS_STEPS = 10        # Lloyd's steps of the covariates' k-means starts
+LABEL_SPREAD = 2.0       # sd of the random log-odds (per sd of a covariate) that draw the covariates' label starts ...
+LABEL_SHRINK = 0.1       # ... whose posteriors are the labels shrunk this far towards 1/K
 MAX_STARTS = 10_000      # n_init above this is refused: 10 to 100 starts are plenty
 WARM_UP = 30             # plain EM iterations for all starts together, as one batch ...
 WARM_UP_LARGE = 10       # ... or this many when starts x K x stores exceed BATCH_LARGE
 BATCH_LARGE = 1_000_000
 BATCH_CELLS = 2_000_000  # a batch's (starts, K, N) arrays are cut into chunks of about this size
 NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own
+MOVE_ROUNDS = 5          # with covariates of membership: rounds of moves from the maxima within NEAR_TIE at most
 TOURNAMENT = ((5, 2, 4), (8, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
                                      # of each kind, best kept overall); the last stage's run to the end
 GROW_STAGES = ((3, 0, 3),)  # growing a fit by one segment: 3 steps, the 3 best run to the end
@@ -1635,10 +1638,11 @@ def _search_covariates(stats, K, search, names, previous, progress):
          runs from each distinct maximum its starts reached (the M-step of their posteriors: gamma
          the multinomial logit of W on Z), so the fit is never below the one without covariates;
       2. starts that the covariates suggest (_covariate_starts: k-means on the stores' own
-         coefficients and covariates together, and random gamma), each made by one M-step of its
-         posteriors, compete in a _tournament, the first N_INIT of each kind apart from the rest
-         (more starts are never worse);
-      3. split-and-merge from the best (_covariate_moves), gamma refitted after each move.
+         coefficients and covariates together, random gamma, segments drawn by random gamma),
+         each made by one M-step of its posteriors, compete in a tournament, the first N_INIT of
+         each kind apart from the rest (more starts are never worse);
+      3. split-and-merge from the best and from the other maxima steps 1 and 2 reached within
+         NEAR_TIE of it (_covariate_moves), gamma refitted after each move.
     The best end, polished. Fit.search counts the runs of step 1 and the starts of step 2."""
     plain = stats._replace(membership=SHARES, model=stats.model._replace(covariates=(), covariate_penalty=0.0))
     base = _search(plain, K, search, names, previous.without_covariates if previous is not None else None, progress)
@@ -1653,18 +1657,15 @@ def _search_covariates(stats, K, search, names, previous, progress):
     suggested = _covariate_starts(stats, coefficients, base, K, _random(search.seed), search.n_init)
     with _one_blas_thread(len(stats.n)):
         runs = [_run_em(stats, _m_step(stats, start.W), search.tol, search.max_iter) for start in starts]
-        best = max(runs, key=lambda run: run.loglik)
+        best, reached = max(runs, key=lambda run: run.loglik), []
         for part in (slice(0, N_INIT), slice(N_INIT, search.n_init)) if search.n_init > N_INIT else (slice(0, None),):
             W = np.concatenate([each[part] for each in suggested])
             kinds = np.repeat(np.arange(len(suggested)), [len(each[part]) for each in suggested])
-            found = _tournament(stats, _m_step(stats, W), kinds, TOURNAMENT, search,
-                                [run for run in runs if run.converged], supported=True)
-            best = max(best, found, key=lambda run: run.loglik)
-        near = [best]                            # and each other maximum within NEAR_TIE, once
-        for run in sorted(runs, key=lambda run: -run.loglik):
-            if run.converged and run.loglik >= best.loglik - NEAR_TIE and not any(
-                    _same_loglik(run.loglik, other.loglik) for other in near):
-                near.append(run)
+            found = _finalists(stats, _m_step(stats, W), kinds, TOURNAMENT, search,
+                               [run for run in runs + reached if run.converged], supported=True)
+            reached += found
+            best = max([best] + found, key=lambda run: run.loglik)
+        near = [best] + [run for run in runs + reached if run.converged]
         best = _polish(stats, _covariate_moves(stats, plain, coefficients, near, search, progress))
     record = _search_record(runs, best)
     record["starts"] += sum(len(each) for each in suggested)
@@ -1679,14 +1680,18 @@ def _covariate_starts(stats, coefficients, base, K, rng, count):
                weighted by a weight drawn uniformly on [0, 1] and by sqrt(P / Q) (as many
                columns of each);
       gamma    random log-odds per sd, gamma_c ~ N(0, I), with the segments of the best fit
-               without covariates: W its E-step.
+               without covariates: W its E-step;
+      labels   segments that the covariates alone draw: store i in segment c with probability
+               softmax_c(z_i'gamma_c), gamma_c ~ N(0, LABEL_SPREAD^2 I), W the labels shrunk by
+               LABEL_SHRINK towards 1/K (a better maximum can keep some segments of the fit
+               without covariates and recast another around stores that its covariates pick).
     Each start's draws come from rng in turn, so the first starts are the same whatever count is."""
     N, P = coefficients.shape
 
     def ranks(a):                                # each column as ranks in [0, 1]
         return np.argsort(np.argsort(a, axis=0, kind="stable"), axis=0, kind="stable") / max(N - 1, 1)
     own, covariates = ranks(coefficients), ranks(stats.Z[:, 1:]) * math.sqrt(P / (stats.Z.shape[1] - 1))
-    partitions, draws = [], []
+    partitions, draws, labels = [], [], []
     for _ in range(count):
         features = np.column_stack([own, rng.random() * covariates])
         centres = features[[rng.randrange(N)]]
@@ -1701,31 +1706,44 @@ def _covariate_starts(stats, coefficients, base, K, rng, count):
         partitions.append(np.eye(K)[label])
         gamma = np.array([[rng.gauss(0.0, 1.0) for _ in range(stats.membership.width)] for _ in range(K)])
         draws.append(_e_step(stats, base.theta, gamma, base.sigma)[0])
-    return np.array(partitions), np.array(draws)
+        gamma = np.array([[rng.gauss(0.0, LABEL_SPREAD) for _ in range(stats.membership.width)] for _ in range(K)])
+        chances = np.cumsum(np.exp(stats.membership.log_prior(gamma)).T, axis=1)   # (N, K)
+        label = (chances < np.array([[rng.random()] for _ in range(N)]) * chances[:, -1:]).sum(axis=1)
+        labels.append((1 - LABEL_SHRINK) * np.eye(K)[np.minimum(label, K - 1)] + LABEL_SHRINK / K)
+    return np.array(partitions), np.array(draws), np.array(labels)
 
 
 def _covariate_moves(stats, plain, coefficients, runs, search, progress=None):
     """Split-and-merge with covariates of membership: the moves of the model without them
     (_moves, from a run's segments with their shares of the posteriors), each made a start by the
     E-step without covariates and the M-step with them (gamma refitted to the moved posteriors),
-    compete in a _tournament; the winner replaces the best run where it gains more than tol;
-    repeat from it until no move helps. The first round pools the moves from every run given (the
-    best and the maxima within NEAR_TIE of it: a better maximum may lie a move away from a lower
-    one only). progress(Progress) hears of each round."""
-    run = max(runs, key=lambda run: run.loglik)
-    sources = runs
-    while True:
+    compete in a tournament. Best first over the maxima near the top: each round pools the moves
+    from every maximum within NEAR_TIE of the best found so far that no round has moved from yet
+    (the runs given, then the tournaments' ends: a better maximum may lie a move away from a lower
+    one only), for at most MOVE_ROUNDS rounds. The best end. progress(Progress) hears of each round."""
+    found, explored = list(runs), []
+    best = max(found, key=lambda run: run.loglik)
+    for _ in range(MOVE_ROUNDS):
+        sources = []
+        for run in sorted(found, key=lambda run: -run.loglik):
+            if run.loglik >= best.loglik - NEAR_TIE and not any(
+                    _same_loglik(run.loglik, other.loglik) for other in explored + sources):
+                sources.append(run)
+        if not sources:
+            break
         if progress:
-            progress(Progress("moves", run.theta.shape[0]))
+            progress(Progress("moves", best.theta.shape[0]))
         batches = [_moves(plain, coefficients, source._replace(pi=source.W.mean(axis=0))) for source in sources]
         moves = tuple(np.concatenate([batch[0][j] for batch in batches]) for j in range(3))
-        W = _e_step(plain, *moves)[0]
-        candidate = _tournament(stats, _m_step(stats, W), np.concatenate([batch[1] for batch in batches]), TOURNAMENT,
-                                search, [source for source in sources if source.converged], supported=True)
-        if candidate.loglik <= run.loglik + search.tol:
-            return run
-        run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
-        sources = [run]
+        kinds = np.concatenate([batch[1] for batch in batches])
+        ends = _finalists(stats, _m_step(stats, _e_step(plain, *moves)[0]), kinds, TOURNAMENT, search,
+                          [run for run in found if run.converged], supported=True)
+        explored += sources
+        found += ends
+        top = max(ends, key=lambda run: run.loglik)
+        if top.loglik > best.loglik + search.tol:
+            best = top._replace(n_iter=best.n_iter + top.n_iter)
+    return best
 
 
 def _climb(stats, coefficients, runs, search, previous=None, explored=(), progress=None):
@@ -2114,14 +2132,20 @@ def _growth(stats, coefficients, run, outliers):
 
 
 def _tournament(stats, starts, kinds, stages, search, known=(), supported=False):
-    """The best converged run among a batch of starts, found cheaply. At each stage
+    """The best converged run among a batch of starts (_finalists' best)."""
+    return max(_finalists(stats, starts, kinds, stages, search, known, supported), key=lambda run: run.loglik)
+
+
+def _finalists(stats, starts, kinds, stages, search, known=(), supported=False):
+    """The ends of the runs that a tournament among a batch of starts leaves in, found cheaply:
+    each maximum not among `known` once, and a known one where it is the best reached. At each stage
     (iterations, per_kind, overall) every start still in gets that many SQUAREM steps, together
     (_squarem_em); the `per_kind` best of each kind and the `overall` best stay in. Ranks are taken
     within each kind because a move that hardly changes the fit (one store) always looks best
     early and would crowd out the moves that change more; a start already back at a known
     maximum, or a copy of another start (_copies), ranks last and takes no place of its kind, at
     every stage. Without stages, every start runs to its end (a ridge: _split_and_merge). The
-    last stage's survivors run to convergence; the best of them is returned. supported: a survivor
+    last stage's survivors run to convergence; their ends are returned. supported: a survivor
     with a segment of less than UNSUPPORTED_WEIGHT stores' weight is not run on (with covariates
     of membership EM crawls along such a segment's emptying for thousands of steps); where all
     are so, the best is run."""
@@ -2141,7 +2165,7 @@ def _tournament(stats, starts, kinds, stages, search, known=(), supported=False)
             picked |= set(mine[np.argsort(-ranking[mine], kind="stable")[:per_kind]].tolist())
         kept = sorted(picked)
         theta, pi, sigma, gain, kinds = theta[kept], pi[kept], sigma[kept], gain[kept], kinds[kept]
-    ends, best = list(known), None               # a finalist that reaches another's end stops there
+    ends, found = list(known), []                # a finalist that reaches another's end stops there
     order = np.argsort(-ranking[kept] if stages else ranking, kind="stable")
     if supported:
         held = _e_step(stats, theta, pi, sigma)[0].sum(axis=-2).min(axis=-1)
@@ -2150,8 +2174,10 @@ def _tournament(stats, starts, kinds, stages, search, known=(), supported=False)
         end = _run_em(stats, (theta[j], pi[j], sigma[j]), search.tol, search.max_iter, known=ends, gain=gain[j])
         if not any(_same_point(other, end.W, end.loglik) for other in ends):    # each maximum once
             ends.append(end)
-        best = end if best is None or end.loglik > best.loglik else best
-    return best
+            found.append(end)
+        elif not found or end.loglik > max(run.loglik for run in found):
+            found.append(end)                    # a known maximum, reached again (the best may be one)
+    return found
 
 
 def _copies(theta, pi, sigma, order):
