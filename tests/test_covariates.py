@@ -131,7 +131,7 @@ class OrangeJuiceCovariates(unittest.TestCase):
                  "cpdist5", "cpwvol5")
         z = T.read_stores(stores, data.stores, names)
         stats = E._statistics(data.sums, E._model("segment", True, names), data.coefficients, z)
-        fit = quietly(E._search, stats, 3, E.Search(seed=0))
+        fit = quietly(E._search, stats, 3, E.Search(seed=1))         # seeds 0 and 2 too; 1 is the quickest
         self.assertGreater(fit.loglik, -4771.5242 - 1e-4)
         self.assertEqual(sorted(np.round(fit.W.sum(axis=0)).tolist()), [12, 34, 37])
 
