@@ -1190,15 +1190,14 @@ def _least_squares(A, g):
     positive semi-definite A (B, D, D), g (B, D), as lstsq gives it: through the eigenvalues of
     A above eps D times the largest (a separated segment's directions have none); where every
     eigenvalue is, that is the solution of A x = g, which a solve gives at less cost."""
-    values = np.linalg.eigvalsh(A)
-    keep = values > np.finfo(float).eps * A.shape[-1] * np.maximum(values[:, -1:], TINY)
-    x, full = np.empty_like(g), keep.all(axis=1)
+    def kept(values):                            # (B, D) ascending: the eigenvalues the solution uses
+        return values > np.finfo(float).eps * A.shape[-1] * np.maximum(values[:, -1:], TINY)
+    x, full = np.empty_like(g), kept(np.linalg.eigvalsh(A)).all(axis=1)
     if full.any():
         x[full] = np.linalg.solve(A[full], g[full][..., None])[..., 0]
     if not full.all():
         values, vectors = np.linalg.eigh(A[~full])
-        keep = values > np.finfo(float).eps * A.shape[-1] * np.maximum(values[:, -1:], TINY)
-        inverse = np.where(keep, 1 / np.where(keep, values, 1.0), 0.0)
+        inverse = np.where(kept(values), 1 / np.where(kept(values), values, 1.0), 0.0)
         x[~full] = (vectors @ (inverse * (vectors.swapaxes(1, 2) @ g[~full][..., None])[..., 0])[..., None])[..., 0]
     return x
 
