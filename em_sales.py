@@ -1680,7 +1680,7 @@ def _search_covariates(stats, K, search, names, previous, progress):
 
 
 def _covariate_starts(stats, coefficients, base, K, rng, count):
-    """Posteriors (count, N, K) of each of two kinds of start that the covariates suggest:
+    """Posteriors (count, N, K) of each of three kinds of start that the covariates suggest:
       k-means  a partition of the stores by k-means (KMEANS_STEPS of Lloyd's steps from k-means++
                centres) on their own coefficients and their covariates together, each column as
                ranks in [0, 1] (a store of few weeks has an extreme b_i), the covariates' columns
