@@ -1197,7 +1197,8 @@ def _least_squares(A, g):
         x[full] = np.linalg.solve(A[full], g[full][..., None])[..., 0]
     if not full.all():
         values, vectors = np.linalg.eigh(A[~full])
-        inverse = np.where(kept(values), 1 / np.where(kept(values), values, 1.0), 0.0)
+        keep = kept(values)
+        inverse = np.where(keep, 1 / np.where(keep, values, 1.0), 0.0)
         x[~full] = (vectors @ (inverse * (vectors.swapaxes(1, 2) @ g[~full][..., None])[..., 0])[..., None])[..., 0]
     return x
 
@@ -2144,8 +2145,8 @@ def _tournament(stats, starts, kinds, stages, search, known=(), supported=False)
 
 
 def _finalists(stats, starts, kinds, stages, search, known=(), supported=False):
-    """The ends of the runs that a tournament among a batch of starts leaves in, found cheaply:
-    each maximum not among `known` once, and a known one where it is the best reached. At each stage
+    """The ends of the runs of the starts that a tournament among a batch leaves in, found
+    cheaply (a finalist that reaches a known maximum, or another's end, stops there). At each stage
     (iterations, per_kind, overall) every start still in gets that many SQUAREM steps, together
     (_squarem_em); the `per_kind` best of each kind and the `overall` best stay in. Ranks are taken
     within each kind because a move that hardly changes the fit (one store) always looks best
@@ -2181,9 +2182,7 @@ def _finalists(stats, starts, kinds, stages, search, known=(), supported=False):
         end = _run_em(stats, (theta[j], pi[j], sigma[j]), search.tol, search.max_iter, known=ends, gain=gain[j])
         if not any(_same_point(other, end.W, end.loglik) for other in ends):    # each maximum once
             ends.append(end)
-            found.append(end)
-        elif not found or end.loglik > max(run.loglik for run in found):
-            found.append(end)                    # a known maximum, reached again (the best may be one)
+        found.append(end)
     return found
 
 
