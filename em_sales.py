@@ -2190,7 +2190,12 @@ def _copies(theta, pi, sigma, order):
     """(B,) True for a start that is a copy of a start earlier in `order`: the same segments, in
     any order, to COPY_TOLERANCE (dropping either of two equal segments gives two such starts, and
     many moves fall back to the maximum they came from, put first in `order`); copies would take
-    places that distinct moves need."""
+    places that distinct moves need. Where a point has equal segments (an over-fitted K), it lies
+    on a ridge along which they share their weight in any proportion; each is compared by the
+    weight of all its equals, so that every point of the ridge is one."""
+    segment = np.concatenate([theta, sigma[..., None]], axis=-1)                     # (B, K, P + 1)
+    equal = (np.abs(segment[:, :, None] - segment[:, None]) <= COPY_TOLERANCE * (1 + np.abs(segment[:, :, None]))).all(axis=-1)
+    pi = (equal @ pi[..., None])[..., 0]                                             # the weight of c's equals
     key = np.concatenate([theta, pi[..., None], sigma[..., None]], axis=-1)          # (B, K, P + 2)
     key = np.take_along_axis(key, np.argsort(key[..., 0], axis=-1)[..., None], axis=1).reshape(len(key), -1)
     close = (np.abs(key[:, None] - key[None]) <= COPY_TOLERANCE * (1 + np.abs(key[:, None]))).all(axis=-1)

@@ -250,6 +250,20 @@ class TournamentRanks(unittest.TestCase):
             values = [E._search(stats, 4, E.Search(seed=seed)).loglik for seed in (1, 4)]
         self.assertTrue(all(value > -18441.1221 for value in values), values)
 
+    def test_points_of_one_ridge_are_copies(self):
+        """Two equal segments share their weight in any proportion along a ridge of one maximum:
+        a start elsewhere on it is a copy of the maximum (ranked last), and a start whose segments
+        differ is not. Moves back at another point of a ridge took the places of moves that led
+        higher (the battery's 'big' panel, K = 5)."""
+        theta = np.array([[[10.0, -3.0], [11.0, -2.0], [11.0, -2.0]]] * 3)
+        theta[2, 2] = [11.0, -1.9]
+        pi = np.array([[0.2, 0.6, 0.2], [0.2, 0.1, 0.7], [0.2, 0.1, 0.7]])
+        sigma = np.ones((3, 3))
+        order = np.array([-np.inf, 0.0, 1.0])                     # the maximum first
+        self.assertEqual(E._copies(theta, pi, sigma, order).tolist(), [False, True, False])
+        pi[1] = [0.3, 0.1, 0.6]                                   # other weights: another point
+        self.assertEqual(E._copies(theta, pi, sigma, order).tolist(), [False, False, False])
+
 
     def test_more_starts_are_never_worse(self):
         """The first 10 starts of any n_init are searched as n_init = 10 searches them: the same
