@@ -90,8 +90,9 @@ BATCH_LARGE = 1_000_000
 BATCH_CELLS = 2_000_000  # a batch's (starts, K, N) arrays are cut into chunks of about this size
 NEAR_TIE = 2.0           # a second maximum this close to the best gets moves of its own
 MOVE_ROUNDS = 5          # with covariates of membership: rounds of moves from the maxima within NEAR_TIE at most
-TOURNAMENT = ((5, 2, 4), (8, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
+TOURNAMENT = ((3, 2, 4), (8, 1, 2))  # stages: (SQUAREM steps for all starts at once, best kept
                                      # of each kind, best kept overall); the last stage's run to the end
+COVARIATE_TOURNAMENT = ((5, 2, 4), (8, 1, 2))  # with covariates of membership, whose moves show later where they lead
 GROW_STAGES = ((3, 0, 3),)  # growing a fit by one segment: 3 steps, the 3 best run to the end
 COPY_TOLERANCE = 1e-3    # starts whose segments agree to this (relative) are copies: one place
 TAIL_SHARE = 0.1         # a tail move carves this share of a segment's weight ...
@@ -1669,7 +1670,7 @@ def _search_covariates(stats, K, search, names, previous, progress):
         for part in (slice(0, N_INIT), slice(N_INIT, search.n_init)) if search.n_init > N_INIT else (slice(0, None),):
             W = np.concatenate([each[part] for each in suggested])
             kinds = np.repeat(np.arange(len(suggested)), [len(each[part]) for each in suggested])
-            found = _finalists(stats, _m_step(stats, W), kinds, TOURNAMENT, search,
+            found = _finalists(stats, _m_step(stats, W), kinds, COVARIATE_TOURNAMENT, search,
                                [run for run in runs + reached if run.converged], supported=True)
             reached += found
             best = max([best] + found, key=lambda run: run.loglik)
@@ -1744,7 +1745,7 @@ def _covariate_moves(stats, plain, coefficients, runs, search, progress=None):
         batches = [_moves(plain, coefficients, source._replace(pi=source.W.mean(axis=0))) for source in sources]
         moves = tuple(np.concatenate([batch[0][j] for batch in batches]) for j in range(3))
         kinds = np.concatenate([batch[1] for batch in batches])
-        ends = _finalists(stats, _m_step(stats, _e_step(plain, *moves)[0]), kinds, TOURNAMENT, search,
+        ends = _finalists(stats, _m_step(stats, _e_step(plain, *moves)[0]), kinds, COVARIATE_TOURNAMENT, search,
                           [run for run in found if run.converged], supported=True)
         explored += sources
         found += ends
