@@ -2070,26 +2070,43 @@ def _split_and_merge(stats, coefficients, run, search, explored=(), progress=Non
     """Step 3: all _moves from the run compete in a _tournament; the winner replaces the run
     where it gains more than tol; repeat until no move helps. On a flat ridge (_redundant) the
     moves are instead every way of growing the fit without its redundant segment (_growth), each
-    run to its end. explored: converged runs whose moves were tried already; reaching one ends
-    the search. progress(None) at each round."""
+    run to its end; more than one segment past a maximum, the usual moves, and where they gain
+    nothing the fit's core grown again (_regrown). explored: converged runs whose moves were
+    tried already; reaching one ends the search. progress(None) at each round."""
     K = run.theta.shape[0]
     explored = [done for done in explored if done.converged]
     while K > 1 and not any(_same_point(done, run.W, run.loglik) for done in explored):
         if progress:
             progress(None)
         redundant = _redundant(run)
-        if redundant is not None and _redundant(_without(run, *redundant)) is not None:
-            redundant = None                     # more than one segment past a maximum: the usual moves
-        if redundant is None:
+        deep = redundant is not None and _redundant(_without(run, *redundant)) is not None
+        if redundant is None or deep:            # more than one segment past a maximum: the usual moves
             starts, kinds = _moves(stats, coefficients, run)
         else:
             starts, kinds = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
         known = ([run] if run.converged else []) + explored
-        candidate = _tournament(stats, starts, kinds, TOURNAMENT if redundant is None else (), search, known)
+        candidate = _tournament(stats, starts, kinds, TOURNAMENT if redundant is None or deep else (), search, known)
+        if deep and candidate.loglik <= run.loglik + search.tol:
+            candidate = max(candidate, _regrown(stats, coefficients, run, search), key=lambda run: run.loglik)
         if candidate.loglik <= run.loglik + search.tol:
             break
         run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
     return run
+
+
+def _regrown(stats, coefficients, run, search):
+    """A run more than one segment past a maximum whose moves gain nothing: its core (the run
+    without each of its redundant segments) grown by one segment as a sweep grows a fit (_grow),
+    then filled up to K with empty segments. A move changes two segments at once, and from two
+    copies the moves can miss a maximum that adds one small segment to the core; where the grown
+    fit gains, the next round starts from it."""
+    core = run
+    while (redundant := _redundant(core)) is not None:
+        core = _without(core, *redundant)
+    grown = _grow(stats, coefficients, core, search)
+    while grown.theta.shape[0] < run.theta.shape[0]:
+        grown = _with_empty(stats, grown)
+    return grown
 
 
 def _unsupported(fit):
@@ -2212,8 +2229,11 @@ def _grow(stats, coefficients, run, search):
     Never below run: where nothing is better, run with an empty segment (the same likelihood)."""
     starts, kinds = _growth(stats, coefficients, run, OUTLIERS_GROW)
     grown = _tournament(stats, starts, np.zeros(len(kinds), dtype=int), GROW_STAGES, search)
-    if grown.loglik >= run.loglik:
-        return grown
+    return grown if grown.loglik >= run.loglik else _with_empty(stats, run)
+
+
+def _with_empty(stats, run):
+    """The run with one empty segment more (pi 0, at the pooled fit): the same likelihood."""
     return run._replace(theta=np.vstack([run.theta, _pooled(stats.XtX, stats.Xty)]), pi=np.append(run.pi, 0.0),
                         sigma=np.append(run.sigma, _start_sigma(stats, 1)),
                         W=np.column_stack([run.W, np.zeros(len(run.W))]))

@@ -250,6 +250,21 @@ class TournamentRanks(unittest.TestCase):
             values = [E._search(stats, 4, E.Search(seed=seed)).loglik for seed in (1, 4)]
         self.assertTrue(all(value > -18441.1221 for value in values), values)
 
+    def test_two_copies_deep_reach_the_maximum_one_segment_fewer_reaches(self):
+        """The battery's 'big' panel (common sigma, store effects) at K = 5, seed 7: the starts end
+        on the K = 3 maximum with two segments copied, 0.0049 below K = 4's maximum (a segment of
+        1.5 stores' weight added), which no move from there reached; the fit without its copies,
+        grown by one segment as a sweep grows a fit, does. K = 5 is never below K = 4."""
+        theta = [[10.432412050650578, -1.5043771904490941], [11.334335546385704, -1.853479109161737],
+                 [10.758452508982021, -2.183488364240492], [10.528235293199028, -1.9306369984205651]]
+        pi = [0.1316919278896454, 0.13185994543964963, 0.4928700347841807, 0.2435780918865244]
+        panel = S.simulate(3000, 8, theta, pi, sigma=0.5, store_sd=1.0, seed=8)
+        stats = stats_of(panel.y, panel.X, "common", True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            four, five = E._search(stats, 4, E.Search(seed=0)), E._search(stats, 5, E.Search(seed=7))
+        self.assertGreaterEqual(five.loglik, four.loglik - 1e-9 * abs(four.loglik))
+
     def test_points_of_one_ridge_are_copies(self):
         """Two equal segments share their weight in any proportion along a ridge of one maximum:
         a start elsewhere on it is a copy of the maximum (ranked last), and a start whose segments
