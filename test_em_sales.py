@@ -544,6 +544,15 @@ class CommandLineCase(unittest.TestCase):
     def path(self, name):
         return os.path.join(self.folder.name, name)
 
+    def deliverable_interrupt(self):
+        """For a test that sends SIGINT: Ctrl-C raises KeyboardInterrupt here and in any program
+        this test starts, as from a terminal. A job that a shell starts in the background ignores
+        SIGINT, and so would the program (rightly: a background job is not Ctrl-C's to stop)."""
+        import signal
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)     # reset to the default in a child
+            self.addCleanup(signal.signal, signal.SIGINT, signal.SIG_IGN)
+
     def write(self, name, text, mode="w"):
         with open(self.path(name), mode) as out:
             out.write(text)
@@ -992,6 +1001,7 @@ class NoLostFile(CommandLineCase):
         fails, a failure of the program) removes it and leaves the old results; so do SIGINT and
         SIGTERM arriving while the outputs are written."""
         import signal
+        self.deliverable_interrupt()
         path = self.write("sales.csv", GOOD)
         self.assertEqual(self.run_main(path, "--K", "1", "--segments", self.path("s.csv"))[0], 0)
         self.assertEqual(sorted(os.listdir(self.folder.name)), ["results.json", "s.csv", "sales.csv"])
@@ -1103,6 +1113,7 @@ class NoTraceback(CommandLineCase):
         import subprocess
         import sys
         import time
+        self.deliverable_interrupt()
         panel = S.simulate(N=3000, T=52, seed=2)
         S.write_csv(self.path("big.csv"), panel.price, panel.sales)
         here = os.path.dirname(os.path.abspath(__file__))
