@@ -2080,7 +2080,7 @@ def _split_and_merge(stats, coefficients, run, search, explored=(), progress=Non
             progress(None)
         redundant = _redundant(run)
         deep = redundant is not None and _redundant(_without(run, *redundant)) is not None
-        if redundant is None or deep:            # more than one segment past a maximum: the usual moves
+        if redundant is None or deep:            # no ridge, or more than one segment deep: the usual moves
             starts, kinds = _moves(stats, coefficients, run)
         else:
             starts, kinds = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
@@ -2183,7 +2183,8 @@ def _finalists(stats, starts, kinds, stages, search, known=(), supported=False):
         copies = _copies(np.concatenate([theta, [run.theta for run in known]]) if known else theta,
                          shares(np.concatenate([pi, [run.pi for run in known]]) if known else pi),
                          np.concatenate([sigma, [run.sigma for run in known]]) if known else sigma,
-                         np.concatenate([-loglik, np.full(len(known), -np.inf)]))[:len(theta)]
+                         np.concatenate([-loglik, np.full(len(known), -np.inf)]),
+                         ridges=not stats.membership.names)[:len(theta)]
         ranking = np.where(copies, -np.inf, loglik)
         picked = set(np.argsort(-ranking, kind="stable")[:overall].tolist())
         for kind in sorted(set(kinds.tolist())):     # (np.unique would import numpy.ma: 20 ms a run)
@@ -2204,16 +2205,18 @@ def _finalists(stats, starts, kinds, stages, search, known=(), supported=False):
     return found
 
 
-def _copies(theta, pi, sigma, order):
+def _copies(theta, pi, sigma, order, ridges=True):
     """(B,) True for a start that is a copy of a start earlier in `order`: the same segments, in
     any order, to COPY_TOLERANCE (dropping either of two equal segments gives two such starts, and
     many moves fall back to the maximum they came from, put first in `order`); copies would take
-    places that distinct moves need. Where a point has equal segments (an over-fitted K), it lies
-    on a ridge along which they share their weight in any proportion; each is compared by the
-    weight of all its equals, so that every point of the ridge is one."""
-    segment = np.concatenate([theta, sigma[..., None]], axis=-1)                     # (B, K, P + 1)
-    equal = (np.abs(segment[:, :, None] - segment[:, None]) <= COPY_TOLERANCE * (1 + np.abs(segment[:, :, None]))).all(axis=-1)
-    pi = (equal @ pi[..., None])[..., 0]                                             # the weight of c's equals
+    places that distinct moves need. ridges: equal segments (an over-fitted K) share their weight
+    in any proportion along a ridge of the same likelihood, so each is compared by the weight of
+    all its equals and every point of a ridge is one (not with covariates of membership, where
+    equal segments' shares differ from store to store by their gamma)."""
+    if ridges:
+        segment = np.concatenate([theta, sigma[..., None]], axis=-1)                 # (B, K, P + 1)
+        close = np.abs(segment[:, :, None] - segment[:, None]) <= COPY_TOLERANCE * (1 + np.abs(segment[:, :, None]))
+        pi = (close.all(axis=-1) @ pi[..., None])[..., 0]                            # the weight of c's equals
     key = np.concatenate([theta, pi[..., None], sigma[..., None]], axis=-1)          # (B, K, P + 2)
     key = np.take_along_axis(key, np.argsort(key[..., 0], axis=-1)[..., None], axis=1).reshape(len(key), -1)
     close = (np.abs(key[:, None] - key[None]) <= COPY_TOLERANCE * (1 + np.abs(key[:, None]))).all(axis=-1)
@@ -2233,9 +2236,11 @@ def _grow(stats, coefficients, run, search):
 
 
 def _with_empty(stats, run):
-    """The run with one empty segment more (pi 0, at the pooled fit): the same likelihood."""
+    """The run with one empty segment more (pi 0, at the pooled fit; the fit's sigma where the
+    segments share one): the same likelihood."""
+    sigma = _start_sigma(stats, 1) if stats.model.sigma == "segment" else run.sigma[:1]
     return run._replace(theta=np.vstack([run.theta, _pooled(stats.XtX, stats.Xty)]), pi=np.append(run.pi, 0.0),
-                        sigma=np.append(run.sigma, _start_sigma(stats, 1)),
+                        sigma=np.append(run.sigma, sigma),
                         W=np.column_stack([run.W, np.zeros(len(run.W))]))
 
 

@@ -254,7 +254,7 @@ class TournamentRanks(unittest.TestCase):
         """The battery's 'big' panel (common sigma, store effects) at K = 5, seed 7: the starts end
         on the K = 3 maximum with two segments copied, 0.0049 below K = 4's maximum (a segment of
         1.5 stores' weight added), which no move from there reached; the fit without its copies,
-        grown by one segment as a sweep grows a fit, does. K = 5 is never below K = 4."""
+        grown by one segment as a sweep grows a fit, reaches it, so that K = 5 ends at least there."""
         theta = [[10.432412050650578, -1.5043771904490941], [11.334335546385704, -1.853479109161737],
                  [10.758452508982021, -2.183488364240492], [10.528235293199028, -1.9306369984205651]]
         pi = [0.1316919278896454, 0.13185994543964963, 0.4928700347841807, 0.2435780918865244]
@@ -276,8 +276,22 @@ class TournamentRanks(unittest.TestCase):
         sigma = np.ones((3, 3))
         order = np.array([-np.inf, 0.0, 1.0])                     # the maximum first
         self.assertEqual(E._copies(theta, pi, sigma, order).tolist(), [False, True, False])
+        self.assertEqual(E._copies(theta, pi, sigma, order, ridges=False).tolist(), [False, False, False])
         pi[1] = [0.3, 0.1, 0.6]                                   # other weights: another point
         self.assertEqual(E._copies(theta, pi, sigma, order).tolist(), [False, False, False])
+
+    def test_an_empty_segment_added_shares_the_fits_sigma(self):
+        """Growing a fit by an empty segment (_with_empty: where no growth gains, and to fill a
+        regrown core up to K) keeps the likelihood, and the one sigma of a model that estimates one
+        for all segments (or fixes it)."""
+        panel = S.simulate(60, 20, [(10.0, -1.0), (11.0, -2.0)], [0.5, 0.5], sigma=0.5, seed=3)
+        for sigma in ("common", 0.7):
+            stats = stats_of(panel.y, panel.X, sigma)
+            run = E._run_of(E._search(stats, 2))
+            grown = E._with_empty(stats, run)
+            self.assertEqual(grown.sigma.tolist(), [run.sigma[0]] * 3, sigma)
+            self.assertAlmostEqual(E._e_step(stats, grown.theta, grown.pi, grown.sigma)[1], run.loglik,
+                                   delta=1e-9 * abs(run.loglik))
 
 
     def test_more_starts_are_never_worse(self):
