@@ -2070,9 +2070,9 @@ def _split_and_merge(stats, coefficients, run, search, explored=(), progress=Non
     """Step 3: all _moves from the run compete in a _tournament; the winner replaces the run
     where it gains more than tol; repeat until no move helps. On a flat ridge (_redundant) the
     moves are instead every way of growing the fit without its redundant segment (_growth), each
-    run to its end; more than one segment past a maximum, the usual moves, and where they gain
-    nothing the fit's core grown again (_regrown). explored: converged runs whose moves were
-    tried already; reaching one ends the search. progress(None) at each round."""
+    run to its end; more than one segment past a maximum, the fit's core is grown again
+    (_regrown). explored: converged runs whose moves were tried already; reaching one ends the
+    search. progress(None) at each round."""
     K = run.theta.shape[0]
     explored = [done for done in explored if done.converged]
     while K > 1 and not any(_same_point(done, run.W, run.loglik) for done in explored):
@@ -2080,14 +2080,15 @@ def _split_and_merge(stats, coefficients, run, search, explored=(), progress=Non
             progress(None)
         redundant = _redundant(run)
         deep = redundant is not None and _redundant(_without(run, *redundant)) is not None
-        if redundant is None or deep:            # no ridge, or more than one segment deep: the usual moves
-            starts, kinds = _moves(stats, coefficients, run)
+        if deep:                                 # more than one segment past a maximum
+            candidate = _regrown(stats, coefficients, run, search)
         else:
-            starts, kinds = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
-        known = ([run] if run.converged else []) + explored
-        candidate = _tournament(stats, starts, kinds, TOURNAMENT if redundant is None or deep else (), search, known)
-        if deep and candidate.loglik <= run.loglik + search.tol:
-            candidate = max(candidate, _regrown(stats, coefficients, run, search), key=lambda run: run.loglik)
+            if redundant is None:
+                starts, kinds = _moves(stats, coefficients, run)
+            else:
+                starts, kinds = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
+            known = ([run] if run.converged else []) + explored
+            candidate = _tournament(stats, starts, kinds, TOURNAMENT if redundant is None else (), search, known)
         if candidate.loglik <= run.loglik + search.tol:
             break
         run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
@@ -2095,11 +2096,12 @@ def _split_and_merge(stats, coefficients, run, search, explored=(), progress=Non
 
 
 def _regrown(stats, coefficients, run, search):
-    """A run more than one segment past a maximum whose moves gain nothing: its core (the run
-    without each of its redundant segments) grown by one segment as a sweep grows a fit (_grow),
-    then filled up to K with empty segments. A move changes two segments at once, and from two
-    copies the moves can miss a maximum that adds one small segment to the core; where the grown
-    fit gains, the next round starts from it."""
+    """A run more than one segment past a maximum (two or more redundant segments): its core (the
+    run without each of them) grown by one segment as a sweep grows a fit (_grow), then filled up
+    to K with empty segments; where that gains, the next round starts from it, one segment less
+    deep. A move changes two segments at once, and from two copies the moves can miss a maximum
+    that adds one small segment to the core; and there are many of them (K (K - 1) pairs), all
+    on a ridge, where early ranks say little."""
     core = run
     while (redundant := _redundant(core)) is not None:
         core = _without(core, *redundant)
