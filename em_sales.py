@@ -2079,16 +2079,14 @@ def _split_and_merge(stats, coefficients, run, search, explored=(), progress=Non
         if progress:
             progress(None)
         redundant = _redundant(run)
-        deep = redundant is not None and _redundant(_without(run, *redundant)) is not None
-        if deep:                                 # more than one segment past a maximum
+        known = ([run] if run.converged else []) + explored
+        if redundant is None:
+            candidate = _tournament(stats, *_moves(stats, coefficients, run), TOURNAMENT, search, known)
+        elif _redundant(_without(run, *redundant)) is not None:      # more than one segment past a maximum
             candidate = _regrown(stats, coefficients, run, search)
         else:
-            if redundant is None:
-                starts, kinds = _moves(stats, coefficients, run)
-            else:
-                starts, kinds = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
-            known = ([run] if run.converged else []) + explored
-            candidate = _tournament(stats, starts, kinds, TOURNAMENT if redundant is None else (), search, known)
+            growth = _growth(stats, coefficients, _without(run, *redundant), OUTLIERS_GROW)
+            candidate = _tournament(stats, *growth, (), search, known)
         if candidate.loglik <= run.loglik + search.tol:
             break
         run = candidate._replace(n_iter=run.n_iter + candidate.n_iter)
@@ -2215,13 +2213,14 @@ def _copies(theta, pi, sigma, order, ridges=True):
     in any proportion along a ridge of the same likelihood, so each is compared by the weight of
     all its equals and every point of a ridge is one (not with covariates of membership, where
     equal segments' shares differ from store to store by their gamma)."""
+    def equal(a):                                # (..., M, M): which rows of a (..., M, D) agree to COPY_TOLERANCE
+        row, other = a[..., :, None, :], a[..., None, :, :]
+        return (np.abs(row - other) <= COPY_TOLERANCE * (1 + np.abs(row))).all(axis=-1)
     if ridges:
-        segment = np.concatenate([theta, sigma[..., None]], axis=-1)                 # (B, K, P + 1)
-        close = np.abs(segment[:, :, None] - segment[:, None]) <= COPY_TOLERANCE * (1 + np.abs(segment[:, :, None]))
-        pi = (close.all(axis=-1) @ pi[..., None])[..., 0]                            # the weight of c's equals
+        pi = (equal(np.concatenate([theta, sigma[..., None]], axis=-1)) @ pi[..., None])[..., 0]   # c's equals' weight
     key = np.concatenate([theta, pi[..., None], sigma[..., None]], axis=-1)          # (B, K, P + 2)
     key = np.take_along_axis(key, np.argsort(key[..., 0], axis=-1)[..., None], axis=1).reshape(len(key), -1)
-    close = (np.abs(key[:, None] - key[None]) <= COPY_TOLERANCE * (1 + np.abs(key[:, None]))).all(axis=-1)
+    close = equal(key)
     copy, kept = np.zeros(len(key), dtype=bool), np.zeros(len(key), dtype=bool)
     for j in np.argsort(order, kind="stable"):               # close[j, k]: j is a copy of k
         copy[j] = (close[j] & kept).any()
