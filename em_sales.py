@@ -859,7 +859,7 @@ class Stats(NamedTuple):
     model       the Model
     membership  how stores are in segments: SHARES (pi_c for every store) or, with covariates of
                 membership, a Concomitant (Z, their scale, their names)
-    moments     (N, P*P + P + 1): X_i'X_i, X_i'y_i, y_i'y_i side by side, for _rss's one product
+    moments     (N, P*P + P + 4): _moments, the kernel's per-store statistics side by side
     width       the number of columns of X as given (before store effects drop the constant one)
     """
     n: np.ndarray
@@ -971,6 +971,13 @@ def _spread(sums):
     return np.sqrt(variance) >= SPREAD_FLOOR * np.maximum(1.0, np.abs(mean))
 
 
+def _moments(XtX, Xty, yty, m, const):
+    """(N, P*P + P + 4): X_i'X_i, X_i'y_i, y_i'y_i, m_i, const_i and 1 side by side, so that the
+    kernel's log densities (_rss, _log_joint) and the M-step's weighted sums over stores are each
+    one matrix product."""
+    return np.column_stack([XtX, Xty, yty, m, const, np.ones(len(yty))])
+
+
 def _statistics(sums, model, names=None, covariates=None):
     """Stats of a model from a panel's Sums. With store effects, the within-store transform
     (README, "Store fixed effects"):
@@ -1013,8 +1020,9 @@ def _statistics(sums, model, names=None, covariates=None):
     if not pooled_s2 > EXACT_FIT * max(yty.sum() / max(m.sum(), 1.0), TINY):
         raise InputError("every observation is fitted exactly by one regression (are all sales equal?): "
                          "there is nothing to tell segments apart")
-    stats = Stats(n, m, offset - 0.5 * LOG_2PI * m, XtX, Xty, yty, price, columns, pooled_s2, model,
-                  moments=np.column_stack([XtX, Xty, yty]), width=sums.Xty.shape[1], membership=SHARES)
+    const = offset - 0.5 * LOG_2PI * m
+    stats = Stats(n, m, const, XtX, Xty, yty, price, columns, pooled_s2, model,
+                  moments=_moments(XtX, Xty, yty, m, const), width=sums.Xty.shape[1], membership=SHARES)
     return _covariates(stats, covariates) if model.covariates else stats
 
 
@@ -1061,24 +1069,31 @@ def _covariates(stats, z):
 # The kernel: log densities, E-step, M-step (README, "The model" and "EM")
 # ---------------------------------------------------------------------------------------------
 
+def _terms(theta):
+    """(rows, P*P + P + 1): (theta_c theta_c' flat, -2 theta_c, 1) for each row of theta (..., K, P),
+    which dotted with a store's moments (X_i'X_i, X_i'y_i, y_i'y_i) gives R_ic (_rss)."""
+    P = theta.shape[-1]
+    flat = theta.reshape(-1, P)
+    return np.concatenate([(flat[:, :, None] * flat[:, None, :]).reshape(-1, P * P), -2.0 * flat,
+                           np.ones((len(flat), 1))], axis=1)
+
+
 def _rss(stats, theta):
     """(..., K, N) residual sums of squares of store i's weeks under segment c's coefficients:
         R_ic = y_i'y_i - 2 theta_c'X_i'y_i + theta_c'X_i'X_i theta_c,
-    one product for a whole batch: (theta_c theta_c' flat, -2 theta_c, 1) . (X_i'X_i, X_i'y_i, y_i'y_i)."""
-    P = theta.shape[-1]
-    flat = theta.reshape(-1, P)
-    terms = np.concatenate([(flat[:, :, None] * flat[:, None, :]).reshape(-1, P * P), -2.0 * flat,
-                            np.ones((len(flat), 1))], axis=1)
-    moments = stats.moments if stats.moments is not None else np.column_stack([stats.XtX, stats.Xty, stats.yty])
-    return (terms @ moments.T).reshape(theta.shape[:-1] + (len(stats.yty),))
+    one product for a whole batch: _terms(theta) . (X_i'X_i, X_i'y_i, y_i'y_i)."""
+    D = theta.shape[-1] ** 2 + theta.shape[-1] + 1
+    return (_terms(theta) @ stats.moments[:, :D].T).reshape(theta.shape[:-1] + (len(stats.yty),))
 
 
 def _log_joint(stats, theta, pi, sigma):
-    """(..., K, N) log(pi_ic f(y_i | c)) = log pi_ic + const_i - m_i log sigma_c - R_ic / (2 sigma_c^2)."""
-    out = _rss(stats, theta)
-    out *= (-0.5 / (sigma * sigma))[..., None]
-    out += stats.const
-    out -= np.log(sigma)[..., None] * stats.m
+    """(..., K, N) log(pi_ic f(y_i | c)) = log pi_ic + const_i - m_i log sigma_c - R_ic / (2 sigma_c^2):
+    all but log pi_ic in one product, _rss's terms scaled by -1 / (2 sigma_c^2) beside -log sigma_c
+    and 1, dotted with (X_i'X_i, X_i'y_i, y_i'y_i, m_i, const_i)."""
+    D = theta.shape[-1] ** 2 + theta.shape[-1] + 1
+    scale = (-0.5 / (sigma * sigma)).reshape(-1, 1)
+    coefficients = np.concatenate([scale * _terms(theta), -np.log(sigma).reshape(-1, 1), np.ones_like(scale)], axis=1)
+    out = (coefficients @ stats.moments[:, :D + 2].T).reshape(theta.shape[:-1] + (len(stats.yty),))
     out += stats.membership.log_prior(pi)
     return out
 
@@ -1146,10 +1161,9 @@ def _m_step(stats, W):
     A segment with no weight (or a singular weighted X'X, or too thin: _thin) cannot be
     estimated: it gets pi_c = 0 and the pooled theta and sigma, so nothing downstream sees a NaN."""
     P, N = stats.P, len(stats.n)
-    weights = W.swapaxes(-1, -2)                                        # (..., K, N)
-    A = (weights @ stats.XtX).reshape(weights.shape[:-1] + (P, P))      # sum_i w_ic X_i'X_i
-    b = weights @ stats.Xty                                             # sum_i w_ic X_i'y_i
-    yy, weeks, size = weights @ stats.yty, weights @ stats.m, weights.sum(axis=-1)
+    sums = W.swapaxes(-1, -2) @ stats.moments          # (..., K, P*P + P + 4): sum_i w_ic (X_i'X_i, X_i'y_i, ...)
+    A = sums[..., :P * P].reshape(sums.shape[:-1] + (P, P))
+    b, yy, weeks, size = sums[..., P * P:P * P + P], sums[..., -4], sums[..., -3], sums[..., -1]
     theta = _solve(A, b, size > 0)
     pi = size / N
     ok = np.isfinite(theta).all(axis=-1) & (pi > 0) & ~_thin(stats, weeks)
@@ -1207,7 +1221,8 @@ def _least_squares(A, g):
 def _solve(A, b, weighted):
     """theta (..., K, P) solving A theta = b for each segment; NaN where A is singular or the
     segment has no weight. Empty segments are set aside so that one solve does the batch."""
-    A = np.where(weighted[..., None, None], A, np.eye(A.shape[-1]))
+    if not weighted.all():
+        A = np.where(weighted[..., None, None], A, np.eye(A.shape[-1]))
     try:
         theta = np.linalg.solve(A, b[..., None])[..., 0]
     except np.linalg.LinAlgError:                # a singular system with weight: one by one

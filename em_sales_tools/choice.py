@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from em_sales import (ABSORBED, COLLINEAR, CREDIBLE_STORES, MAX_ITER, STORES_NAMED, TINY, VARIANCE_FLOOR, InputError, Progress,
-                      Sums, _check_K, _e_step, _own_fits, _polish, _pooled, _rss, _run_em, _search, _spread, _statistics)
+                      Sums, _check_K, _e_step, _moments, _own_fits, _polish, _pooled, _rss, _run_em, _search, _spread, _statistics)
 
 AUTOCORRELATION = 0.1      # residual autocorrelation within stores above this, and store-clustered s.e. ...
 ROBUST_RATIO = 1.2         # ... more than this x the model-based ones (median): the model-based are too small
@@ -273,7 +273,7 @@ def _simulated(stats, fit, rng):
            + sigma ** 2 * ((values > 0) * z * z).sum(axis=1) + sigma ** 2 * chi2)
     pooled_s2 = _pooled(stats.XtX, Xty, yty, stats.m)[1]
     return stats._replace(Xty=Xty, yty=yty, pooled_s2=pooled_s2,
-                          moments=np.column_stack([stats.XtX, Xty, yty]))
+                          moments=_moments(stats.XtX, Xty, yty, stats.m, stats.const))
 
 
 def _sigma_check(fit, tol):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from em_sales import (LOG_2PI, MAX_ITER, TINY, TOL, InputError, SHARES, _array, _check_new_X, _finished, _log_joint,
-                      _log_normalise, _m_step, _one_blas_thread, _penalty, _polish, _run_em, _wide_sums, _within)
+                      _log_normalise, _m_step, _moments, _one_blas_thread, _penalty, _polish, _run_em, _wide_sums, _within)
 from em_sales_tools.choice import LR_DECIMALS
 from em_sales_tools.files import read_stores
 
@@ -65,8 +65,9 @@ def predict(fit, covariates=None, y=None, X=None):
         m, offset, XtX, Xty, yty = _within(sums, stats.columns)
     else:
         m, offset, XtX, Xty, yty = sums.n, np.zeros(len(sums.n)), sums.XtX, sums.Xty, sums.yty
-    new = stats._replace(n=sums.n, m=m, const=offset - 0.5 * LOG_2PI * m, XtX=XtX, Xty=Xty, yty=yty, membership=SHARES,
-                         moments=np.column_stack([XtX, Xty, yty]))
+    const = offset - 0.5 * LOG_2PI * m
+    new = stats._replace(n=sums.n, m=m, const=const, XtX=XtX, Xty=Xty, yty=yty, membership=SHARES,
+                         moments=_moments(XtX, Xty, yty, m, const))
     log_joint = _log_joint(new, fit.theta, np.ones(K), fit.sigma) + log_prior
     posterior = _log_normalise(log_joint)[0].T
     return Prediction(prior, posterior, posterior.argmax(axis=1) + 1)
