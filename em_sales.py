@@ -1841,26 +1841,6 @@ def _squarem_em(stats, batch, iterations):
     return _batched_em(stats, batch, iterations, accelerated=True)
 
 
-def _squarem_while_far(stats, batch, gain, max_iter):
-    """The SQUAREM steps that runs from a batch of starts would each take alone (_run_em: while an
-    iteration gains NEWTON_GAIN or more), taken for all of them at once: each start leaves the
-    batch once a step of its own gains less (Newton's turn) or after min(max_iter,
-    SEPARATED_STEPS) steps. Returns the batch (theta, pi, sigma) where each left it, its last
-    gain and its steps, from which _run_em goes on as it would have."""
-    theta, pi, sigma = (part.copy() for part in batch)
-    gain, steps = gain.copy(), np.zeros(len(theta), dtype=int)
-    active = np.flatnonzero(gain >= NEWTON_GAIN)
-    if active.size:
-        W, loglik = _e_step(stats, theta[active], pi[active], sigma[active])
-    while active.size:
-        new = _squarem(stats, (theta[active], pi[active], sigma[active]), W)
-        theta[active], pi[active], sigma[active] = new[:3]
-        gain[active], steps[active] = new[4] - loglik, steps[active] + 1
-        far = (gain[active] >= NEWTON_GAIN) & (steps[active] < min(max_iter, SEPARATED_STEPS))
-        active, W, loglik = active[far], new[3][far], new[4][far]
-    return (theta, pi, sigma), gain, steps
-
-
 def _batched_em(stats, batch, iterations, accelerated):
     """_plain_em and _squarem_em: the starts in chunks of about BATCH_CELLS cells."""
     chunk = max(1, BATCH_CELLS // (batch[0].shape[1] * len(stats.n)))
@@ -2207,11 +2187,10 @@ def _finalists(stats, starts, kinds, stages, search, known=(), supported=False):
     early and would crowd out the moves that change more; a start already back at a known
     maximum, or a copy of another start (_copies), ranks last and takes no place of its kind, at
     every stage. Without stages, every start runs to its end (a ridge: _split_and_merge). The
-    last stage's survivors run to convergence, their SQUAREM steps before Newton's turn taken
-    together (_squarem_while_far); their ends are returned. supported: a survivor with a segment
-    of less than UNSUPPORTED_WEIGHT stores' weight is not run on (with covariates of membership
-    EM crawls along such a segment's emptying for thousands of steps); where all are so, the
-    best is run."""
+    last stage's survivors run to convergence; their ends are returned. supported: a survivor
+    with a segment of less than UNSUPPORTED_WEIGHT stores' weight is not run on (with covariates
+    of membership EM crawls along such a segment's emptying for thousands of steps); where all
+    are so, the best is run."""
     theta, pi, sigma = starts
     gain, ranking = np.full(len(theta), math.inf), np.zeros(len(theta))    # no stages: all run
     shares = stats.membership.shares
@@ -2234,12 +2213,8 @@ def _finalists(stats, starts, kinds, stages, search, known=(), supported=False):
     if supported:
         held = _e_step(stats, theta, pi, sigma)[0].sum(axis=-2).min(axis=-1)
         order = [j for j in order if held[j] >= UNSUPPORTED_WEIGHT] or order[:1]
-    order = np.asarray(order, dtype=int)
-    (theta, pi, sigma), gain, steps = _squarem_while_far(stats, (theta[order], pi[order], sigma[order]),
-                                                         gain[order], search.max_iter)
-    for j, far in enumerate(steps.tolist()):
-        end = _run_em(stats, (theta[j], pi[j], sigma[j]), search.tol, search.max_iter - far, known=ends, gain=gain[j])
-        end = end._replace(n_iter=end.n_iter + far)
+    for j in order:
+        end = _run_em(stats, (theta[j], pi[j], sigma[j]), search.tol, search.max_iter, known=ends, gain=gain[j])
         if not any(_same_point(other, end.W, end.loglik) for other in ends):    # each maximum once
             ends.append(end)
         found.append(end)

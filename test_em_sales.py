@@ -250,22 +250,6 @@ class TournamentRanks(unittest.TestCase):
             values = [E._search(stats, 4, E.Search(seed=seed)).loglik for seed in (1, 4)]
         self.assertTrue(all(value > -18441.1221 for value in values), values)
 
-    def test_finalists_squarem_steps_together_end_where_each_run_alone_ends(self):
-        """_squarem_while_far takes the SQUAREM steps of several runs at once, each run leaving the
-        batch where alone it would turn to Newton: run on from there, each ends where the run alone
-        ends, at the same iteration."""
-        for seed in range(3):
-            panel, _ = small_panel(seed, N=80, T=12, K=3, missing=0.1)
-            stats = stats_of(panel.y, panel.X, [1.0, "common", "segment"][seed])
-            starts = E._kmeanspp_starts(stats, E._store_coefficients(stats), 4, E._random(seed), 6)
-            (theta, pi, sigma), gain, steps = E._squarem_while_far(stats, starts, np.full(6, np.inf), E.MAX_ITER)
-            self.assertTrue(np.all(steps > 0) and np.all(gain < E.NEWTON_GAIN), (steps, gain))
-            for j in range(6):
-                alone = E._run_em(stats, tuple(part[j] for part in starts), E.TOL, E.MAX_ITER)
-                together = E._run_em(stats, (theta[j], pi[j], sigma[j]), E.TOL, E.MAX_ITER - steps[j], gain=gain[j])
-                self.assertEqual(together.n_iter + steps[j], alone.n_iter, (seed, j))
-                self.assertAlmostEqual(together.loglik, alone.loglik, delta=1e-9 * abs(alone.loglik))
-
     def test_two_copies_deep_reach_the_maximum_one_segment_fewer_reaches(self):
         """The battery's 'big' panel (common sigma, store effects) at K = 5, seed 7: the starts end
         on the K = 3 maximum with two segments copied, 0.0049 below K = 4's maximum (a segment of
